@@ -1,0 +1,137 @@
+"""Command line: ``robustseg <command>`` == ``python -m common <command>`` (a `fire` CLI).
+
+Every command imports its implementation lazily so that ``robustseg --help`` stays fast. A
+:class:`~common.errors.RobustsegError` raised by a command is printed as one line (``error: ...``) and the process
+exits with status 2; commands that find problems in the user's data (``data check``) exit with status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import fire
+
+from common.errors import find_user_error, format_user_error
+
+
+class Data:
+    """Data sets: the embedded synthetic BraTS-like data, real BraTS/MSD datalists, input checks, figures."""
+
+    def synth(self, out: str, subjects: int = 40, seed: int = 0, shape: int = 96, test_fraction: float = 0.2) -> str:
+        """Write ``subjects`` synthetic BraTS-like subjects and ``datalist.json`` under ``out``.
+
+        Args:
+            out: output folder (created; existing subjects with the same settings are reused).
+            subjects: number of subjects.
+            seed: random seed; the same seed gives identical voxel arrays.
+            shape: edge length of the cubic grid in voxels.
+            test_fraction: share of subjects in the datalist's ``testing`` list (the paper's 20 %).
+        """
+        from common.data.synthetic import write_synthetic_dataset
+
+        path = write_synthetic_dataset(out, subjects=subjects, seed=seed, shape=shape, test_fraction=test_fraction)
+        return f"wrote {subjects} subjects and {path}"
+
+    def show(self, subject_dir: str, out: str = "subject.png") -> str:
+        """Save a figure of one subject: four contrasts and the label overlay in three planes."""
+        from common.data.show import show_subject
+
+        return f"wrote {show_subject(subject_dir, out)}"
+
+    def datalist(self, root: str, out: str = "datalist.json", test_fraction: float = 0.2, seed: int = 0) -> str:
+        """Write a MONAI datalist (seeded train/test split) for a BraTS 2017-2021 or MSD Task01 folder."""
+        from common.data.datalist import write_datalist
+
+        path = write_datalist(root, out, test_fraction=test_fraction, seed=seed)
+        return f"wrote {path}"
+
+    def check(self, path: str, require_labels: bool = True) -> str:
+        """Check a data folder or datalist; print one line per problem and exit 1 if there is any."""
+        from common.data.check import check_dataset
+
+        problems, n_subjects = check_dataset(path, require_labels=require_labels)
+        if problems:
+            for line in problems:
+                print(line, file=sys.stderr)
+            raise SystemExit(1)
+        return f"ok: {n_subjects} subjects in {path} passed all checks"
+
+
+class Bundles:
+    """Generate, check and export the MONAI bundles under ``bundles/``."""
+
+    def generate(self, check: bool = False, root: str = "bundles") -> str:
+        """Write every bundle from its family template; with ``--check``, exit 1 if a committed bundle differs."""
+        from common.bundles import generate_bundles
+
+        differences = generate_bundles(root, check=check)
+        if check and differences:
+            for line in differences:
+                print(line, file=sys.stderr)
+            raise SystemExit(1)
+        return "bundles match their templates" if check else f"generated bundles under {root}"
+
+    def export(self, name: str, out: str | None = None, root: str = "bundles") -> str:
+        """Export a trained bundle as a self-contained Model Zoo zip (configs, docs, weights, a copy of common/)."""
+        from common.bundles import export_bundle
+
+        return f"wrote {export_bundle(name, out, root=root)}"
+
+
+class CLI:
+    """robustseg: adversarial and artifact robustness of brain-tumour segmentation networks, as MONAI bundles."""
+
+    def __init__(self) -> None:
+        self.data = Data()
+        self.bundles = Bundles()
+
+    def segment(self, bundle: str, input: str, output: str, device: str = "cpu") -> str:  # noqa: A002
+        """Segment one subject (a BraTS subject folder or four NIfTI files t1,t1ce,t2,flair) with a trained bundle."""
+        from common.engines.segment import segment
+
+        return f"wrote {segment(bundle, input, output, device=device)}"
+
+    def stats(self, csv: str, out: str = "stats") -> str:
+        """Tables like the paper's Tables 1-3 (mean +- sd, Wilcoxon, Bonferroni) from a robustness CSV."""
+        from common.report.tables import write_tables
+
+        return "wrote " + ", ".join(write_tables(csv, out))
+
+    def report(self, csv: str, out: str = "report") -> str:
+        """The full robustness report (tables, figures, report.html) from a robustness CSV."""
+        from common.report.html import write_report
+
+        return f"wrote {write_report(csv, out)}"
+
+    def demo(self, out: str = "runs/demo", fresh: bool = False) -> str:
+        """The main job on the embedded data: train baseline and defences, attack them, write the report."""
+        from common.demo import run_demo
+
+        return run_demo(out, fresh=fresh)
+
+    def reproduce(
+        self, data: str, out: str = "runs/reproduce", device: str = "cuda", dry_run: bool = False, quick: bool = False
+    ) -> str:
+        """The paper's full protocol on real BraTS data (all 18 model bundles, evaluation, report)."""
+        from common.demo import run_reproduce
+
+        return run_reproduce(data, out, device=device, dry_run=dry_run, quick=quick)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``robustseg`` console script."""
+    try:
+        result = fire.Fire(CLI, command=argv, name="robustseg")
+    except SystemExit:
+        raise
+    except Exception as exc:  # one line for user errors, a traceback for bugs
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(format_user_error(user_error), file=sys.stderr)
+        raise SystemExit(2) from None
+    del result
+
+
+if __name__ == "__main__":
+    main()

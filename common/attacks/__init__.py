@@ -1,0 +1,5 @@
+"""attacks."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,67 @@
+"""User-facing errors and the one-line error contract.
+
+A bad input (a missing or corrupt NIfTI, mismatched modalities, NaN voxels, labels outside {0, 1, 2, 4}, a
+checkpoint that does not fit, a negative epsilon) must stop the program with *one* line naming the file or
+parameter, what is wrong and what was expected, and a non-zero exit status -- never a traceback.
+
+Every such check raises :class:`RobustsegError` (a ``ValueError``, so library users can catch it as usual). The
+CLI prints its message; for ``python -m monai.bundle run ...`` the hook installed by :func:`install_excepthook`
+(done when :mod:`common` is imported, which every bundle config does first) finds a ``RobustsegError`` anywhere
+in the exception chain (MONAI wraps errors raised while instantiating config items) and prints only its message.
+Set ``ROBUSTSEG_TRACEBACK=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+__all__ = ["RobustsegError", "find_user_error", "install_excepthook", "format_user_error"]
+
+
+class RobustsegError(ValueError):
+    """A problem with the user's input or settings, reported as one line (file or parameter, problem, expectation)."""
+
+
+def find_user_error(exc: BaseException | None) -> RobustsegError | None:
+    """Return the first :class:`RobustsegError` in ``exc``'s cause/context chain, or ``None``.
+
+    Args:
+        exc: the exception raised to the top level.
+
+    Returns:
+        The user-facing error that caused ``exc``, if any.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RobustsegError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def format_user_error(err: BaseException) -> str:
+    """One line for the terminal: ``error: <message>`` with newlines folded."""
+    return "error: " + " ".join(str(err).split())
+
+
+_previous_hook = sys.excepthook
+
+
+def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    user_error = find_user_error(exc)
+    if user_error is None or os.environ.get("ROBUSTSEG_TRACEBACK"):
+        _previous_hook(exc_type, exc, tb)
+        return
+    print(format_user_error(user_error), file=sys.stderr)
+
+
+def install_excepthook() -> None:
+    """Print uncaught :class:`RobustsegError` (also when wrapped by MONAI) as one line instead of a traceback.
+
+    Other exceptions keep the default traceback; the interpreter still exits with status 1.
+    """
+    if sys.excepthook is not _hook:
+        sys.excepthook = _hook
