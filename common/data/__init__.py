@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
-from common.data.labels import BRATS_LABELS, MODALITIES, REGIONS, indices_to_labels, labels_to_indices, region_masks
+from common.data.labels import (
+    BRATS_LABELS,
+    MODALITIES,
+    REGIONS,
+    indices_to_labels,
+    labels_to_indices,
+    logits_to_labels,
+    region_masks,
+)
 
-__all__ = ["BRATS_LABELS", "MODALITIES", "REGIONS", "indices_to_labels", "labels_to_indices", "region_masks"]
+__all__ = [
+    "BRATS_LABELS",
+    "MODALITIES",
+    "REGIONS",
+    "indices_to_labels",
+    "labels_to_indices",
+    "logits_to_labels",
+    "region_masks",
+]

@@ -22,6 +22,7 @@ __all__ = [
     "labels_to_indices",
     "indices_to_labels",
     "region_masks",
+    "logits_to_labels",
 ]
 
 BRATS_LABELS: tuple[int, ...] = (0, 1, 2, 4)
@@ -97,3 +98,8 @@ def region_masks(labels: Tensor, regions: Sequence[str] = ("WT", "TC", "ET")) ->
         raise RobustsegError(f"regions: unknown region(s) {unknown}, expected some of {list(REGIONS)}.")
     lab = labels.long()
     return torch.cat([torch.isin(lab, torch.as_tensor(REGIONS[r], device=lab.device)) for r in regions], dim=1)
+
+
+def logits_to_labels(logits: Tensor, values: Sequence[int] = BRATS_LABELS) -> Tensor:
+    """Turn network logits (B, C, *spatial) into a BraTS label map (B, 1, *spatial) by argmax over channels."""
+    return indices_to_labels(torch.argmax(logits, dim=1, keepdim=True), values)
