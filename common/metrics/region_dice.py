@@ -1,0 +1,66 @@
+"""Per-subject Dice of the BraTS scoring regions (whole tumour, tumour core, enhancing tumour)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.metrics import compute_dice
+from torch import Tensor
+
+from common.data.labels import REGIONS, labels_to_indices, region_masks
+from common.errors import RobustsegError
+
+__all__ = ["region_dice"]
+
+
+def region_dice(prediction: Tensor, label: Tensor, regions: Sequence[str] = ("WT", "TC", "ET")) -> Tensor:
+    """Dice of a predicted BraTS label map against the ground truth, per sample and per BraTS region.
+
+    The paper's "Dice coefficient" (Liu et al. 2021, Tables 1-3) of the thresholded prediction: for each region R
+    (WT = {1, 2, 4}, TC = {1, 4}, ET = {4}), ``2 |P_R & Y_R| / (|P_R| + |Y_R|)``, computed by MONAI's
+    :func:`~monai.metrics.compute_dice` on the binary region masks of :func:`common.data.labels.region_masks`.
+
+    Empty masks, as MONAI's ``ignore_empty=False`` defines them (the BraTS challenge convention), so that a subject
+    is never dropped from a paired test:
+
+    * ground truth and prediction both empty -> 1.0 (nothing to find, nothing found);
+    * ground truth empty, prediction not -> 0.0 (every predicted voxel is a false positive);
+    * ground truth not empty, prediction empty -> 0.0 (from the formula).
+
+    Args:
+        prediction: predicted BraTS label map, shape ``(B, 1, *spatial)``, values in {0, 1, 2, 4}
+            (see :func:`common.data.labels.logits_to_labels` for network outputs).
+        label: ground-truth BraTS label map of the same shape.
+        regions: region names among ``"WT"``, ``"TC"``, ``"ET"``, one output column each.
+
+    Returns:
+        A float tensor of shape ``(B, len(regions))`` with Dice in [0, 1].
+
+    Raises:
+        RobustsegError: if the shapes differ or are not ``(B, 1, *spatial)``, if a map holds a value outside
+            {0, 1, 2, 4}, or if a region name is unknown.
+
+    Example::
+
+        dice = region_dice(logits_to_labels(net(images)), labels)   # (B, 3): WT, TC, ET
+    """
+    if prediction.shape != label.shape:
+        raise RobustsegError(
+            f"prediction and label must have the same shape, got {tuple(prediction.shape)} and {tuple(label.shape)}."
+        )
+    if prediction.ndim < 3 or prediction.shape[1] != 1:
+        raise RobustsegError(
+            f"prediction and label must be label maps of shape (B, 1, *spatial), got {tuple(prediction.shape)}."
+        )
+    unknown = [r for r in regions if r not in REGIONS]
+    if unknown:
+        raise RobustsegError(f"regions: unknown region(s) {unknown}, expected some of {list(REGIONS)}.")
+    # A value outside {0, 1, 2, 4} (e.g. MSD's label 3) would silently fall out of every region: refuse it.
+    labels_to_indices(prediction)
+    labels_to_indices(label)
+    return compute_dice(
+        region_masks(prediction, regions),
+        region_masks(label, regions),
+        include_background=True,  # every channel is a region; there is no background channel here
+        ignore_empty=False,
+    )

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.data.labels import logits_to_labels
+from common.errors import RobustsegError
+from common.metrics import region_dice
+
+
+def _hand_dice(pred: torch.Tensor, truth: torch.Tensor, values: tuple[int, ...]) -> float:
+    p = torch.isin(pred, torch.tensor(values))
+    y = torch.isin(truth, torch.tensor(values))
+    if not y.any() and not p.any():
+        return 1.0
+    return float(2 * (p & y).sum() / (p.sum() + y.sum()))
+
+
+@pytest.mark.parametrize("spatial", [(6, 5, 4), (7, 9)])
+def test_matches_hand_computation(spatial):
+    g = torch.Generator().manual_seed(3)
+    values = torch.tensor([0, 1, 2, 4])
+    pred = values[torch.randint(0, 4, (3, 1, *spatial), generator=g)]
+    truth = values[torch.randint(0, 4, (3, 1, *spatial), generator=g)]
+    dice = region_dice(pred, truth)
+    assert dice.shape == (3, 3)
+    for b in range(3):
+        for j, region in enumerate([(1, 2, 4), (1, 4), (4,)]):
+            assert dice[b, j].item() == pytest.approx(_hand_dice(pred[b], truth[b], region), abs=1e-6)
+
+
+def test_nested_regions_from_a_known_map():
+    truth = torch.tensor([0, 1, 2, 4, 4, 0]).reshape(1, 1, 6, 1)
+    pred = torch.tensor([0, 4, 2, 4, 0, 2]).reshape(1, 1, 6, 1)
+    # WT: pred {1,2,3,5}, truth {1,2,3,4} -> 2*3/8; TC: pred {1,3}, truth {1,3,4} -> 2*2/5; ET: pred {1,3}, truth {3,4}
+    expected = torch.tensor([[6 / 8, 4 / 5, 2 / 4]])
+    torch.testing.assert_close(region_dice(pred, truth), expected)
+    torch.testing.assert_close(region_dice(pred, truth, regions=("ET",)), expected[:, 2:])
+
+
+@pytest.mark.parametrize(
+    "pred_values, truth_values, expected",
+    [
+        ((0, 0, 2), (0, 2, 2), 1.0),  # ET empty in both -> 1
+        ((0, 4, 2), (0, 2, 2), 0.0),  # ET predicted, absent in truth -> 0
+        ((0, 2, 2), (0, 4, 2), 0.0),  # ET in truth, not predicted -> 0
+    ],
+)
+def test_empty_mask_convention(pred_values, truth_values, expected):
+    pred = torch.tensor(pred_values).reshape(1, 1, 3)
+    truth = torch.tensor(truth_values).reshape(1, 1, 3)
+    assert region_dice(pred, truth, regions=("ET",)).item() == expected
+
+
+def test_perfect_prediction_from_logits():
+    truth = torch.tensor([0, 1, 2, 4]).reshape(1, 1, 2, 2)
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 4).T.reshape(1, 4, 2, 2).float()
+    assert torch.equal(logits_to_labels(logits), truth)
+    torch.testing.assert_close(region_dice(logits_to_labels(logits), truth), torch.ones(1, 3))
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(RobustsegError, match="same shape"):
+        region_dice(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+def test_not_a_label_map_raises():
+    with pytest.raises(RobustsegError, match=r"\(B, 1, \*spatial\)"):
+        region_dice(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4))
+
+
+def test_unknown_region_raises():
+    with pytest.raises(RobustsegError, match="unknown region"):
+        region_dice(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), regions=("WT", "NCR"))
+
+
+def test_non_brats_label_raises():
+    truth = torch.tensor([0, 1, 3, 2]).reshape(1, 1, 4)  # MSD's label 3 must not be silently ignored
+    with pytest.raises(RobustsegError, match="not BraTS labels"):
+        region_dice(torch.zeros(1, 1, 4, dtype=torch.long), truth)
