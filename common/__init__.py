@@ -10,7 +10,7 @@ from common import errors
 
 errors.install_excepthook()
 
-from common import attacks, data, defenses, engines, losses, metrics, networks  # noqa: E402
+from common import attacks, bundles, data, defenses, engines, losses, metrics, networks  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["attacks", "data", "defenses", "engines", "errors", "losses", "metrics", "networks", "__version__"]
+__all__ = ["attacks", "bundles", "data", "defenses", "engines", "errors", "losses", "metrics", "networks", "__version__"]

@@ -1,5 +1,25 @@
-"""engines."""
+"""Ignite/MONAI workflow pieces: mixed-precision inferer, checkpoints, progress, per-subject metrics."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from common.engines.checkpoint import (
+    AtomicCheckpointSaver,
+    ResumeFromLatest,
+    WeightsLoader,
+    latest_checkpoint,
+    load_weights,
+)
+from common.engines.inferers import AutocastInferer
+from common.engines.progress import ProgressBarHandler
+from common.engines.subject_metrics import SubjectDiceWriter
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AutocastInferer",
+    "ProgressBarHandler",
+    "ResumeFromLatest",
+    "SubjectDiceWriter",
+    "WeightsLoader",
+    "latest_checkpoint",
+    "load_weights",
+]

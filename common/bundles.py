@@ -1,0 +1,366 @@
+"""Generate, verify and export the MONAI bundles under ``bundles/``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import RobustsegError
+
+__all__ = [
+    "BundleSpec",
+    "apply_overlay",
+    "bundle_root",
+    "bundle_specs",
+    "export_bundle",
+    "format_json",
+    "generate_bundles",
+    "render_bundle",
+]
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _is_bundle(folder: Path, name: str) -> bool:
+    meta = folder / "configs" / "metadata.json"
+    if not meta.is_file():
+        return False
+    if folder.name == name:
+        return True
+    try:
+        return json.loads(meta.read_text()).get("name") == name
+    except (OSError, ValueError):
+        return False
+
+
+def bundle_root(name: str) -> str:
+    """Find the folder of bundle ``name`` so its configs work from any working directory.
+
+    MONAI's config parser does not know where a config file lives, and Model Zoo bundles default ``bundle_root`` to
+    ``"."``. Ours look, in order, at: the current directory (running from inside the bundle), ``./bundles/<name>``
+    (running from the repository root), the folder that holds this ``common`` package (an exported bundle, where
+    ``common/`` is copied to the bundle root) and ``<repo>/bundles/<name>``. ``--bundle_root DIR`` on the command line
+    overrides all of this.
+
+    Args:
+        name: the bundle's folder name, e.g. ``brats_unet3d_baseline``.
+
+    Returns:
+        The bundle's root folder as a string (the current directory if none is found).
+    """
+    cwd = Path.cwd()
+    for candidate in (cwd, cwd / "bundles" / name, PACKAGE_DIR.parent, PACKAGE_DIR.parent / "bundles" / name):
+        if _is_bundle(candidate, name):
+            return str(candidate)
+    logger.warning("bundle %s not found from %s; using the current directory as bundle_root", name, cwd)
+    return str(cwd)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation from templates
+# --------------------------------------------------------------------------------------------------------------------
+
+TEMPLATES = PACKAGE_DIR / "bundle_templates"
+MODEL_TEMPLATE = TEMPLATES / "model"
+EVAL_TEMPLATE = TEMPLATES / "robustness_eval"
+GENERATED = ("configs", "docs", "LICENSE")  # what a bundle folder holds that comes from its template
+COMMON_CONFIG = "configs/_common.json"  # merged into each of these before their own content:
+COMMON_USERS = ("configs/train.json", "configs/evaluate.json", "configs/inference.json")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """One bundle to generate: its folder name, template family, network and the values its templates use.
+
+    Attributes:
+        name: folder name under ``bundles/``.
+        family: "baseline", "distill", "advtrain", "noiseaug" (model bundles) or "robustness_eval".
+        net: "3d" or "2d" for model bundles, ``None`` for the evaluation bundle.
+        variables: values substituted for ``${key}`` in the templates.
+    """
+
+    name: str
+    family: str
+    net: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+_NETS = {
+    "3d": {"net": "3d", "net_title": "3D", "network_class": "UNet3D"},
+    "2d": {"net": "2d", "net_title": "2D", "network_class": "UNet2D"},
+}
+
+
+def bundle_specs() -> list[BundleSpec]:
+    """Every bundle of the project: 2 baselines, 8 distilled, 6 adversarially trained, 2 noise-augmented, 1 eval.
+
+    Returns:
+        The specs in a stable order (by family, network, parameter).
+    """
+    specs = []
+    for net, net_vars in _NETS.items():
+        prefix = f"brats_unet{net}"
+        baseline = f"{prefix}_baseline"
+        base_vars = {**net_vars, "name": baseline, "defense": "none", "defense_param": ""}
+        specs.append(BundleSpec(baseline, "baseline", net, base_vars))
+        for temperature in (20, 100, 500, 5000):
+            name = f"{prefix}_distill_t{temperature}"
+            specs.append(BundleSpec(name, "distill", net, {
+                **net_vars, "name": name, "defense": "distillation", "defense_param": f"T={temperature}",
+                "temperature": temperature, "teacher": baseline,
+            }))
+        for epsilon in (0.01, 0.05, 0.1):
+            name = f"{prefix}_advtrain_eps{epsilon}"
+            specs.append(BundleSpec(name, "advtrain", net, {
+                **net_vars, "name": name, "defense": "adversarial_training", "defense_param": f"eps={epsilon}",
+                "epsilon": epsilon, "baseline": baseline,
+            }))
+        name = f"{prefix}_noiseaug"
+        specs.append(BundleSpec(name, "noiseaug", net, {
+            **net_vars, "name": name, "defense": "noise_augmentation", "defense_param": "r=0.01", "radius": 0.01,
+            "baseline": baseline,
+        }))
+    specs.append(BundleSpec("brats_robustness_eval", "robustness_eval", None, {"name": "brats_robustness_eval"}))
+    return specs
+
+
+# ---- templates ------------------------------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+def _substitute(obj: Any, variables: dict[str, Any], where: str) -> Any:
+    """Replace ``${key}``: a string that is exactly one placeholder takes the variable's JSON type."""
+    if isinstance(obj, dict):
+        return {k: _substitute(v, variables, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, variables, where) for v in obj]
+    if not isinstance(obj, str) or "${" not in obj:
+        return obj
+    missing = [k for k in _PLACEHOLDER.findall(obj) if k not in variables]
+    if missing:
+        raise RobustsegError(f"{where}: template variable(s) {missing} not defined for this bundle.")
+    whole = _PLACEHOLDER.fullmatch(obj)
+    if whole:
+        return variables[whole.group(1)]
+    return _PLACEHOLDER.sub(lambda m: str(variables[m.group(1)]), obj)
+
+
+def apply_overlay(config: dict, overlay: dict) -> dict:
+    """Apply a MONAI-style override file to a config, as ``--config_file "['a.json','b.json']"`` would.
+
+    Keys may be nested ids joined by ``#`` (``"train#trainer#max_epochs"``); list items are addressed by index.
+    Values replace what is there (a new key is appended).
+
+    Args:
+        config: the base config (not modified).
+        overlay: the overrides.
+
+    Returns:
+        A new config.
+    """
+    out = copy.deepcopy(config)
+    for key, value in overlay.items():
+        *parents, last = key.split("#")
+        node: Any = out
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        if isinstance(node, list):
+            node[int(last)] = copy.deepcopy(value)
+        else:
+            node[last] = copy.deepcopy(value)
+    return out
+
+
+def format_json(obj: Any, indent: int = 0, width: int = 120) -> str:
+    """Pretty-print JSON readably: 4-space indentation, but anything that fits on one line stays on one line."""
+    flat = json.dumps(obj)
+    if not isinstance(obj, (dict, list)) or not obj or indent + len(flat) <= width - 8:
+        return flat
+    pad = " " * (indent + 4)
+    if isinstance(obj, dict):
+        items = [f"{pad}{json.dumps(k)}: {format_json(v, indent + 4, width)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + format_json(v, indent + 4, width) for v in obj]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RobustsegError(f"{path}: template is not valid JSON ({exc}).") from exc
+
+
+def _template_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            yield path.relative_to(folder).as_posix(), path
+
+
+def _overlays(spec: BundleSpec) -> list[dict[str, dict]]:
+    """Per-file overlays for a model bundle: the network's, then the family's (``{"configs/x.json": {...}}``)."""
+    found = []
+    for path in (TEMPLATES / "nets" / f"{spec.net}.json", TEMPLATES / "families" / f"{spec.family}.json"):
+        if path.is_file():
+            found.append(_load_json(path))
+    return found
+
+
+def render_bundle(spec: BundleSpec) -> dict[str, str]:
+    """Render every generated file of a bundle.
+
+    Model bundles: the files of ``bundle_templates/model`` (``configs/_common.json`` merged into train, evaluate and
+    inference), then the overlays of ``bundle_templates/nets/<net>.json`` and
+    ``bundle_templates/families/<family>.json`` (keyed by file, MONAI override syntax), then ``${...}`` substitution.
+    The family's ``docs/<family>.md`` fills the README's ``${family_docs}``. The evaluation bundle is rendered from
+    ``bundle_templates/robustness_eval`` by substitution only.
+
+    Args:
+        spec: the bundle.
+
+    Returns:
+        ``{relative path: file content}``.
+    """
+    folder = EVAL_TEMPLATE if spec.family == "robustness_eval" else MODEL_TEMPLATE
+    variables = dict(spec.variables)
+    if spec.family != "robustness_eval":
+        docs = TEMPLATES / "families" / f"{spec.family}.md"
+        variables["family_docs"] = _substitute(docs.read_text().strip(), variables, str(docs)) if docs.is_file() else ""
+    files: dict[str, str] = {}
+    configs: dict[str, dict] = {}
+    for rel, path in _template_files(folder):
+        if rel.endswith(".json"):
+            configs[rel] = _load_json(path)
+        else:
+            files[rel] = _substitute(path.read_text(), variables, str(path))
+    overlays = _overlays(spec) if spec.family != "robustness_eval" else []
+    common = configs.pop(COMMON_CONFIG, None)
+    if common is not None:
+        for overlay in overlays:
+            common = apply_overlay(common, overlay.get(COMMON_CONFIG, {}))
+        for rel in COMMON_USERS:
+            configs[rel] = {**common, **configs.get(rel, {})}
+    for overlay in overlays:
+        for rel, changes in overlay.items():
+            if rel != COMMON_CONFIG:
+                configs[rel] = apply_overlay(configs.get(rel, {}), changes)
+    for rel, config in configs.items():
+        files[rel] = format_json(_substitute(config, variables, rel)) + "\n"
+    return dict(sorted(files.items()))
+
+
+def _generated_files(bundle_dir: Path) -> set[str]:
+    """Template-owned files present in a bundle folder, as paths relative to it."""
+    found = set()
+    for top in GENERATED:
+        path = bundle_dir / top
+        if path.is_file():
+            found.add(top)
+        elif path.is_dir():
+            found.update(p.relative_to(bundle_dir).as_posix() for p in path.rglob("*") if p.is_file())
+    return found
+
+
+def _write_atomic(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    os.replace(tmp, path)
+
+
+def generate_bundles(root: str | Path = "bundles", check: bool = False) -> list[str]:
+    """Write every bundle folder from its template, or with ``check`` report how the committed ones differ.
+
+    Only template-owned files are touched (``configs/``, ``docs/``, ``LICENSE``); ``models/`` and run outputs stay.
+
+    Args:
+        root: the folder holding the bundles.
+        check: compare instead of writing.
+
+    Returns:
+        With ``check``: one line per difference (missing, changed or extra file); otherwise the files written.
+    """
+    root = Path(root)
+    lines: list[str] = []
+    for spec in bundle_specs():
+        rendered = render_bundle(spec)
+        folder = root / spec.name
+        on_disk = _generated_files(folder) if folder.is_dir() else set()
+        for rel, content in rendered.items():
+            path = folder / rel
+            current = path.read_text() if path.is_file() else None
+            if current == content:
+                continue
+            if check:
+                state = "missing" if current is None else "differs from its template"
+                lines.append(f"{path}: {state} (run `robustseg bundles generate`)")
+            else:
+                _write_atomic(path, content)
+                lines.append(str(path))
+        for rel in sorted(on_disk - set(rendered)):
+            if check:
+                lines.append(f"{folder / rel}: not produced by the template (remove it or add it to the template)")
+            else:
+                (folder / rel).unlink()
+                lines.append(f"removed {folder / rel}")
+    return lines
+
+
+# ---- export ----------------------------------------------------------------------------------------------------------
+
+
+def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "bundles") -> Path:
+    """Zip a trained bundle as a self-contained Model Zoo bundle.
+
+    The zip holds ``<name>/configs``, ``docs``, ``LICENSE``, ``models/model.pt`` and a copy of this ``common``
+    package at the bundle root, so that ``"_target_": "common...."`` resolves when MONAI runs the bundle from there
+    (MONAI puts the bundle root on ``sys.path``; ``bundle_root`` is found from the copied package).
+
+    Args:
+        name: bundle folder name under ``root``.
+        out: the zip to write (default ``<name>.zip`` in the current directory).
+        root: the folder holding the bundles.
+
+    Returns:
+        The path of the zip.
+
+    Raises:
+        RobustsegError: the bundle does not exist or has no trained ``models/model.pt``.
+    """
+    folder = Path(root) / name
+    if not (folder / "configs" / "metadata.json").is_file():
+        raise RobustsegError(f"{folder}: not a bundle (no configs/metadata.json).")
+    weights = folder / "models" / "model.pt"
+    if not weights.is_file():
+        raise RobustsegError(f"{weights}: missing -- train the bundle before exporting it.")
+    out = Path(out) if out is not None else Path(f"{name}.zip")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".zip")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for rel in sorted(_generated_files(folder)):
+                zf.write(folder / rel, f"{name}/{rel}")
+            zf.write(weights, f"{name}/models/model.pt")
+            for path in sorted(PACKAGE_DIR.rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                    zf.write(path, f"{name}/common/{path.relative_to(PACKAGE_DIR).as_posix()}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
