@@ -41,7 +41,7 @@ class AutocastInferer(Inferer):
             raise RobustsegError(f"inferer must be a MONAI inferer, got {type(inferer).__name__}.")
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.enabled = bool(enabled)
-        self.dtype = _DTYPES[look_up_option(dtype, _DTYPES)]
+        self.dtype = look_up_option(dtype, _DTYPES)
 
     def __call__(self, inputs: Tensor, network: Any, *args: Any, **kwargs: Any) -> Tensor:
         if not self.enabled:
