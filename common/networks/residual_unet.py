@@ -84,8 +84,10 @@ class _DecoderLevel(nn.Module):
 class ResidualUNet(nn.Module):
     """Residual UNet of Liu et al. (2021, Fig. 1) after Isensee et al. (2017), for 2D or 3D inputs; returns logits.
 
-    Every convolution block is convolution, instance normalisation (affine) and leaky ReLU, in that order, as the
-    paper describes them. Level ``l`` (``l = 0 .. levels-1``) has ``base_filters * 2**l`` filters.
+    Every convolution block is convolution, instance normalisation (affine) and leaky ReLU, in that order, as Liu
+    et al. describe them (and as in the Keras implementation their description matches); Isensee et al. write
+    their context modules as pre-activation residual blocks (normalisation and activation before each
+    convolution); we follow Liu et al. Level ``l`` (``l = 0 .. levels-1``) has ``base_filters * 2**l`` filters.
 
     - Encoder: at each level a 3x3x3 block (stride 1 at level 0, stride 2 below, which halves the size) followed by
       a residual context module (block, spatial dropout ``dropout``, block, plus the module input). With
