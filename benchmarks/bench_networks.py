@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=64, help="2D batch size (slices of 128^2)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} (fp32/bf16 alternating)")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, median of {args.repeats} (fp32/bf16 alternating)")
     header = f"{'network':<8} {'base':>4} {'input':>14} {'step':<12} {'fp32 s':>8} {'bf16 s':>8} {'bf16/fp32':>9}"
     print(header)
     print("-" * len(header))
