@@ -1,0 +1,229 @@
+"""The robustness results CSV: its columns (the single source of truth), a row formatter and a validating loader.
+
+The ``brats_robustness_eval`` bundle writes one row per subject x model x attack x epsilon x iteration, appended and
+flushed as computed; ``robustseg stats`` / ``robustseg report`` read it and compute every table and figure from it
+(never re-running an attack). Columns, in this order (:data:`COLUMNS`):
+
+=====================  =====  ==========================================================================================
+column                 type   meaning
+=====================  =====  ==========================================================================================
+model                  str    model bundle name, e.g. ``brats_unet3d_baseline``, ``brats_unet3d_distill_t5000``
+net                    str    ``3d`` or ``2d``
+defense                str    ``none``, ``distillation``, ``adversarial_training``, ``noise_augmentation``
+defense_param          str    e.g. ``T=5000``, ``eps=0.05``, ``r=0.01``; empty for none
+subject                str    subject id
+attack                 str    ``none`` (clean input), ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``, ... (display name)
+threat                 str    ``clean``, ``white-box`` (the paper's attack on the model itself), ``adaptive`` (attack on
+                              logits/T for distillation), ``transfer`` (adversarial input crafted on another model)
+source_model           str    model the perturbation was computed on (the model itself for white-box/adaptive; empty
+                              for clean)
+attack_config          str    the attack's repr, e.g. ``IterativeFGSM(epsilon=0.05, steps=10, alpha=0.005, ...)``
+loss                   str    attack loss name: ``soft_dice``, ``ce``, or a callable's name; empty for clean
+epsilon                float  L-inf radius (relative to each sample's max abs intensity unless the config says
+                              otherwise); 0 for clean
+steps                  int    configured number of steps (1 for FGSM, 0 for clean)
+iteration              int    which iterate this row scores: 1..steps (every iterate of an iterative attack has a
+                              row); 0 for clean
+dice_wt/_tc/_et        float  Dice of the prediction vs ground truth per BraTS region (both masks empty -> 1.0)
+psnr                   float  PSNR (dB) of the adversarial vs the clean input, data range = clean max - clean min per
+                              sample; empty for clean
+ssim                   float  SSIM of the adversarial vs the clean input; empty for clean
+rmse                   float  RMSE of the adversarial vs the clean input (normalised intensity units); empty for clean
+linf                   float  L-inf norm of the perturbation (0 for clean)
+l2                     float  L2 norm of the perturbation (0 for clean)
+zero_grad_fraction     float  fraction of input voxels whose loss gradient was exactly 0 at the first step (gradient
+                              masking indicator); empty for clean/transfer
+seconds                float  wall time to produce this row's adversarial input (attack time up to this iterate)
+=====================  =====  ==========================================================================================
+
+Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).
+Columns that may be empty have ``required=False`` in :data:`COLUMNS`. Extra columns are allowed and ignored by the
+loader, so the format can grow without breaking old readers.
+
+Example volumes for the figure panels live beside the CSV in ``<output_dir>/examples/<subject>/index.json`` (clean
+image, label, and per model/attack/epsilon the adversarial input and prediction as NIfTI; the perturbation is
+``adversarial - image``); see ``docs`` of the evaluation bundle.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from common.errors import RobustsegError
+
+__all__ = [
+    "Column",
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "NETS",
+    "DEFENSES",
+    "THREATS",
+    "Record",
+    "format_record",
+    "load_results",
+]
+
+Record = dict[str, "str | int | float | None"]
+"""One CSV row as loaded: column name -> typed value (``None`` for an empty optional field)."""
+
+
+class Column(NamedTuple):
+    """One column of the results CSV."""
+
+    name: str
+    dtype: type
+    required: bool
+    description: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("model", str, True, "model bundle name"),
+    Column("net", str, True, "3d or 2d"),
+    Column("defense", str, True, "none, distillation, adversarial_training or noise_augmentation"),
+    Column("defense_param", str, False, "defence parameter, e.g. T=5000, eps=0.05, r=0.01; empty for none"),
+    Column("subject", str, True, "subject id"),
+    Column("attack", str, True, "attack display name; none for the clean input"),
+    Column("threat", str, True, "clean, white-box, adaptive or transfer"),
+    Column("source_model", str, False, "model the perturbation was computed on; empty for clean"),
+    Column("attack_config", str, False, "the attack's repr"),
+    Column("loss", str, False, "attack loss name; empty for clean"),
+    Column("epsilon", float, True, "L-inf radius; 0 for clean"),
+    Column("steps", int, True, "configured number of steps; 0 for clean"),
+    Column("iteration", int, True, "iterate scored by this row, 1..steps; 0 for clean"),
+    Column("dice_wt", float, True, "Dice of the whole tumour (labels 1, 2, 4)"),
+    Column("dice_tc", float, True, "Dice of the tumour core (labels 1, 4)"),
+    Column("dice_et", float, True, "Dice of the enhancing tumour (label 4)"),
+    Column("psnr", float, False, "PSNR (dB) of the adversarial vs clean input; empty for clean"),
+    Column("ssim", float, False, "SSIM of the adversarial vs clean input; empty for clean"),
+    Column("rmse", float, False, "RMSE of the adversarial vs clean input; empty for clean"),
+    Column("linf", float, True, "L-inf norm of the perturbation; 0 for clean"),
+    Column("l2", float, True, "L2 norm of the perturbation; 0 for clean"),
+    Column("zero_grad_fraction", float, False, "fraction of exactly-zero input gradients at the first step"),
+    Column("seconds", float, False, "wall time to produce this row's adversarial input"),
+)
+"""The columns of the results CSV, in file order."""
+
+COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+NETS: tuple[str, ...] = ("3d", "2d")
+DEFENSES: tuple[str, ...] = ("none", "distillation", "adversarial_training", "noise_augmentation")
+THREATS: tuple[str, ...] = ("clean", "white-box", "adaptive", "transfer")
+_ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
+
+
+def _format_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        raise TypeError(f"booleans are not a results CSV type, got {value!r}")
+    if isinstance(value, float):
+        return repr(float(value))  # np.float64 is a float whose repr is "np.float64(...)" under numpy 2
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _format_value(value.item())
+    return str(value)
+
+
+def format_record(record: Mapping[str, object]) -> list[str]:
+    """The CSV fields of one result row, in :data:`COLUMN_NAMES` order (floats as ``repr``, ``None`` as empty).
+
+    Args:
+        record: column name -> value; every column of :data:`COLUMN_NAMES` must be present (``None`` for empty).
+
+    Returns:
+        The row's fields as strings, ready for :func:`csv.writer`.
+
+    Raises:
+        RobustsegError: if a column is missing or an unknown key is given.
+    """
+    missing = [name for name in COLUMN_NAMES if name not in record]
+    unknown = [name for name in record if name not in COLUMN_NAMES]
+    if missing or unknown:
+        raise RobustsegError(
+            f"record: missing column(s) {missing}, unknown column(s) {unknown}; expected {COLUMN_NAMES}."
+        )
+    return [_format_value(record[name]) for name in COLUMN_NAMES]
+
+
+def _parse(column: Column, text: str, where: str) -> str | int | float | None:
+    if text == "":
+        if column.required:
+            raise RobustsegError(f"{where}: column {column.name} is empty; expected a value ({column.description}).")
+        return None
+    if column.dtype is str:
+        return text
+    try:
+        return int(text) if column.dtype is int else float(text)
+    except ValueError:
+        expected = "an integer" if column.dtype is int else "a number"
+        raise RobustsegError(f"{where}: column {column.name} holds {text!r}; expected {expected}.") from None
+
+
+def _check_record(record: Record, where: str) -> None:
+    for name, allowed in _ALLOWED.items():
+        if record[name] not in allowed:
+            raise RobustsegError(f"{where}: column {name} holds {record[name]!r}; expected one of {list(allowed)}.")
+    if (record["threat"] == "clean") != (record["attack"] == "none"):
+        raise RobustsegError(
+            f"{where}: attack {record['attack']!r} with threat {record['threat']!r}; "
+            "expected attack 'none' exactly when threat is 'clean'."
+        )
+    for name in ("dice_wt", "dice_tc", "dice_et"):
+        if not 0.0 <= record[name] <= 1.0:  # also rejects NaN
+            raise RobustsegError(f"{where}: column {name} holds {record[name]!r}; expected a Dice in [0, 1].")
+    if not record["epsilon"] >= 0 or math.isinf(record["epsilon"]):
+        raise RobustsegError(f"{where}: column epsilon holds {record['epsilon']!r}; expected a finite number >= 0.")
+    if not 0 <= record["iteration"] <= record["steps"]:
+        raise RobustsegError(
+            f"{where}: iteration {record['iteration']} with steps {record['steps']}; expected 0 <= iteration <= steps."
+        )
+
+
+def load_results(path: str | os.PathLike) -> list[Record]:
+    """Read and validate a results CSV.
+
+    Every row is checked before anything is returned: the header holds all of :data:`COLUMN_NAMES` (extra columns
+    are ignored), required fields are present, numbers parse, ``net``/``defense``/``threat`` take allowed values,
+    ``attack == "none"`` exactly for ``threat == "clean"``, Dice lies in [0, 1], ``epsilon >= 0`` and
+    ``0 <= iteration <= steps``.
+
+    Args:
+        path: the CSV file written by the robustness evaluation.
+
+    Returns:
+        The rows in file order, as dicts with the typed values of :data:`COLUMNS` (``None`` for empty fields).
+
+    Raises:
+        RobustsegError: if the file is missing or unreadable, lacks columns (all named), has no rows, or a field
+            is invalid (the line and column are named).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RobustsegError(f"results CSV {path} does not exist; expected the CSV written by brats_robustness_eval.")
+    records: list[Record] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise RobustsegError(f"{path}: the file is empty; expected a header line with {list(COLUMN_NAMES)}.")
+            missing = [name for name in COLUMN_NAMES if name not in header]
+            if missing:
+                raise RobustsegError(f"{path}: missing column(s) {missing}; expected all of {list(COLUMN_NAMES)}.")
+            index = {name: header.index(name) for name in COLUMN_NAMES}
+            for fields in reader:
+                where = f"{path} line {reader.line_num}"
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise RobustsegError(f"{where}: {len(fields)} fields; expected {len(header)} as in the header.")
+                record = {col.name: _parse(col, fields[index[col.name]], where) for col in COLUMNS}
+                _check_record(record, where)
+                records.append(record)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RobustsegError(f"{path}: cannot be read as a CSV ({exc}).") from None
+    if not records:
+        raise RobustsegError(f"{path}: no result rows; expected at least one row below the header.")
+    return records
