@@ -272,8 +272,9 @@ def build_table1(
         "Input SSIM",
         "Input RMSE",
     ]
-    csv_header = ["attack", "attack_config", "loss", "steps", "metric", "n", "mean", "sd", "p", "p_bonferroni"]
-    csv_header.append("significant")
+    csv_header = ["attack", "attack_config", "loss", "steps", "metric", "n", "mean", "sd", "p", "p_bonferroni"] + [
+        "significant"
+    ]
     rows = [["No attack"]]
     csv_rows: list[list[object]] = []
     for region in TABLE1_REGIONS:
@@ -298,7 +299,7 @@ def build_table1(
             )
         for column, decimals in (("psnr", 2), ("ssim", 3), ("rmse", 3)):
             values = [cell[s][column] for s in subjects]
-            if any(v is None for v in values):
+            if any(v is None or math.isnan(v) for v in values):  # not measured (e.g. a transfer run)
                 row.append("n/a")
                 csv_rows.append([label, key[3], key[1], key[2], column, len(subjects), None, None, None, None, None])
                 continue
