@@ -1,5 +1,14 @@
-"""attacks."""
+"""Adversarial attacks on segmentation networks: FGSM, i-FGSM, ti-FGSM (Liu et al. 2021, eqs. 1-3) and PGD.
+
+Every attack is a callable ``adv = attack(model, images, labels)`` with the settings of :class:`Attack`.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from common.attacks.base import LOSSES, Attack, AttackStep
+from common.attacks.fgsm import FGSM
+from common.attacks.ifgsm import IterativeFGSM
+from common.attacks.pgd import PGD
+from common.attacks.tifgsm import TargetedIterativeFGSM
+
+__all__ = ["Attack", "AttackStep", "FGSM", "IterativeFGSM", "LOSSES", "PGD", "TargetedIterativeFGSM"]

@@ -1,0 +1,353 @@
+"""What every gradient-sign attack shares: settings, the loss, the threat model, the iteration and the model's state.
+
+An attack is a callable object, ``adv = attack(model, images, labels)``, so one attack object serves every model of an
+evaluation sweep. A subclass holds only its update rule (:meth:`Attack.step`) and, where it needs one, its loss target
+(:meth:`Attack.loss_labels`) or its start and restarts (:meth:`Attack.run`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.data.labels import labels_to_indices
+from common.errors import RobustsegError
+from common.losses.soft_dice import SoftDiceLoss
+
+__all__ = ["Attack", "AttackStep", "LOSSES"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _brats_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Voxel-averaged cross-entropy of ``logits`` (B, C, *spatial) against BraTS ``labels`` (B, 1, *spatial)."""
+    return F.cross_entropy(logits.float(), labels_to_indices(labels)[:, 0])
+
+
+LOSSES: dict[str, Callable[[], LossFn]] = {"soft_dice": SoftDiceLoss, "ce": lambda: _brats_cross_entropy}
+"""Loss names an attack accepts: the paper's soft Dice (eq. 5, background ignored) and cross-entropy."""
+
+
+@dataclass(frozen=True)
+class AttackStep:
+    """What an attack reports after each step (paper Figs. 3-4 score every iterate of i-FGSM and ti-FGSM).
+
+    Attributes:
+        step: 1-based step number.
+        adversarial: the iterate after this step, detached (the attack's return value after the last step).
+        loss: the attack loss at the iterate the gradient was taken at (the clean input for step 1; for a targeted
+            attack, the loss towards the target).
+        zero_grad_fraction: fraction of input voxels whose loss gradient is exactly 0. Close to 1 means the sign step
+            moves almost nothing: the gradient-masking signature of a saturated softmax (defensive distillation).
+        restart: 0-based restart number (PGD with ``restarts > 1``); 0 otherwise.
+    """
+
+    step: int
+    adversarial: Tensor
+    loss: float
+    zero_grad_fraction: float
+    restart: int = 0
+
+
+@contextmanager
+def _eval_mode(model: Callable[..., Tensor]) -> Iterator[None]:
+    """Run ``model`` in eval mode and give every submodule back its own train/eval flag, even on error."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        # set the flag module by module: model.train(mode) would overwrite submodules the caller had set differently
+        for module, training in modes:
+            module.training = training
+
+
+def _check_epsilon(epsilon: float, relative: bool) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon):
+        raise RobustsegError(f"epsilon must be a finite number, got {epsilon!r}.")
+    if epsilon < 0:
+        raise RobustsegError(f"epsilon must be >= 0, got {epsilon}.")
+    if relative and epsilon > 1:
+        raise RobustsegError(
+            f"epsilon must be <= 1 with relative=True (a fraction of each image's maximum intensity), got {epsilon}."
+        )
+    return float(epsilon)
+
+
+def _check_clip(clip: str | tuple[float, float] | None) -> str | tuple[float, float] | None:
+    if clip is None or clip == "sample":
+        return clip
+    if isinstance(clip, str):
+        raise RobustsegError(f"clip must be 'sample', None or a pair (lo, hi) of numbers, got {clip!r}.")
+    try:
+        lo, hi = (float(v) for v in clip)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise RobustsegError(f"clip must be 'sample', None or a pair (lo, hi) of numbers, got {clip!r}.") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise RobustsegError(f"clip must be a pair (lo, hi) of finite numbers with lo < hi, got {clip!r}.")
+    return (lo, hi)
+
+
+def _check_inputs(images: Tensor, labels: Tensor) -> None:
+    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 3:
+        what = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images)
+        raise RobustsegError(f"images must be a floating-point tensor (B, C, *spatial), got a {what}.")
+    expected = (images.shape[0], 1, *images.shape[2:])
+    if not isinstance(labels, Tensor) or tuple(labels.shape) != expected:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels)
+        raise RobustsegError(f"labels: shape {shape} does not fit images {tuple(images.shape)}, expected {expected}.")
+    labels_to_indices(labels)  # raises if a value is not a BraTS label
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, str) or obj is None:
+        return repr(obj)
+    name = getattr(obj, "__name__", type(obj).__name__)
+    roi = getattr(obj, "roi_size", None)
+    return f"{name}(roi_size={tuple(roi)})" if roi is not None else name
+
+
+class Attack:
+    """Base class of the L-infinity gradient-sign attacks on segmentation networks.
+
+    Owns what every attack shares: the loss, the threat model (an L-inf ball of radius ``epsilon``, relative to
+    each sample's maximum absolute intensity by default, intersected with the valid intensity range), the iteration
+    ``x_{k+1} = clip(step(x_k, grad loss(x_k)))``, a per-step record, and leaving the model exactly as found: it
+    runs the model in eval mode and restores each submodule's own mode afterwards, takes the input gradient with
+    ``torch.autograd.grad`` on a detached copy (parameters, their ``.grad`` and ``requires_grad`` flags are never
+    touched), re-enables gradients when called under ``torch.no_grad()`` (MONAI evaluators run iterations so) and
+    never modifies ``images`` or ``labels`` in place.
+
+    Adaptive attack on logit-rescaling defences: a student trained by defensive distillation at temperature ``T``
+    and deployed at ``T = 1`` has logits ``T`` times larger than it learned; its softmax saturates, the loss
+    gradient underflows to exactly 0 in most voxels and a naive attack barely moves (gradient masking, not
+    robustness: Carlini & Wagner 2016, "Defensive distillation is not robust to adversarial examples",
+    arXiv:1607.04311; Athalye, Carlini & Wagner 2018, "Obfuscated gradients give a false sense of security",
+    ICML). ``temperature=T`` (equivalently ``logit_scale=1/T``) makes the attack differentiate the loss of
+    ``logits / T`` instead; the model's output, and so what is scored, is unchanged.
+    :attr:`AttackStep.zero_grad_fraction` shows whether an attack is being masked.
+
+    Mixed precision: ``amp=True`` runs the forward and backward passes under
+    ``torch.autocast(device_type, dtype=torch.bfloat16)`` (the loss stays fp32). On a trained toy 3D net the sign of
+    the bf16 input gradient agreed with fp32 in about 97 % of the voxels with a non-zero fp32 gradient (the others
+    have tiny gradients); an i-FGSM attack loses a little strength but not much. Numbers for papers should use the
+    default fp32 (see ``benchmarks/bench_attacks.py --amp-agreement`` for the measurement).
+
+    Args:
+        epsilon: radius of the L-inf ball, >= 0; a fraction of each sample's maximum absolute intensity (over all
+            channels) when ``relative`` (so <= 1), else in intensity units. The paper uses 0.05 on [0, 1] images.
+        steps: number of gradient steps, >= 1.
+        alpha: step size, > 0, on the same scale as ``epsilon``; default ``epsilon / steps`` (the paper's
+            ``alpha * N = epsilon``) unless a subclass says otherwise.
+        loss: ``"soft_dice"`` (the paper's eq. 5 on softmax, background ignored), ``"ce"`` (cross-entropy over the
+            BraTS classes) or any callable ``(logits, labels) -> scalar`` where labels carry BraTS values.
+        relative: whether ``epsilon`` and ``alpha`` are relative to each sample's maximum absolute intensity.
+        clip: the valid intensity range the result is clipped to: ``"sample"`` (default) keeps each sample in its
+            clean ``[min, max]`` over all channels and voxels; ``(lo, hi)`` gives absolute bounds; ``None`` does not
+            clip. Where a clean voxel lies outside ``(lo, hi)``, the range wins over the ball.
+        temperature: divide the logits by this before the loss (adaptive attack on distilled models); > 0.
+        logit_scale: multiply the logits by this instead (``1 / temperature``); give at most one of the two.
+        inferer: e.g. a MONAI ``SlidingWindowInferer``; when given, logits are ``inferer(images, model)``, so the
+            gradient flows through the window stitching and volumes larger than the network's patch can be attacked.
+        amp: run forward and backward under bf16 autocast (see above).
+
+    Raises:
+        RobustsegError: for a bad setting (each names the parameter), and when called with images that are not a
+            floating-point (B, C, *spatial) tensor, labels not of shape (B, 1, *spatial) or with values outside
+            the BraTS labels {0, 1, 2, 4}.
+    """
+
+    name: ClassVar[str] = "Attack"
+    """Display name used in tables and figures."""
+
+    def __init__(
+        self,
+        epsilon: float,
+        steps: int = 1,
+        alpha: float | None = None,
+        *,
+        loss: str | LossFn = "soft_dice",
+        relative: bool = True,
+        clip: str | tuple[float, float] | None = "sample",
+        temperature: float | None = None,
+        logit_scale: float | None = None,
+        inferer: Callable[..., Tensor] | None = None,
+        amp: bool = False,
+    ) -> None:
+        self.relative = bool(relative)
+        self.epsilon = _check_epsilon(epsilon, self.relative)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise RobustsegError(f"steps must be an integer >= 1, got {steps!r}.")
+        self.steps = steps
+        if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise RobustsegError(f"alpha must be a finite number > 0, got {alpha!r}.")
+        self.alpha = float(alpha) if alpha is not None else self.default_alpha(self.epsilon, steps)
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise RobustsegError(
+                    f"loss must be one of {sorted(LOSSES)} or a callable (logits, labels) -> scalar, got {loss!r}."
+                )
+            self.loss_fn: LossFn = LOSSES[loss]()
+        elif callable(loss):
+            self.loss_fn = loss
+        else:
+            raise RobustsegError(
+                f"loss must be one of {sorted(LOSSES)} or a callable (logits, labels) -> scalar, got {loss!r}."
+            )
+        self.loss = loss
+        self.clip = _check_clip(clip)
+        if temperature is not None and logit_scale is not None:
+            raise RobustsegError(f"give temperature or logit_scale, not both (got {temperature} and {logit_scale}).")
+        for option, value in (("temperature", temperature), ("logit_scale", logit_scale)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise RobustsegError(f"{option} must be a finite number > 0, got {value!r}.")
+        self.temperature = float(temperature) if temperature is not None else 1.0
+        if logit_scale is not None:
+            self.temperature = 1.0 / float(logit_scale)
+        self.inferer = inferer
+        self.amp = bool(amp)
+
+    def default_alpha(self, epsilon: float, steps: int) -> float:
+        """Step size when ``alpha`` is not given: ``epsilon / steps`` (the paper's ``alpha * N = epsilon``)."""
+        return epsilon / steps
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The constructor settings, as listed by ``repr`` (and so in the CSV rows of an evaluation)."""
+        return {
+            "epsilon": self.epsilon,
+            "steps": self.steps,
+            "alpha": self.alpha,
+            "loss": self.loss,
+            "relative": self.relative,
+            "clip": self.clip,
+            "temperature": self.temperature,
+            "inferer": self.inferer,
+            "amp": self.amp,
+        }
+
+    def __repr__(self) -> str:
+        described = ("loss", "inferer")
+        items = ", ".join(
+            f"{key}={_describe(value) if key in described else repr(value)}" for key, value in self.settings.items()
+        )
+        return f"{type(self).__name__}({items})"
+
+    # -- the parts a subclass provides ---------------------------------------------------------------------------
+
+    def step(self, images: Tensor, grad: Tensor, step_size: Tensor | float) -> Tensor:
+        """One update before projection: the attack's rule (e.g. ``images + step_size * grad.sign()``).
+
+        Args:
+            images: the current iterate.
+            grad: the loss gradient at ``images``.
+            step_size: ``alpha`` in intensity units, per sample ``(B, 1, ..., 1)`` when ``relative``.
+        """
+        raise NotImplementedError
+
+    def loss_labels(self, labels: Tensor) -> Tensor:
+        """The label map the loss is computed against: the ground truth here, a target map for targeted attacks."""
+        return labels
+
+    def run(
+        self,
+        model: Callable[..., Tensor],
+        clean: Tensor,
+        labels: Tensor,
+        lower: Tensor,
+        upper: Tensor,
+        step_size: Tensor | float,
+        callback: Callable[[AttackStep], None] | None,
+    ) -> Tensor:
+        """The whole attack on a prepared batch: by default :meth:`iterate` from the clean images."""
+        return self.iterate(model, clean, labels, lower, upper, step_size, callback)
+
+    # -- shared machinery ----------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        model: Callable[..., Tensor],
+        images: Tensor,
+        labels: Tensor,
+        callback: Callable[[AttackStep], None] | None = None,
+    ) -> Tensor:
+        """Adversarial images for ``model``.
+
+        Args:
+            model: a segmentation network (or any callable) mapping images to logits (B, 4, *spatial), one channel
+                per BraTS label; with an ``inferer``, whatever the inferer accepts as its network.
+            images: clean images (B, C, *spatial), floating point; not modified.
+            labels: ground truth (B, 1, *spatial) with BraTS values {0, 1, 2, 4}; not modified.
+            callback: called after each step with an :class:`AttackStep`.
+
+        Returns:
+            The adversarial images, detached, same shape, dtype and device as ``images``.
+        """
+        clean, labels, scale = self._prepare(images, labels)
+        lower, upper = self._bounds(clean, self.epsilon * scale)
+        with _eval_mode(model), torch.enable_grad():
+            return self.run(model, clean, labels, lower, upper, self.alpha * scale, callback)
+
+    def iterate(
+        self,
+        model: Callable[..., Tensor],
+        start: Tensor,
+        labels: Tensor,
+        lower: Tensor,
+        upper: Tensor,
+        step_size: Tensor | float,
+        callback: Callable[[AttackStep], None] | None = None,
+        restart: int = 0,
+    ) -> Tensor:
+        """``steps`` updates from ``start``, each projected onto the box ``[lower, upper]`` (ball and range)."""
+        adversarial = start
+        for step in range(1, self.steps + 1):
+            loss, grad = self.gradient(model, adversarial, labels)
+            adversarial = torch.clamp(self.step(adversarial, grad, step_size), lower, upper)
+            if callback is not None:
+                callback(AttackStep(step, adversarial, loss.item(), (grad == 0).float().mean().item(), restart))
+        return adversarial
+
+    def logits(self, model: Callable[..., Tensor], images: Tensor) -> Tensor:
+        """The logits the loss sees: the model's (through the inferer, if any), divided by ``temperature``."""
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.inferer(images, model) if self.inferer is not None else model(images)
+        logits = logits.float()
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def gradient(self, model: Callable[..., Tensor], images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The attack loss at ``images`` (detached scalar) and its gradient with respect to ``images``."""
+        images = images.detach().requires_grad_(True)
+        loss = self.loss_fn(self.logits(model, images), labels)
+        (grad,) = torch.autograd.grad(loss, images)
+        return loss.detach(), grad
+
+    def _prepare(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
+        """Check the inputs; return the detached images, the loss labels and the per-sample intensity scale."""
+        _check_inputs(images, labels)
+        clean = images.detach()
+        if not self.relative:
+            return clean, self.loss_labels(labels.detach()), 1.0
+        scale = clean.abs().amax(dim=tuple(range(1, clean.ndim)), keepdim=True)
+        return clean, self.loss_labels(labels.detach()), scale
+
+    def _bounds(self, clean: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Per-voxel bounds of the threat model: the L-inf ball of ``radius`` intersected with the valid range."""
+        lower, upper = clean - radius, clean + radius
+        if self.clip == "sample":
+            dims = tuple(range(1, clean.ndim))
+            lower = torch.maximum(lower, clean.amin(dim=dims, keepdim=True))
+            upper = torch.minimum(upper, clean.amax(dim=dims, keepdim=True))
+        elif self.clip is not None:
+            lower, upper = lower.clamp(min=self.clip[0]), upper.clamp(max=self.clip[1])
+        return lower, upper

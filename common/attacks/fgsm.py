@@ -1,0 +1,83 @@
+"""FGSM (Goodfellow et al. 2015; Liu et al. 2021, eq. 1) and its one-gradient epsilon sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from common.attacks.base import Attack, AttackStep, _check_epsilon, _eval_mode
+
+__all__ = ["FGSM"]
+
+
+class FGSM(Attack):
+    """Fast gradient sign method, the paper's eq. 1: ``X_adv = X + epsilon * sign(grad_X loss(X, Y))``.
+
+    One signed-gradient step of size ``epsilon``, clipped to the valid intensity range. The zero-gradient fraction
+    of its one gradient (a gradient-masking indicator) comes with the ``callback`` record of step 1.
+
+    Args:
+        epsilon: perturbation size (relative to each sample's maximum absolute intensity by default).
+        kwargs: the common settings of :class:`~common.attacks.base.Attack` (``loss``, ``relative``, ``clip``,
+            ``temperature``/``logit_scale``, ``inferer``, ``amp``).
+
+    Example::
+
+        attack = FGSM(epsilon=0.05)
+        adv = attack(model, images, labels)
+        advs = attack.sweep(model, images, labels, [0.0, 0.001, 0.002])   # one gradient for the whole sweep
+    """
+
+    name = "FGSM"
+
+    def __init__(self, epsilon: float, **kwargs: Any) -> None:
+        super().__init__(epsilon, steps=1, alpha=None, **kwargs)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in super().settings.items() if k not in ("steps", "alpha")}
+
+    def step(self, images: Tensor, grad: Tensor, step_size: Tensor | float) -> Tensor:
+        return images + step_size * grad.sign()
+
+    def sweep(
+        self,
+        model: Callable[..., Tensor],
+        images: Tensor,
+        labels: Tensor,
+        epsilons: Sequence[float],
+        callback: Callable[[AttackStep], None] | None = None,
+    ) -> list[Tensor]:
+        """FGSM at every epsilon of a sweep from ONE forward and backward pass.
+
+        The gradient sign does not depend on epsilon, so entry ``i`` equals ``FGSM(epsilons[i], **same settings)``
+        applied to the same inputs (this object's own ``epsilon`` is not used).
+
+        Args:
+            model: as for ``__call__``.
+            images: clean images (B, C, *spatial).
+            labels: BraTS labels (B, 1, *spatial).
+            epsilons: perturbation sizes, each checked like ``epsilon``.
+            callback: called once per epsilon, in order, with the step-1 record of that epsilon's adversarial batch
+                (the loss and zero-gradient fraction are those of the shared gradient).
+
+        Returns:
+            One adversarial batch per epsilon.
+        """
+        epsilons = [_check_epsilon(epsilon, self.relative) for epsilon in epsilons]
+        clean, labels, scale = self._prepare(images, labels)
+        with _eval_mode(model), torch.enable_grad():
+            loss, grad = self.gradient(model, clean, labels)
+        zero_fraction = (grad == 0).float().mean().item() if callback is not None else 0.0
+        adversarials = []
+        for epsilon in epsilons:
+            lower, upper = self._bounds(clean, epsilon * scale)
+            # the same expressions as __call__ (where alpha = epsilon), so each result is bit-identical to FGSM(epsilon)
+            adversarial = torch.clamp(self.step(clean, grad, epsilon * scale), lower, upper)
+            adversarials.append(adversarial)
+            if callback is not None:
+                callback(AttackStep(1, adversarial, loss.item(), zero_fraction))
+        return adversarials
