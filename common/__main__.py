@@ -91,11 +91,36 @@ class CLI:
 
         return f"wrote {segment(bundle, input, output, device=device)}"
 
-    def stats(self, csv: str, out: str = "stats") -> str:
-        """Tables like the paper's Tables 1-3 (mean +- sd, Wilcoxon, Bonferroni) from a robustness CSV."""
+    def stats(
+        self,
+        csv: str,
+        out: str = "stats",
+        epsilon: float = 0.05,
+        epsilons: tuple[float, ...] = (0.0, 0.05, 0.1),
+        attack: str = "FGSM",
+        loss: str | None = None,
+        baseline: str | None = None,
+        alpha: float = 0.05,
+    ) -> str:
+        """Tables like the paper's Tables 1-3 (mean +- sd, Wilcoxon, Bonferroni) from a robustness CSV.
+
+        Args:
+            csv: the evaluation bundle's ``results.csv``.
+            out: output folder (Markdown and CSV per table, plus ``tables.md``).
+            epsilon: the epsilon of Table 1 (the paper: 0.05).
+            epsilons: the epsilon columns of Tables 2/3 (the paper: 0, 0.05, 0.1).
+            attack: the attack of Tables 2/3 (the paper: FGSM).
+            loss: the attack loss to tabulate when the CSV holds several.
+            baseline: the undefended model to compare against when a net has several.
+            alpha: significance level before Bonferroni correction.
+        """
         from common.report.tables import write_tables
 
-        return "wrote " + ", ".join(write_tables(csv, out))
+        written = write_tables(
+            csv, out, epsilon=epsilon, epsilons=tuple(epsilons), attack=attack, loss=loss, baseline=baseline,
+            alpha=alpha,
+        )
+        return "wrote " + ", ".join(str(p) for p in written)
 
     def report(self, csv: str, out: str = "report") -> str:
         """The full robustness report (tables, figures, report.html) from a robustness CSV."""
