@@ -183,14 +183,22 @@ def apply_overlay(config: dict, overlay: dict) -> dict:
     return out
 
 
-def format_json(obj: Any, indent: int = 0, width: int = 120) -> str:
-    """Pretty-print JSON readably: 4-space indentation, but anything that fits on one line stays on one line."""
+def format_json(obj: Any, indent: int = 0, width: int = 120, lead: int = 0) -> str:
+    """Pretty-print JSON readably: 4-space indentation, but anything that fits in ``width`` stays on one line.
+
+    Args:
+        obj: a JSON-serialisable value.
+        indent: current indentation.
+        width: line width.
+        lead: characters already on the line before the value (a key), counted against ``width``.
+    """
     flat = json.dumps(obj)
-    if not isinstance(obj, (dict, list)) or not obj or indent + len(flat) <= width - 8:
+    if not isinstance(obj, (dict, list)) or not obj or indent + lead + len(flat) + 1 <= width:
         return flat
     pad = " " * (indent + 4)
     if isinstance(obj, dict):
-        items = [f"{pad}{json.dumps(k)}: {format_json(v, indent + 4, width)}" for k, v in obj.items()]
+        items = [f"{pad}{json.dumps(k)}: {format_json(v, indent + 4, width, len(json.dumps(k)) + 2)}"
+                 for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
     items = [pad + format_json(v, indent + 4, width) for v in obj]
     return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
@@ -234,7 +242,7 @@ def render_bundle(spec: BundleSpec) -> dict[str, str]:
         ``{relative path: file content}``.
     """
     folder = EVAL_TEMPLATE if spec.family == "robustness_eval" else MODEL_TEMPLATE
-    variables = dict(spec.variables)
+    variables = {"family": spec.family, **spec.variables}
     if spec.family != "robustness_eval":
         docs = TEMPLATES / "families" / f"{spec.family}.md"
         variables["family_docs"] = _substitute(docs.read_text().strip(), variables, str(docs)) if docs.is_file() else ""

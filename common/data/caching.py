@@ -62,9 +62,11 @@ def _describe(obj: Any, depth: int = 0) -> Any:
         return [_describe(v, depth + 1) for v in obj]
     if callable(obj) and not hasattr(obj, "__dict__"):
         return getattr(obj, "__qualname__", type(obj).__name__)
-    state = {k: _describe(v, depth + 1) for k, v in sorted(vars(obj).items()) if not k.startswith("_")} if hasattr(
-        obj, "__dict__"
-    ) else {}
+    state = (
+        {k: _describe(v, depth + 1) for k, v in sorted(vars(obj).items()) if not k.startswith("_")}
+        if hasattr(obj, "__dict__")
+        else {}
+    )
     return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "state": state}
 
 
