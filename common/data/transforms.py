@@ -68,7 +68,8 @@ class BraTSLayoutd(MapTransform):
 
     Args:
         keys: keys of the items to convert (images and labels).
-        label_keys: which of ``keys`` are label maps; the others are 4-channel images.
+        label_keys: which of ``keys`` are label maps; the others are 4-channel images. Names not in ``keys`` are
+            ignored, so ``BraTSLayoutd(keys="image")`` serves inference as it is.
         layout_key: the item key holding the layout, ``"brats"`` (the default when absent) or ``"msd"``.
         allow_missing_keys: don't raise if a key is missing (e.g. ``label`` at inference).
 
@@ -92,9 +93,6 @@ class BraTSLayoutd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = (label_keys,) if isinstance(label_keys, str) else tuple(label_keys)
-        unknown = [k for k in self.label_keys if k not in self.keys]
-        if unknown:
-            raise RobustsegError(f"label_keys {unknown} must be among keys {list(self.keys)}.")
         self.layout_key = layout_key
 
     def _image(self, img, layout: str, source: str):

@@ -114,9 +114,11 @@ def test_layout_error_names_the_file_without_subject():
         BraTSLayoutd(keys=KEYS)(item)
 
 
-def test_layout_label_keys_must_be_keys():
-    with pytest.raises(RobustsegError, match=r"label_keys \['seg'\] must be among keys"):
-        BraTSLayoutd(keys=KEYS, label_keys="seg")
+def test_layout_image_only_at_inference():
+    item = meta_item("msd")
+    del item["label"]
+    out = BraTSLayoutd(keys="image")(item)  # label_keys keeps its default "label", which is not among the keys
+    assert torch.equal(out["image"][0], item["image"][1])
 
 
 # ------------------------------------------------------------------------------------ pipeline on BraTS and MSD
