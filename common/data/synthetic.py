@@ -1,13 +1,14 @@
 """The embedded synthetic BraTS-like data set: deformed MNI anatomy, four MR contrasts and a labelled tumour.
 
 Every robustseg command must run on a fresh machine without a download, so the default data is generated. The
-anatomy is the MNI ICBM152 2009c nonlinear symmetric template (T1 and grey/white-matter probability maps at 1 mm)
+anatomy is the MNI ICBM152 2009a nonlinear symmetric template (T1 and grey/white-matter probability maps at 1 mm)
 that the ``nilearn`` wheel ships; it is resampled once to a cubic grid. Each subject then gets
 
-1. a random smooth deformation (MONAI ``Rand3DElastic``: elastic field plus a small rotation, scaling and shift);
-2. a tumour at a random supratentorial white-matter position: a lobulated, elongated blob (a noisy ellipsoid
-   level set) with necrotic/non-enhancing core (BraTS label 1) inside an enhancing rim of irregular thickness
-   (label 4), surrounded by oedema (label 2) that spreads along white matter and spares cortex and CSF;
+1. a random smooth deformation (as MONAI ``Rand3DElastic``: elastic field plus a small rotation, scaling and shift);
+2. a tumour at a random position in hemispheric white matter (above the tentorium, off the midline): a
+   lobulated, elongated blob (a noisy ellipsoid level set) with necrotic/non-enhancing core (BraTS label 1) inside
+   an enhancing rim of irregular thickness (label 4), surrounded by oedema (label 2) that spreads along white
+   matter and spares cortex and CSF;
 3. mass effect: a radial displacement field that pushes the surrounding tissue (ventricles included) outward;
 4. T1, T1Gd, T2 and FLAIR from per-tissue intensity models with per-subject jitter: T1 WM > GM > CSF; T1Gd as
    T1 with a very bright enhancing rim and a dark necrotic core; T2 with bright CSF, core and oedema and dark WM;
@@ -65,7 +66,7 @@ __all__ = [
     "SYNTHETIC_MANIFEST",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump whenever the generated voxels change, so that cached data sets are regenerated."""
 
 SYNTHETIC_MANIFEST = "synthetic.json"
@@ -92,7 +93,7 @@ _TISSUE_INTENSITY = {
 _TUMOUR_INTENSITY = {  # (NCR/NET, ET, oedema fluid)
     "t1": (300.0, 560.0, 380.0),
     "t1ce": (280.0, 1150.0, 400.0),
-    "t2": (950.0, 700.0, 1000.0),
+    "t2": (1000.0, 700.0, 950.0),
     "flair": (520.0, 700.0, 1100.0),
 }
 
@@ -239,7 +240,7 @@ class _Tumour:
 
 
 def _draw_tumour(tissue: np.ndarray, spacing: float, affine: np.ndarray, rng: np.random.Generator) -> _Tumour:
-    """Size and supratentorial white-matter position of a tumour (BraTS-like: WT 2-16 % of the brain)."""
+    """Size and hemispheric white-matter position of a tumour (BraTS-like: WT ~2.5-20 % of the brain)."""
     brain = tissue[3] > 0.5
     brain_mm3 = float(brain.sum()) * spacing**3
     wt_fraction = math.exp(rng.uniform(math.log(0.025), math.log(0.2)))
@@ -249,16 +250,19 @@ def _draw_tumour(tissue: np.ndarray, spacing: float, affine: np.ndarray, rng: np
     radius_wt = max(radius_wt, radius_tc + 2.0 * spacing)
     rim_mm = float(np.clip(rng.uniform(0.15, 0.35) * radius_tc, spacing, radius_tc - 1.2 * spacing))
     depth = ndimage.distance_transform_edt(brain) * spacing
-    z_world = (affine @ np.array([0.0, 0.0, 1.0, 0.0]))[2] * np.arange(brain.shape[2]) + affine[2, 3]
-    supratentorial = (z_world > -5.0).reshape(1, 1, -1)
+    # hemispheric white matter: above the tentorium and off the midline (not in the thalamus or brainstem)
+    x_world = affine[0, 0] * np.arange(brain.shape[0]) + affine[0, 3]
+    z_world = affine[2, 2] * np.arange(brain.shape[2]) + affine[2, 3]
+    allowed = (np.abs(x_world) > 15.0).reshape(-1, 1, 1) & (z_world > -5.0).reshape(1, 1, -1)
+    white = (tissue[2] > 0.5) & allowed
     centre = None
-    for needed_depth in (radius_tc + spacing, 0.6 * radius_tc, spacing):
-        candidates = np.argwhere((tissue[2] > 0.5) & (depth >= needed_depth) & supratentorial)
+    for region in (white & (depth >= radius_tc + spacing), white & (depth >= 0.6 * radius_tc), white, brain):
+        candidates = np.argwhere(region)
         if len(candidates):
             centre = candidates[rng.integers(len(candidates))].astype(np.float64)
             break
-    if centre is None:  # a brain without deep white matter cannot happen with the MNI template
-        raise RuntimeError("synthetic tumour: no white-matter voxel to place the tumour in.")
+    if centre is None:
+        raise RuntimeError("synthetic tumour: the deformed template has no brain voxel.")
     centre += rng.uniform(-0.5, 0.5, 3)
     return _Tumour(centre, radius_tc, radius_wt, rim_mm, float(rng.uniform(0.25, 0.5)))
 
