@@ -577,10 +577,10 @@ def _generate(
 
 
 def _run(todo: list[int], root: Path, seed: int, shape: int, workers: int | None) -> None:
-    from tqdm.auto import tqdm
-
     if not todo:
         return
+    from tqdm.auto import tqdm
+
     # a worker process costs a few seconds to start (torch, MONAI, the template): worth it for many subjects only
     default = min(2, os.cpu_count() or 1) if len(todo) >= _MIN_SUBJECTS_FOR_POOL else 1
     n_workers = min(workers or default, len(todo))
