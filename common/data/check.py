@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from common.data.datalist import LAYOUTS, MSD_MODALITIES, MSD_TO_BRATS_LABELS, f
 from common.data.labels import BRATS_LABELS, MODALITIES
 from common.errors import RobustsegError
 
-__all__ = ["AFFINE_TOLERANCE", "check_dataset"]
+__all__ = ["AFFINE_TOLERANCE", "check_dataset", "check_or_raise"]
 
 AFFINE_TOLERANCE = 1e-3
 """Largest absolute difference between two affine entries (mm) still counted as the same grid."""
@@ -247,3 +248,29 @@ def check_dataset(path: str | os.PathLike, require_labels: bool = True) -> tuple
         problems.extend(_check_subject(entry, where, require_labels))
     n_subjects = len({json.dumps(entry.get("image")) for _, _, entry in entries})
     return problems, n_subjects
+
+
+def check_or_raise(path: str | os.PathLike, require_labels: bool = True) -> int:
+    """Run :func:`check_dataset` before training or evaluation; stop with one line per problem if any.
+
+    Each problem is printed to stderr on its own line, then a :class:`RobustsegError` names the data and the count,
+    so a bundle run ends with a short, complete report and a non-zero exit instead of failing later in a transform.
+
+    Args:
+        path: data folder or datalist JSON.
+        require_labels: whether every subject needs a segmentation (training and evaluation do).
+
+    Returns:
+        The number of subjects checked.
+
+    Raises:
+        RobustsegError: if the check finds any problem.
+    """
+    problems, n_subjects = check_dataset(path, require_labels=require_labels)
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        raise RobustsegError(
+            f"{path}: {len(problems)} problem(s) in the data (listed above); fix them or pass another datalist."
+        )
+    return n_subjects

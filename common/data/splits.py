@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,10 @@ def load_split(datalist: str | Path, split: str, val_fraction: float = 0.1, seed
         order = np.random.default_rng(seed).permutation(len(train))
         held_out = set(order[:n_val].tolist())
         items = [d for i, d in enumerate(train) if (i in held_out) == (split == "validation")]
+    for item in items:
+        # load_decathlon_datalist turns any string naming an existing path into an absolute path, subject ids included
+        if isinstance(item.get("subject"), str):
+            item["subject"] = os.path.basename(item["subject"].rstrip("/"))
     if not items:
         raise RobustsegError(f"{path}: the '{split}' split is empty (val_fraction={val_fraction}).")
     return items
