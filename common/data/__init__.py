@@ -1,23 +1,37 @@
-"""Data: BraTS conventions, the embedded synthetic data set, datalists, input checks and MONAI transforms."""
+"""Data: BraTS conventions, the embedded synthetic data set, datalists, input checks and MONAI transforms.
+
+Names are imported on first use (PEP 562), so ``robustseg data datalist`` does not pay for torch and MONAI; bundle
+configs reach them as ``common.data.<name>`` or ``common.data.<module>.<name>`` all the same.
+"""
 
 from __future__ import annotations
 
-from common.data.labels import (
-    BRATS_LABELS,
-    MODALITIES,
-    REGIONS,
-    indices_to_labels,
-    labels_to_indices,
-    logits_to_labels,
-    region_masks,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "BRATS_LABELS",
-    "MODALITIES",
-    "REGIONS",
-    "indices_to_labels",
-    "labels_to_indices",
-    "logits_to_labels",
-    "region_masks",
-]
+_EXPORTS = {
+    "labels": ["BRATS_LABELS", "MODALITIES", "REGIONS", "indices_to_labels", "labels_to_indices", "logits_to_labels",
+               "region_masks"],
+    "synthetic": ["ensure_synthetic_dataset", "write_synthetic_dataset", "synthesize_subject", "synthetic_subject_id"],
+    "paths": ["default_synthetic_dir"],
+    "datalist": ["find_subjects", "split_subjects", "write_datalist"],
+    "splits": ["load_split"],
+    "check": ["check_dataset", "check_or_raise"],
+    "transforms": ["BraTSLayoutd", "N4BiasFieldCorrection", "N4BiasFieldCorrectiond", "NormalizeBraTSd"],
+    "label_transforms": ["LabelsFromLogitsd", "RegionMasksd"],
+    "slices": ["RandAxialSlicesd"],
+    "caching": ["stat_hashing", "transform_hashing"],
+    "show": ["show_subject"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:  # a submodule, e.g. common.data.transforms
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
