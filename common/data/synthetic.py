@@ -66,7 +66,7 @@ __all__ = [
     "SYNTHETIC_MANIFEST",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump whenever the generated voxels change, so that cached data sets are regenerated."""
 
 SYNTHETIC_MANIFEST = "synthetic.json"
@@ -299,7 +299,9 @@ def _tumour_labels(
     from scipy.spatial.transform import Rotation
 
     shape = tissue.shape[1:]
-    box = _box(tumour.centre, 1.8 * tumour.radius_wt / spacing + 3, shape)
+    # the box holds every voxel the level sets below can reach: the core within 1.6 * 1.375 * radius_tc
+    # (elongation and clipped lobes), the oedema within 1.15 * 1.5 * radius_wt
+    box = _box(tumour.centre, 2.0 * tumour.radius_wt / spacing + 3, shape)
     box_shape = tuple(s.stop - s.start for s in box)
     grid = np.stack(np.meshgrid(*(np.arange(s.start, s.stop) for s in box), indexing="ij")).astype(np.float32)
     grid *= spacing
@@ -323,8 +325,9 @@ def _tumour_labels(
 
     # Oedema spreads along white matter (finger-like) and spares cortex and CSF; a shell around the core stays.
     wm, gm = tissue[(2, *box)], tissue[(1, *box)]
-    fingers = _smooth_noise(rng, box_shape, max(0.2 * tumour.radius_wt / spacing, 1.0))
-    reach = distance / (1.15 * tumour.radius_wt) + 0.25 * fingers < 1.0
+    fingers = np.clip(_smooth_noise(rng, box_shape, max(0.2 * tumour.radius_wt / spacing, 1.0)), -2.0, 2.0)
+    radial = np.sqrt(np.sum((grid - centre.reshape(3, 1, 1, 1)) ** 2, axis=0))
+    reach = radial / (1.15 * tumour.radius_wt) + 0.25 * fingers < 1.0
     outside_core = ndimage.distance_transform_edt(~core) * spacing
     oedema = ((reach & (wm + 0.3 * gm > 0.45)) | (outside_core <= max(3.0, 1.01 * spacing))) & brain & ~core
     oedema = ndimage.binary_opening(oedema) | (oedema & (outside_core <= 1.01 * spacing))
