@@ -48,7 +48,7 @@ from common.errors import RobustsegError
 from common.metrics.stats import bonferroni, mean_sd, wilcoxon_p
 from common.report.schema import DEFENSES, Record, load_results
 
-__all__ = ["Table", "build_table1", "build_defence_tables", "build_tables", "write_tables"]
+__all__ = ["Table", "build_table1", "build_defence_tables", "build_tables", "table_files", "write_tables"]
 
 REGION_NAMES: dict[str, str] = {"WT": "whole tumour", "TC": "tumour core", "ET": "enhancing tumour"}
 DICE_COLUMNS: dict[str, str] = {"WT": "dice_wt", "TC": "dice_tc", "ET": "dice_et"}
@@ -822,11 +822,23 @@ def write_tables(
     source = os.fspath(csv)
     records = load_results(source)
     tables = build_tables(records, epsilon, epsilons, attack, loss, baseline, alpha, source)
+    return _write_atomically(os.fspath(out), table_files(tables))
+
+
+def table_files(tables: Sequence[Table]) -> dict[str, str]:
+    """The files of :func:`write_tables`, name -> text: ``tables.md`` first, then Markdown and CSV per table.
+
+    Args:
+        tables: tables from :func:`build_tables`.
+
+    Returns:
+        An ordered mapping from file name to its text.
+    """
     files = {"tables.md": "\n".join(t.to_markdown() for t in tables)}
     for table in tables:
         files[f"{table.name}.md"] = table.to_markdown()
         files[f"{table.name}.csv"] = table.to_csv()
-    return _write_atomically(os.fspath(out), files)
+    return files
 
 
 def _write_atomically(out: str, files: dict[str, str]) -> list[str]:

@@ -1,0 +1,121 @@
+"""Example volumes for the slice panels: index checking, reorientation to RAS, slice choice, one test per raise."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from common.errors import RobustsegError
+from common.report.examples import load_example_volumes, load_examples
+
+
+@pytest.fixture
+def example(tmp_path, make_examples):
+    return make_examples(tmp_path, "synth_000", n=16)
+
+
+def test_volumes_are_reoriented_to_ras_and_the_slice_has_the_largest_tumour_area(example):
+    (subject,) = load_examples(example.parent)
+    assert subject.subject == "synth_000" and subject.shape == (16, 16, 16)
+    volumes = load_example_volumes(subject)
+    # The files are stored with affine diag(-1, -1, 1): RAS flips the first two axes.
+    label = np.asarray(nib.load(example / "label.nii.gz").dataobj)[::-1, ::-1, :]
+    image = np.asarray(nib.load(example / "image.nii.gz").dataobj)[:, ::-1, ::-1, :]  # channel-first on disk
+    np.testing.assert_array_equal(volumes.label, label)
+    np.testing.assert_array_equal(volumes.channel(volumes.image, "t1ce"), image[1])
+    areas = [(label[:, :, z] > 0).sum() for z in range(16)]
+    assert volumes.axial_slice == int(np.argmax(areas)) and areas[volumes.axial_slice] == max(areas) > 0
+    entry = next(e for e in subject.entries if e.attack == "FGSM" and e.threat == "white-box")
+    adversarial = np.asarray(nib.load(entry.adversarial).dataobj)[:, ::-1, ::-1, :]
+    np.testing.assert_array_equal(volumes.channel(volumes.adversarial(entry), "flair"), adversarial[3])
+    clean = next(e for e in subject.entries if e.threat == "clean")
+    assert clean.adversarial is None and volumes.adversarial(clean) is volumes.image
+
+
+def test_channel_last_images_are_read_like_channel_first(example):
+    volumes = load_example_volumes(load_examples(example.parent)[0])
+    image = nib.load(example / "image.nii.gz")
+    channel_last = np.moveaxis(np.asarray(image.dataobj), 0, -1)[:, :, :, None, :]  # MONAI SaveImage: (X, Y, Z, 1, C)
+    nib.save(nib.Nifti1Image(channel_last, image.affine), example / "image.nii.gz")
+    again = load_example_volumes(load_examples(example.parent)[0])
+    np.testing.assert_array_equal(again.image, volumes.image)
+
+
+def test_missing_examples_folder_gives_no_examples(tmp_path):
+    assert load_examples(tmp_path / "examples") == []
+
+
+def _index(folder):
+    return json.loads((folder / "index.json").read_text())
+
+
+def _set_index(folder, index):
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def _edit_entry(key, value):
+    def edit(folder):
+        index = _index(folder)
+        index["entries"][1][key] = value
+        _set_index(folder, index)
+
+    return edit
+
+
+def _replace_volume(name, make):
+    def edit(folder):
+        path = folder / _index(folder)["entries"][4][name] if name != "label" else folder / "label.nii.gz"
+        nib.save(nib.Nifti1Image(make(), np.eye(4)), path)
+
+    return edit
+
+
+def _drop_key(folder):
+    index = _index(folder)
+    del index["entries"][0]["threat"]
+    _set_index(folder, index)
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda f: (f / "index.json").write_text("{not json"), "cannot be read as JSON"),
+        (lambda f: _set_index(f, [1, 2]), "expected an object with 'subject', 'image', 'label'"),
+        (lambda f: (f / "image.nii.gz").unlink(), r"image names image.nii.gz, but .* does not exist"),
+        (_edit_entry("prediction", "gone_pred.nii.gz"), "prediction names gone_pred.nii.gz, but"),
+        (_edit_entry("adversarial", 5), r"entries\[1\].adversarial is 5; expected a file name"),
+        (_drop_key, r"entries\[0\] is .*; expected an object with keys"),
+        (_edit_entry("epsilon", "abc"), r"entries\[1\].epsilon is 'abc'; expected a finite number >= 0"),
+        (lambda f: (f / "label.nii.gz").write_bytes(b"garbage"), "cannot read the NIfTI file"),
+        (_replace_volume("label", lambda: np.zeros((16, 16, 16, 2), np.int16)), "expected a 3-D label map"),
+        (_replace_volume("prediction", lambda: np.zeros((16, 16, 15), np.int16)), "expected a label map of shape"),
+        (_replace_volume("adversarial", lambda: np.zeros((3, 16, 16, 16), np.float32)), "expected a 4-channel image"),
+    ],
+)
+def test_invalid_example_index_raises(example, corrupt, message):
+    corrupt(example)
+    with pytest.raises(RobustsegError, match=message):
+        load_examples(example.parent)
+
+
+def test_truncated_voxel_data_raises_when_read(example):
+    path = example / "label.nii.gz"
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data[: len(data) // 2]))  # the header still reads, the voxels do not
+    (subject,) = load_examples(example.parent)
+    with pytest.raises(RobustsegError, match="cannot read the NIfTI voxels"):
+        load_example_volumes(subject)
+
+
+def test_nan_voxels_raise_when_read(example):
+    image = nib.load(example / "image.nii.gz")
+    data = np.asarray(image.dataobj).copy()
+    data[1, 3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), example / "image.nii.gz")
+    (subject,) = load_examples(example.parent)
+    with pytest.raises(RobustsegError, match="NaN or Inf voxels"):
+        load_example_volumes(subject)
