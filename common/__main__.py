@@ -21,7 +21,7 @@ class Data:
         """Write ``subjects`` synthetic BraTS-like subjects and ``datalist.json`` under ``out``.
 
         Args:
-            out: output folder (created; existing subjects with the same settings are reused).
+            out: output folder (created if missing; an existing synthetic data set there is regenerated).
             subjects: number of subjects.
             seed: random seed; the same seed gives identical voxel arrays.
             shape: edge length of the cubic grid in voxels.

@@ -12,7 +12,8 @@ from typing import Any
 _EXPORTS = {
     "labels": ["BRATS_LABELS", "MODALITIES", "REGIONS", "indices_to_labels", "labels_to_indices", "logits_to_labels",
                "region_masks"],
-    "synthetic": ["ensure_synthetic_dataset", "write_synthetic_dataset", "synthesize_subject", "synthetic_subject_id"],
+    "synthetic": ["SyntheticSubject", "ensure_synthetic_dataset", "write_synthetic_dataset", "synthesize_subject",
+                  "synthetic_subject_id"],
     "paths": ["default_synthetic_dir"],
     "datalist": ["find_subjects", "split_subjects", "write_datalist"],
     "splits": ["load_split"],
@@ -21,7 +22,7 @@ _EXPORTS = {
     "label_transforms": ["LabelsFromLogitsd", "RegionMasksd"],
     "slices": ["RandAxialSlicesd"],
     "caching": ["stat_hashing", "transform_hashing"],
-    "show": ["show_subject"],
+    "show": ["find_subject_files", "show_subject"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
