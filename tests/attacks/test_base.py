@@ -10,6 +10,7 @@ from monai.networks.nets import UNet
 from common.attacks import FGSM, PGD, Attack, IterativeFGSM, TargetedIterativeFGSM
 from common.errors import RobustsegError
 from common.losses import SoftDiceLoss
+from common.networks import SliceWise, UNet2D, UNet3D
 
 ATTACKS = {
     "FGSM": lambda epsilon, **kw: FGSM(epsilon, **kw),
@@ -151,11 +152,26 @@ def test_sliding_window_gradient_reaches_every_window(name, make_net, tumours):
         assert loss(inferer(adv, net), labels) > loss(inferer(images, net), labels)
 
 
-def test_monai_network(tumours, loss_of):
+NETWORKS = {
+    "monai UNet": lambda: UNet(spatial_dims=3, in_channels=4, out_channels=4, channels=(4, 8, 16), strides=(2, 2)),
+    "UNet3D": lambda: UNet3D(base_filters=4, levels=3, segmentation_levels=2),
+    "SliceWise(UNet2D)": lambda: SliceWise(UNet2D(base_filters=4, levels=3, segmentation_levels=2)),
+}
+
+
+@pytest.mark.parametrize("kind", NETWORKS)
+def test_segmentation_networks(kind, tumours, loss_of):
+    """3D nets and a 2D net run slice by slice: the whole volume is attacked, dropout stays off, modes come back."""
     torch.manual_seed(0)
-    net = UNet(spatial_dims=3, in_channels=4, out_channels=4, channels=(4, 8, 16), strides=(2, 2)).eval()
-    adv = IterativeFGSM(0.05, steps=2)(net, *tumours)
-    assert loss_of(net, adv, tumours[1]) > loss_of(net, *tumours)
+    net = NETWORKS[kind]().train()
+    images, labels = tumours
+    adv = IterativeFGSM(0.05, steps=2, relative=False, clip=None)(net, images, labels)
+    assert all(m.training for m in net.modules())
+    moved = adv != images
+    assert moved.any(dim=(0, 1, 2, 3)).all()  # every axial slice is perturbed
+    net.eval()
+    assert torch.equal(adv, IterativeFGSM(0.05, steps=2, relative=False, clip=None)(net, images, labels))
+    assert loss_of(net, adv, labels) > loss_of(net, images, labels)
 
 
 def test_amp_gradient_sign_mostly_agrees_with_fp32(trained_net, tumours):
@@ -234,6 +250,14 @@ def test_bad_inputs_are_refused_in_one_line(images, labels, match, make_net):
     with pytest.raises(RobustsegError, match=match) as info:
         FGSM(0.05)(make_net(), images, labels)
     assert "\n" not in str(info.value)
+
+
+def test_inference_mode_is_refused_but_its_tensors_are_accepted(trained_net, tumours):
+    with torch.inference_mode():
+        images, labels = tumours[0].clone(), tumours[1].clone()
+        with pytest.raises(RobustsegError, match=r"FGSM needs input gradients: call it outside torch.inference_mode"):
+            FGSM(0.05)(trained_net, images, labels)
+    assert torch.equal(FGSM(0.05)(trained_net, images, labels), FGSM(0.05)(trained_net, *tumours))
 
 
 def test_base_class_has_no_update_rule(trained_net, tumours):
