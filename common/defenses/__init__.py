@@ -1,5 +1,26 @@
-"""defenses."""
+"""Defences of Liu et al. (2021): defensive distillation, FGSM adversarial training (eq. 9), noise augmentation.
+
+The training steps are ``iteration_update`` callables for MONAI's ``SupervisedTrainer``; a defence bundle's
+``train.json`` sets ``train#trainer#iteration_update`` to one of them.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from common.defenses.distillation import DistillationStep
+from common.defenses.noise import RandUniformNoise, RandUniformNoised, uniform_noise
+from common.defenses.perturbed_training import AdversarialTrainingStep, NoiseAugmentationStep, PerturbedTrainingStep
+from common.defenses.teacher import load_teacher
+from common.defenses.training_step import TrainingStep, unwrap_network
+
+__all__ = [
+    "AdversarialTrainingStep",
+    "DistillationStep",
+    "NoiseAugmentationStep",
+    "PerturbedTrainingStep",
+    "RandUniformNoise",
+    "RandUniformNoised",
+    "TrainingStep",
+    "load_teacher",
+    "uniform_noise",
+    "unwrap_network",
+]

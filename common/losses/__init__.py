@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.losses.distillation import DistillationDiceLoss
 from common.losses.soft_dice import SoftDiceLoss
 
-__all__ = ["SoftDiceLoss"]
+__all__ = ["DistillationDiceLoss", "SoftDiceLoss"]

@@ -1,0 +1,103 @@
+"""Defensive distillation's training iteration (Liu et al. 2021, "Defenses", eqs. 4 and 7)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch import Tensor, nn
+
+from common.defenses.training_step import TrainingStep, unwrap_network
+from common.errors import RobustsegError
+from common.losses.distillation import DistillationDiceLoss
+
+__all__ = ["DistillationStep"]
+
+logger = logging.getLogger(__name__)
+
+
+class DistillationStep(TrainingStep):
+    """``iteration_update`` for ``SupervisedTrainer`` that trains the distilled network F^d on a teacher's soft labels.
+
+    For each batch: the teacher's logits (``torch.no_grad()``, through the trainer's ``inferer``), the student's
+    logits (through the ``inferer``), the loss ``DistillationDiceLoss(T)(student_logits, teacher_logits)`` -- soft
+    Dice between the two softmax outputs at temperature ``T`` (eqs. 4, 7) -- one backward pass and one optimizer
+    step. The teacher's soft labels are computed on the fly on each (augmented) batch, which is the paper's "outputs
+    of F replace the one-hot labels" for a training set that is augmented online.
+
+    The loss: if the trainer's ``loss_function`` is a :class:`~common.losses.DistillationDiceLoss` it is used (its
+    temperature must equal ``temperature``); otherwise this step uses its own ``DistillationDiceLoss(temperature,
+    smooth)`` and logs once that the trainer's loss is not used. The ground-truth labels play no part in the loss.
+
+    Output (``engine.state.output``): ``image`` and ``label`` (the ground truth, for training metrics), ``pred`` the
+    student's raw logits -- the student at ``T = 1``, as it is validated, deployed and attacked -- and ``loss``.
+    Events as in MONAI's ``SupervisedTrainer``.
+
+    Args:
+        teacher: the trained network F, e.g. from :func:`~common.defenses.load_teacher`; it is put in eval mode with
+            gradients off, and moved to the batch's device at the first iteration if it is elsewhere.
+        temperature: the distillation temperature ``T`` > 0 (the paper: 20, 100, 500, 5000).
+        smooth: gamma of eq. 7 for the step's own loss (when the trainer's loss is not a ``DistillationDiceLoss``).
+
+    Raises:
+        RobustsegError: if ``teacher`` is not a ``torch.nn.Module`` or ``temperature`` <= 0 (at construction); at the
+            first iteration, if the teacher is the trained network itself or the trainer's ``DistillationDiceLoss``
+            has another temperature; if teacher and student logits differ in shape.
+
+    Example::
+
+        "teacher": {"_target_": "common.defenses.load_teacher", "bundle": "brats_unet3d_baseline", "device": "@device"},
+        "loss": {"_target_": "common.losses.DistillationDiceLoss", "temperature": 100},
+        "train#trainer#iteration_update": {"_target_": "common.defenses.DistillationStep", "teacher": "@teacher",
+                                           "temperature": 100}
+    """
+
+    def __init__(self, teacher: nn.Module, temperature: float, smooth: float = 1e-5) -> None:
+        if not isinstance(teacher, nn.Module):
+            raise RobustsegError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}.")
+        self.loss = DistillationDiceLoss(temperature, smooth=smooth)
+        self.temperature = self.loss.temperature
+        self.teacher = teacher.requires_grad_(False).eval()
+        self._warned = False
+
+    def loss_function(self, engine: Any) -> DistillationDiceLoss:
+        """The distillation loss of this trainer: its own ``loss_function`` if that is a ``DistillationDiceLoss``."""
+        loss = engine.loss_function
+        if isinstance(loss, DistillationDiceLoss):
+            if loss.temperature != self.temperature:
+                raise RobustsegError(
+                    f"the trainer's DistillationDiceLoss has temperature {loss.temperature}, the DistillationStep "
+                    f"{self.temperature}: give both the same temperature."
+                )
+            return loss
+        if not self._warned:
+            logger.warning(
+                "DistillationStep: the trainer's loss_function (%s) is not used; training with %r.",
+                type(loss).__name__,
+                self.loss,
+            )
+            self._warned = True
+        return self.loss
+
+    def compute(self, engine: Any, inputs: Tensor, targets: Tensor, args: tuple, kwargs: dict) -> None:
+        if self.teacher is unwrap_network(engine.network):
+            raise RobustsegError("the teacher is the network being trained; load the teacher as a separate network.")
+        parameter = next(self.teacher.parameters(), None)
+        if parameter is not None and parameter.device != inputs.device:
+            self.teacher.to(inputs.device)
+        self.teacher.eval()  # a handler may have switched every module to train mode
+        loss_function = self.loss_function(engine)
+        with self.autocast(engine):
+            with torch.no_grad():
+                teacher_logits = self.forward(engine, self.teacher, inputs, args, kwargs)
+            engine.state.output[Keys.PRED] = self.forward(engine, engine.network, inputs, args, kwargs)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            engine.state.output[Keys.LOSS] = loss_function(engine.state.output[Keys.PRED], teacher_logits).mean()
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self.backward(engine, engine.state.output[Keys.LOSS])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(teacher={type(self.teacher).__name__}, temperature={self.temperature})"
