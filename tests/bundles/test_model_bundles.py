@@ -1,0 +1,93 @@
+"""Model bundles: configs parse, every ``_target_`` resolves, and training / evaluating / inferring run on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from pydoc import locate
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser, run
+
+from common.bundles import bundle_specs, generate_bundles
+
+from .conftest import BUNDLES, copy_bundle, tiny_overrides
+
+MODEL_BUNDLES = [spec.name for spec in bundle_specs() if spec.net is not None]
+BASELINES = [name for name in MODEL_BUNDLES if name.endswith("_baseline")]
+CONFIGS = ["train.json", "evaluate.json", "inference.json"]
+
+
+def test_committed_bundles_match_templates():
+    assert generate_bundles(BUNDLES, check=True) == []
+
+
+def _targets(node, found):
+    if isinstance(node, dict):
+        if "_target_" in node and isinstance(node["_target_"], str) and not node["_target_"].startswith(("%", "@")):
+            found.add(node["_target_"])
+        for value in node.values():
+            _targets(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _targets(value, found)
+    return found
+
+
+@pytest.mark.parametrize("name", MODEL_BUNDLES)
+def test_every_target_resolves(name):
+    from monai.bundle.config_item import ComponentLocator
+
+    locator = ComponentLocator()
+    configs = [json.loads((BUNDLES / name / "configs" / c).read_text()) for c in [*CONFIGS, "multi_gpu_train.json"]]
+    targets = set().union(*(_targets(c, set()) for c in configs))
+    missing = [t for t in sorted(targets) if "." not in t and locator.get_component_module_name(t) is None]
+    missing += [t for t in sorted(targets) if "." in t and locate(t) is None]
+    assert not missing, f"unresolvable _target_ names: {missing}"
+
+
+@pytest.mark.parametrize("name", MODEL_BUNDLES)
+@pytest.mark.parametrize("overlay", [None, "quick.json"])
+def test_configs_parse_with_overlays(name, overlay):
+    for config in CONFIGS:
+        files = [str(BUNDLES / name / "configs" / config)]
+        if overlay:
+            files.append(str(BUNDLES / name / "configs" / overlay))
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.read_meta(str(BUNDLES / name / "configs" / "metadata.json"))
+        run_id = {"train.json": "training", "evaluate.json": "evaluating", "inference.json": "inferring"}[config]
+        assert run_id in parser and "initialize" in parser and "run" in parser
+        net = parser.get_parsed_content("network_def")
+        assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_train_evaluate_infer_on_tiny_data(name, tiny_datalist, tmp_path):
+    root = copy_bundle(name, tmp_path)
+    overrides = tiny_overrides(tiny_datalist, root)
+    configs = root / "configs"
+    run("training", config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), **overrides)
+    assert (root / "models" / "model.pt").is_file(), "validation must save the best model"
+    assert list((root / "models").glob("*checkpoint_epoch=1.pt")), "interval checkpoint for resuming"
+
+    run("evaluating", config_file=str(configs / "evaluate.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), **overrides)
+    rows = (root / "eval" / "test_dice_per_subject.csv").read_text().strip().splitlines()
+    assert rows[0] == "subject,dice_wt,dice_tc,dice_et" and len(rows) == 2
+    summary = json.loads((root / "eval" / "test_dice_summary.json").read_text())
+    assert summary["subjects"] == 1 and 0.0 <= summary["dice_wt_mean"] <= 1.0
+
+    run("inferring", config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), **overrides)
+    segs = list((root / "eval" / "segmentations").glob("*_seg.nii.gz"))
+    assert len(segs) == 1
+    test_entry = json.loads(Path(tiny_datalist).read_text())["testing"][0]
+    source = nib.load(str(Path(tiny_datalist).parent / test_entry["image"][0]))
+    seg = nib.load(str(segs[0]))
+    assert seg.shape == source.shape, "the segmentation is on the input's grid"
+    np.testing.assert_allclose(seg.affine, source.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}
