@@ -524,7 +524,7 @@ def _family_figure(
 
 
 # ----------------------------------------------------------------------------------- zero-gradient fraction bars
-def _zero_gradient_figure(records: Sequence[Record], source: str) -> ReportFigure | None:
+def _zero_gradient_figure(records: Sequence[Record]) -> ReportFigure | None:
     rows = [
         r
         for r in records
@@ -536,8 +536,10 @@ def _zero_gradient_figure(records: Sequence[Record], source: str) -> ReportFigur
     if not rows:
         return None
     info = _model_info(records)
-    models = sorted({str(r["model"]) for r in rows}, key=lambda m: ("3d", "2d").index(info[m][0]) * 100 + 0)
-    models = sorted(models, key=lambda m: (("3d", "2d").index(info[m][0]), _defence_sort_key(*info[m][1:], m)))
+    models = sorted(
+        {str(r["model"]) for r in rows},
+        key=lambda m: (("3d", "2d").index(info[m][0]), _defence_sort_key(*info[m][1:], m)),
+    )
     threats = [t for t in THREAT_COLOURS if any(r["threat"] == t for r in rows)]
     nets = {info[m][0] for m in models}
     labels = [_model_label(m, info) for m in models]
@@ -591,7 +593,7 @@ def _zero_gradient_figure(records: Sequence[Record], source: str) -> ReportFigur
 @dataclass
 class _Panel:
     title: str
-    entry: ExampleEntry | None  # None: the ground-truth column
+    entry: ExampleEntry
 
 
 def _label_rgba(label_slice: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -786,11 +788,16 @@ def _slice_figures(
             net = info.get(model, ("3d",))[0]
             figures.append(
                 _slice_figure(
-                    records, volumes, panels, _file_stem(f"fig2_slices_attacks_{model}_{subject.subject}"),
+                    records,
+                    volumes,
+                    panels,
+                    _file_stem(f"fig2_slices_attacks_{model}_{subject.subject}"),
                     f"Adversarial examples on {model} ({subject.subject})",
                     f"Attacks on the undefended `{model}` ({NET_NAMES.get(net, net)}) at ε = "
                     f"{_format_eps(at_eps[0].epsilon)}: inputs (top), perturbation (middle), predictions (bottom).",
-                    "Fig. 2", info, across_models=False,
+                    "Fig. 2",
+                    info,
+                    across_models=False,
                 )  # fmt: skip
             )
         if not undefended:
@@ -836,13 +843,17 @@ def _slice_figures(
         ]
         figures.append(
             _slice_figure(
-                records, volumes, panels,
+                records,
+                volumes,
+                panels,
                 _file_stem(f"fig9_slices_models_{setting_attack}_eps{_format_eps(setting_eps)}_{subject.subject}"),
                 f"{setting_attack} at ε = {_format_eps(setting_eps)} across models ({subject.subject})",
                 f"{setting_attack} (white-box{adaptive_text}) "
                 f"at ε = {_format_eps(setting_eps)} on each model: prediction on the clean input (top), adversarial "
                 "input and perturbation (middle), prediction on the adversarial input (bottom).",
-                "Fig. 9", info, across_models=True,
+                "Fig. 9",
+                info,
+                across_models=True,
             )  # fmt: skip
         )
     return figures, skipped
@@ -859,7 +870,7 @@ def build_figures(
     max_example_subjects: int = _MAX_EXAMPLE_SUBJECTS,
     source: str = "results",
 ) -> tuple[list[ReportFigure], list[SkippedFigure]]:
-    """Every figure whose data exist, in report order, and the ones skipped with the reason.
+    """Every figure whose data exist, in the paper's order (Figs. 2-9, then extras), and the ones skipped with why.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
@@ -905,7 +916,7 @@ def build_figures(
                 drawn, missed = _family_figure(records, net, family, references, attack, loss, source)
                 figures += [drawn] if drawn else []
                 skipped += [missed] if missed else []
-        zero = _zero_gradient_figure(records, source)
+        zero = _zero_gradient_figure(records)
         if zero is None:
             skipped.append(
                 SkippedFigure("Zero-gradient fraction", "no zero_grad_fraction values in white-box/adaptive rows")
@@ -915,4 +926,6 @@ def build_figures(
         drawn, missed = _slice_figures(records, examples, attack, epsilon, max_example_subjects)
         figures += drawn
         skipped += missed
+    # The paper's order (Figs. 2-9), then the figures it does not have; the sort is stable within a number.
+    figures.sort(key=lambda f: int(f.paper_figure.split()[-1]) if f.paper_figure else 100)
     return figures, skipped

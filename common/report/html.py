@@ -117,9 +117,7 @@ def _read_settings_file(path: Path) -> Mapping:
     return data
 
 
-def load_settings(
-    settings: Mapping | str | os.PathLike | None, csv: str | os.PathLike
-) -> list[tuple[str, Mapping]]:
+def load_settings(settings: Mapping | str | os.PathLike | None, csv: str | os.PathLike) -> list[tuple[str, Mapping]]:
     """The settings to show in the report, as (source name, mapping) pairs.
 
     Args:
@@ -280,17 +278,17 @@ def _paper_table() -> str:
         "Dice as mean ± sd. Different data, preprocessing and training: the numbers are a reference point for the "
         "size of the effects, not values this run should reproduce.</p>",
         *_grid(_PAPER_TABLE1_HEADER, PAPER_TABLE1, "paper-table1"),
-        '<p class="note">* p ≤ 0.05 vs "No attack" (Wilcoxon signed-rank, Bonferroni-corrected), as in the '
-        "paper.</p>",
+        '<p class="note">* p ≤ 0.05 vs "No attack" (Wilcoxon signed-rank, Bonferroni-corrected), as in the paper.</p>',
         "</div>",
     ]
     return "\n".join(lines)
 
 
-def _display_width(png: bytes) -> int:
+def _display_width(png: bytes) -> int | None:
     """CSS pixels that show a figure at its physical size (96 CSS px per inch), so fonts match across figures."""
-    width = struct.unpack(">I", png[16:20])[0]  # the IHDR chunk follows the 8-byte signature
-    return round(width * 96 / FIGURE_DPI)
+    if len(png) < 24 or png[12:16] != b"IHDR":  # the IHDR chunk follows the 8-byte signature
+        return None
+    return round(struct.unpack(">I", png[16:20])[0] * 96 / FIGURE_DPI)
 
 
 def render_report(
@@ -375,12 +373,13 @@ def render_report(
     for k, figure in enumerate(figures, start=1):
         data = base64.b64encode(figure.png).decode("ascii")
         width = _display_width(figure.png)
+        width_attribute = f' width="{width}"' if width else ""
         paper = f" (cf. the paper's {figure.paper_figure})" if figure.paper_figure else ""
         out += [
             f'<figure id="{html.escape(figure.name)}">',
-            f'<img alt="{html.escape(figure.title)}" width="{width}" src="data:image/png;base64,{data}">',
+            f'<img alt="{html.escape(figure.title)}"{width_attribute} src="data:image/png;base64,{data}">',
             f"<figcaption><strong>Figure {k}. {html.escape(figure.title)}{paper}.</strong> "
-            f"{_inline(figure.caption)} <span class=\"note\">File: <code>figures/{html.escape(figure.name)}.png</code>"
+            f'{_inline(figure.caption)} <span class="note">File: <code>figures/{html.escape(figure.name)}.png</code>'
             + (f" (plotted numbers: <code>figures/{html.escape(figure.name)}.csv</code>)" if figure.data else "")
             + ".</span></figcaption>",
             "</figure>",

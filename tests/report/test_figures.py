@@ -229,3 +229,19 @@ def test_duplicate_rows_raise(tmp_path, make_row, write_csv):
 def test_negative_max_example_subjects_raises(records):
     with pytest.raises(RobustsegError, match="max_example_subjects must be >= 0, got -1"):
         build_figures(records, max_example_subjects=-1)
+
+
+def test_2d_models_get_the_papers_2d_figure_numbers(no_render, tmp_path, make_row, write_csv):
+    fgsm = {"attack": "FGSM", "threat": "white-box", "steps": 1, "iteration": 1, "net": "2d"}
+    rows = []
+    for model, defense, param in [("unet2d", "none", None), ("unet2d_t20", "distillation", "T=20")]:
+        for s in range(3):
+            rows.append(make_row(model, f"s{s}", (0.8, 0.7, 0.6), net="2d", defense=defense, defense_param=param))
+            for eps in (0.05, 0.1):
+                dice = (0.6 - eps, 0.5 - eps, 0.4 - eps + 0.01 * s)
+                rows.append(make_row(model, f"s{s}", dice, epsilon=eps, defense=defense, defense_param=param, **fgsm))
+    figures, skipped = build_figures(load_results(write_csv(tmp_path / "r.csv", rows)))
+    (distillation,) = [f for f in figures if "distillation" in f.name]
+    assert distillation.name == "fig6_dice_vs_epsilon_2d_distillation" and distillation.paper_figure == "Fig. 6"
+    assert "2D-UNet" in distillation.title
+    assert any("no adversarial training and noise augmentation models of the 2D-UNet" in s.reason for s in skipped)
