@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
@@ -89,6 +90,7 @@ def load_teacher(
     weights: str = "models/model.pt",
     device: str | torch.device = "cpu",
     out_channels: int = 4,
+    overrides: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The trained network of a bundle, frozen and in eval mode: the teacher F of defensive distillation.
 
@@ -106,6 +108,8 @@ def load_teacher(
         weights: the trained weights, relative to the bundle folder (or absolute).
         device: where the teacher runs.
         out_channels: the number of output channels the student has (one per BraTS label); the teacher must match.
+        overrides: config values to override after the files, as ``--key value`` would when the teacher was trained
+            with command-line overrides (e.g. ``{"base_filters": 32}``).
 
     Returns:
         The teacher network on ``device``, with ``requires_grad`` off for every parameter and in eval mode.
@@ -135,6 +139,7 @@ def load_teacher(
     if "network_def" not in parser:
         raise RobustsegError(f"teacher configs {[str(p) for p in paths]} define no 'network_def'.")
     parser["bundle_root"] = str(root)
+    parser.update(dict(overrides or {}))
     try:
         network = parser.get_parsed_content("network_def", instantiate=True)
     except RobustsegError:

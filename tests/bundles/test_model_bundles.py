@@ -64,25 +64,52 @@ def test_configs_parse_with_overlays(name, overlay):
         assert sum(p.numel() for p in net.parameters()) > 0
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_train_evaluate_infer_on_tiny_data(name, tiny_datalist, tmp_path):
-    root = copy_bundle(name, tmp_path)
-    overrides = tiny_overrides(tiny_datalist, root)
+def _run(run_id: str, root: Path, config: str, overrides: dict) -> None:
     configs = root / "configs"
-    run("training", config_file=str(configs / "train.json"), meta_file=str(configs / "metadata.json"),
+    run(run_id, config_file=str(configs / config), meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"), **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_baselines(tiny_datalist, tmp_path_factory) -> dict[str, Path]:
+    """The two baselines trained for one epoch on tiny data: teachers and initial weights of the defences."""
+    out = {}
+    for name in BASELINES:
+        root = copy_bundle(name, tmp_path_factory.mktemp("baseline"))
+        _run("training", root, "train.json", tiny_overrides(tiny_datalist, root))
+        out[name] = root
+    return out
+
+
+# every family x net in the default run; the other parameter values of a family differ only in numbers (slow run)
+ONE_PER_FAMILY = [n for n in MODEL_BUNDLES if n.endswith(("_distill_t20", "_advtrain_eps0.05", "_noiseaug"))]
+OTHERS = [n for n in MODEL_BUNDLES if n not in ONE_PER_FAMILY and n not in BASELINES]
+
+
+@pytest.mark.parametrize(
+    "name", BASELINES + ONE_PER_FAMILY + [pytest.param(n, marks=pytest.mark.slow) for n in OTHERS]
+)
+def test_train_evaluate_infer_on_tiny_data(name, tiny_datalist, tiny_baselines, tmp_path):
+    baseline = tiny_baselines[f"brats_unet{'2d' if '_unet2d_' in name else '3d'}_baseline"]
+    root = baseline if name in BASELINES else copy_bundle(name, tmp_path)
+    overrides = tiny_overrides(tiny_datalist, root)
+    if name not in BASELINES:
+        overrides["init_weights"] = str(baseline / "models" / "model.pt")
+        if "_distill_" in name:
+            overrides["teacher_bundle"] = str(baseline)
+            overrides["teacher_overrides"] = {"base_filters": overrides["base_filters"]}
+        _run("training", root, "train.json", overrides)
     assert (root / "models" / "model.pt").is_file(), "validation must save the best model"
     assert list((root / "models").glob("*checkpoint_epoch=1.pt")), "interval checkpoint for resuming"
 
-    run("evaluating", config_file=str(configs / "evaluate.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), **overrides)
+    _run("evaluating", root, "evaluate.json", overrides)
     rows = (root / "eval" / "test_dice_per_subject.csv").read_text().strip().splitlines()
     assert rows[0] == "subject,dice_wt,dice_tc,dice_et" and len(rows) == 2
+    assert rows[1].startswith("synth_"), "subject ids, not paths"
     summary = json.loads((root / "eval" / "test_dice_summary.json").read_text())
     assert summary["subjects"] == 1 and 0.0 <= summary["dice_wt_mean"] <= 1.0
 
-    run("inferring", config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), **overrides)
+    _run("inferring", root, "inference.json", overrides)
     segs = list((root / "eval" / "segmentations").glob("*_seg.nii.gz"))
     assert len(segs) == 1
     test_entry = json.loads(Path(tiny_datalist).read_text())["testing"][0]
