@@ -122,11 +122,40 @@ class CLI:
         )
         return "wrote " + ", ".join(str(p) for p in written)
 
-    def report(self, csv: str, out: str = "report") -> str:
-        """The full robustness report (tables, figures, report.html) from a robustness CSV."""
+    def report(
+        self,
+        csv: str,
+        out: str = "report",
+        settings: str | None = None,
+        examples: str | None = None,
+        epsilon: float = 0.05,
+        epsilons: tuple[float, ...] = (0.0, 0.05, 0.1),
+        attack: str = "FGSM",
+        loss: str | None = None,
+        baseline: str | None = None,
+        alpha: float = 0.05,
+    ) -> str:
+        """The full robustness report (tables, figures, self-contained report.html) from a robustness CSV.
+
+        Args:
+            csv: the evaluation bundle's ``results.csv``.
+            out: output folder.
+            settings: a ``settings.json`` describing the run (default: the one beside the CSV, if any).
+            examples: the folder of example volumes (default: ``examples/`` beside the CSV, if any).
+            epsilon: the epsilon of Table 1 and of the slice panels.
+            epsilons: the epsilon columns of Tables 2/3.
+            attack: the attack of Tables 2/3 and of the epsilon figures.
+            loss: the attack loss to report when the CSV holds several.
+            baseline: the undefended model to compare against when a net has several.
+            alpha: significance level before Bonferroni correction.
+        """
         from common.report.html import write_report
 
-        return f"wrote {write_report(csv, out)}"
+        path = write_report(
+            csv, out, settings=settings, examples=examples, epsilon=epsilon, epsilons=tuple(epsilons), attack=attack,
+            loss=loss, baseline=baseline, alpha=alpha,
+        )
+        return f"wrote {path}"
 
     def demo(self, out: str = "runs/demo", fresh: bool = False) -> str:
         """The main job on the embedded data: train baseline and defences, attack them, write the report."""

@@ -6,8 +6,7 @@ configs reach them as ``common.data.<name>`` or ``common.data.<module>.<name>`` 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from common._lazy import lazy_exports
 
 _EXPORTS = {
     "labels": ["BRATS_LABELS", "MODALITIES", "REGIONS", "indices_to_labels", "labels_to_indices", "logits_to_labels",
@@ -24,15 +23,4 @@ _EXPORTS = {
     "caching": ["stat_hashing", "transform_hashing"],
     "show": ["find_subject_files", "show_subject"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:  # a submodule, e.g. common.data.transforms
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,20 +1,15 @@
-"""Metrics: Dice per BraTS region, input quality (PSNR, SSIM, RMSE, perturbation norms), paired statistics."""
+"""Metrics: Dice per BraTS region, input quality (PSNR, SSIM, RMSE, perturbation norms), paired statistics.
+
+Names are imported on first use (PEP 562): ``robustseg stats`` needs scipy, not MONAI.
+"""
 
 from __future__ import annotations
 
-from common.metrics.image_quality import input_quality, perturbation_norms, psnr, rmse, ssim
-from common.metrics.region_dice import region_dice
-from common.metrics.stats import bonferroni, mean_sd, paired_comparison, wilcoxon_p
+from common._lazy import lazy_exports
 
-__all__ = [
-    "region_dice",
-    "psnr",
-    "ssim",
-    "rmse",
-    "perturbation_norms",
-    "input_quality",
-    "mean_sd",
-    "wilcoxon_p",
-    "paired_comparison",
-    "bonferroni",
-]
+_EXPORTS = {
+    "region_dice": ["region_dice"],
+    "image_quality": ["input_quality", "perturbation_norms", "psnr", "rmse", "ssim"],
+    "stats": ["bonferroni", "mean_sd", "paired_comparison", "wilcoxon_p"],
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
