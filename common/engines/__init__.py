@@ -12,6 +12,7 @@ from common.engines.checkpoint import (
 from common.engines.inferers import AutocastInferer
 from common.engines.progress import ProgressBarHandler
 from common.engines.subject_metrics import SubjectDiceWriter
+from common.engines.validation import ValidateAtEnd
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -19,6 +20,7 @@ __all__ = [
     "ProgressBarHandler",
     "ResumeFromLatest",
     "SubjectDiceWriter",
+    "ValidateAtEnd",
     "WeightsLoader",
     "latest_checkpoint",
     "load_weights",

@@ -28,6 +28,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
     truncated ``model.pt`` that a later resume or evaluation would load. Here every save goes to a temporary file in
     the same folder and is renamed over the target (ignite's atomic mode, which also keeps group/other read
     permission). Arguments are those of :class:`~monai.handlers.CheckpointSaver`.
+
+    :attr:`best_record` exposes the key-metric bookkeeping (ignite's ``Checkpoint``, which has ``state_dict`` /
+    ``load_state_dict``): put it in the interval checkpoint so that a resumed run keeps the best score so far and
+    does not overwrite ``model.pt`` with a worse model at its first validation.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -35,6 +39,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
                 ckpt.save_handler._atomic = True  # ignite DiskSaver: tempfile in the same folder, then os.replace
+
+    @property
+    def best_record(self) -> Any:
+        """The key-metric ``Checkpoint`` (scores and file of the best model so far), or ``None``."""
+        return self._key_metric_checkpoint
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:

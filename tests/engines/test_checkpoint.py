@@ -132,3 +132,35 @@ def test_load_weights_errors(tmp_path, content, match):
     with pytest.raises(RobustsegError, match=match) as info:
         load_weights(nn.Linear(3, 2), path)
     assert "\n" not in str(info.value)
+
+
+def _validator(scores: list[float], net: nn.Module, save_dir) -> tuple[Engine, AtomicCheckpointSaver]:
+    """An evaluator whose key metric takes the given values on successive runs."""
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _score(e):
+        e.state.metrics = {"val_mean_dice": scores.pop(0)}
+
+    engine.state.key_metric_name = "val_mean_dice"
+    saver = AtomicCheckpointSaver(save_dir=str(save_dir), save_dict={"model": net}, save_key_metric=True,
+                                  key_metric_name="val_mean_dice", key_metric_filename="model.pt")
+    saver.attach(engine)
+    return engine, saver
+
+
+def test_best_record_survives_resume(tmp_path):
+    net = _net()
+    validator, saver = _validator([0.9], net, tmp_path)
+    validator.run([0], max_epochs=1)
+    best = torch.load(tmp_path / "model.pt", weights_only=True)
+    record = saver.best_record.state_dict()
+
+    # a resumed run: new objects, the record restored from the interval checkpoint, then a worse validation
+    worse = nn.Linear(3, 2)
+    validator2, saver2 = _validator([0.5], worse, tmp_path)
+    saver2.best_record.load_state_dict(record)
+    validator2.run([0], max_epochs=1)
+    kept = torch.load(tmp_path / "model.pt", weights_only=True)
+    for key in best:
+        assert torch.equal(best[key], kept[key]), "a worse model must not replace the best one after resuming"

@@ -1,0 +1,151 @@
+"""``robustseg segment``: one new subject through a trained bundle's ``inference.json``, on the input's own grid."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.data.labels import MODALITIES
+from common.errors import RobustsegError
+
+__all__ = ["detect_config_files", "resolve_inputs", "segment"]
+
+logger = logging.getLogger(__name__)
+
+_OVERLAYS = (("configs/inference.json",), ("configs/inference.json", "configs/quick.json"))
+
+
+def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
+    """The four input files in MODALITIES order from a BraTS subject folder or four paths.
+
+    Args:
+        inputs: a subject folder (files found by their ``_t1``/``_t1ce``/``_t2``/``_flair`` suffixes), four
+            NIfTI paths in the order t1, t1ce, t2, flair (a list or a comma-separated string).
+
+    Returns:
+        Four absolute paths.
+
+    Raises:
+        RobustsegError: missing folder or files, or not exactly four images.
+    """
+    if isinstance(inputs, str) and Path(inputs).is_dir():
+        from common.data.show import find_subject_files
+
+        found = find_subject_files(inputs)
+        return [str(found[m].resolve()) for m in MODALITIES]
+    items = [p.strip() for p in inputs.split(",")] if isinstance(inputs, str) else [str(p) for p in inputs]
+    items = [p for p in items if p]
+    if len(items) != len(MODALITIES):
+        raise RobustsegError(
+            f"input: {len(items)} image(s) given, expected a subject folder or {len(MODALITIES)} NIfTI files in the "
+            f"order {', '.join(MODALITIES)}."
+        )
+    missing = [p for p in items if not Path(p).is_file()]
+    if missing:
+        raise RobustsegError(f"{missing[0]}: input file not found.")
+    return [str(Path(p).resolve()) for p in items]
+
+
+def detect_config_files(root: Path) -> list[str]:
+    """The inference configs whose network fits ``models/model.pt``: plain, else with the quick overlay.
+
+    A bundle trained with ``configs/quick.json`` has a smaller network; the weights tell which one was trained.
+
+    Raises:
+        RobustsegError: when the weights fit neither (the message of the plain attempt is kept).
+    """
+    from common.engines.model_bundle import load_model_bundle
+
+    first_error: RobustsegError | None = None
+    for files in _OVERLAYS:
+        if not all((root / f).is_file() for f in files):
+            continue
+        try:
+            load_model_bundle(root, list(files))
+            return list(files)
+        except RobustsegError as exc:
+            first_error = first_error or exc
+    raise first_error or RobustsegError(f"{root}: no configs/inference.json.")
+
+
+def segment(
+    bundle: str,
+    input: str | Sequence[str],  # noqa: A002 - the CLI's name
+    output: str,
+    device: str = "cpu",
+    config_files: Sequence[str] | None = None,
+) -> Path:
+    """Segment one subject with a trained model bundle and write a BraTS label map on the input's grid and affine.
+
+    The bundle's own ``inference.json`` runs (MONAI's bundle workflow: its preprocessing, sliding-window inferer,
+    ``Invertd`` back to the input grid and ``SaveImaged``) on a one-subject datalist. The inputs are checked first
+    (files load, shapes and affines agree, no NaN/Inf); the output is written to a temporary name and renamed, so a
+    failure never leaves a partial file.
+
+    Args:
+        bundle: a trained bundle folder or name.
+        input: a BraTS subject folder or four NIfTI files (t1, t1ce, t2, flair).
+        output: the label map to write (``.nii.gz``).
+        device: e.g. "cpu" or "cuda:0".
+        config_files: the bundle configs to use; default: ``configs/inference.json``, plus ``configs/quick.json``
+            when the weights were trained with the quick overlay.
+
+    Returns:
+        The output path.
+
+    Raises:
+        RobustsegError: bad input files, a bundle without weights or with weights that do not fit.
+    """
+    from monai.bundle import run
+
+    from common.data.check import check_dataset
+    from common.engines.model_bundle import find_model_bundle
+
+    root = find_model_bundle(bundle)
+    files = resolve_inputs(input)
+    out = Path(output).resolve()
+    if out.is_dir():
+        raise RobustsegError(f"output: {out} is a folder, expected a file name such as seg.nii.gz.")
+    if not out.parent.is_dir():
+        raise RobustsegError(f"output: folder {out.parent} does not exist.")
+    if not out.name.endswith((".nii.gz", ".nii")):
+        raise RobustsegError(f"output: {out.name} is not a NIfTI file name, expected a name ending in .nii.gz or .nii.")
+    subject = Path(files[0]).name.split(".nii")[0].rsplit("_", 1)[0] or "subject"
+    config_files = list(config_files) if config_files else detect_config_files(root)
+
+    with tempfile.TemporaryDirectory(prefix=".robustseg-", dir=out.parent) as tmp:
+        entry = {"image": files, "subject": subject}
+        datalist = Path(tmp) / "datalist.json"
+        datalist.write_text(json.dumps({"testing": [entry]}))
+        problems, _ = check_dataset(datalist, require_labels=False)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise RobustsegError(problems[0] + more)
+        configs = [str(root / f) for f in config_files]
+        run(
+            "inferring",
+            config_file=configs,
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(root / "configs" / "logging.conf"),
+            bundle_root=str(root),
+            device=f"$torch.device('{device}')",
+            inference_datalist=[entry],
+            segmentation_dir=str(Path(tmp) / "out"),
+        )
+        written = sorted((Path(tmp) / "out").glob("*.nii*"))
+        if len(written) != 1:
+            raise RobustsegError(f"{root}: inference wrote {len(written)} files, expected one segmentation.")
+        staged = Path(tmp) / ("staged.nii.gz" if out.name.endswith(".nii.gz") else "staged.nii")
+        if staged.suffix == ".gz":
+            shutil.move(str(written[0]), staged)
+        else:
+            import nibabel as nib
+
+            nib.save(nib.load(str(written[0])), str(staged))
+        os.replace(staged, out)
+    return out
