@@ -9,6 +9,17 @@ from common.attacks.base import LOSSES, Attack, AttackStep
 from common.attacks.fgsm import FGSM
 from common.attacks.ifgsm import IterativeFGSM
 from common.attacks.pgd import PGD
+from common.attacks.registry import ATTACKS, make_attack
 from common.attacks.tifgsm import TargetedIterativeFGSM
 
-__all__ = ["Attack", "AttackStep", "FGSM", "IterativeFGSM", "LOSSES", "PGD", "TargetedIterativeFGSM"]
+__all__ = [
+    "Attack",
+    "AttackStep",
+    "FGSM",
+    "IterativeFGSM",
+    "LOSSES",
+    "PGD",
+    "TargetedIterativeFGSM",
+    "ATTACKS",
+    "make_attack",
+]

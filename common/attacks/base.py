@@ -167,6 +167,16 @@ class Attack:
         RobustsegError: for a bad setting (each names the parameter), and when called with images that are not a
             floating-point (B, C, *spatial) tensor, labels not of shape (B, 1, *spatial) or with values outside
             the BraTS labels {0, 1, 2, 4}, or under ``torch.inference_mode()``.
+
+    Example::
+
+        class MyFGSM(Attack):        # a new attack is its update rule
+            name = "my-FGSM"
+
+            def step(self, images, grad, step_size):
+                return images + step_size * grad.sign()
+
+        adv = MyFGSM(epsilon=0.05, loss="ce")(model, images, labels)   # labels: (B, 1, *spatial) BraTS values
     """
 
     name: ClassVar[str] = "Attack"
@@ -194,11 +204,7 @@ class Attack:
         if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise RobustsegError(f"alpha must be a finite number > 0, got {alpha!r}.")
         self.alpha = float(alpha) if alpha is not None else self.default_alpha(self.epsilon, steps)
-        if isinstance(loss, str):
-            if loss not in LOSSES:
-                raise RobustsegError(
-                    f"loss must be one of {sorted(LOSSES)} or a callable (logits, labels) -> scalar, got {loss!r}."
-                )
+        if isinstance(loss, str) and loss in LOSSES:
             self.loss_fn: LossFn = LOSSES[loss]()
         elif callable(loss):
             self.loss_fn = loss
