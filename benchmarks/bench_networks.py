@@ -1,6 +1,7 @@
 """Time the paper's networks on CPU, fp32 against bf16 autocast, and check bf16 input-gradient signs.
 
-Prints seconds per sample for a training step (forward, soft-Dice loss, backward; batch 1, train mode) of
+Prints wall-clock seconds (and process CPU seconds, less sensitive to other processes on a shared machine) per
+sample for a training step (forward, soft-Dice loss, backward; batch 1, train mode) of
 :class:`~common.networks.UNet3D` at several sizes and widths, the 128^3 paper setting forward only (eval mode,
 ``torch.no_grad()``), and :class:`~common.networks.UNet2D` on a batch of 2D slices. The reference is fp32; the
 ``bf16/fp32`` column is the time under ``torch.autocast("cpu", dtype=torch.bfloat16)`` divided by the fp32 time.
@@ -46,17 +47,17 @@ def _tumour_labels(shape: tuple[int, ...]) -> Tensor:
     return labels[None, None]
 
 
-def _median_seconds(steps: list[Callable[[], None]], repeats: int) -> list[float]:
-    """Median wall time of each step; the steps alternate so that load from other processes hits them alike."""
+def _median_seconds(steps: list[Callable[[], None]], repeats: int) -> list[tuple[float, float]]:
+    """Median (wall, process CPU) seconds of each step; the steps alternate so that outside load hits them alike."""
     for step in steps:
         step()  # warm-up: oneDNN picks its kernels on the first call
-    times: list[list[float]] = [[] for _ in steps]
+    times: list[list[tuple[float, float]]] = [[] for _ in steps]
     for _ in range(repeats):
         for step, record in zip(steps, times):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
+            record.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return [(statistics.median(t[0] for t in record), statistics.median(t[1] for t in record)) for record in times]
 
 
 def _train_step(net: nn.Module, images: Tensor, labels: Tensor, bf16: bool) -> Callable[[], None]:
@@ -87,13 +88,16 @@ def _input_gradient(net: nn.Module, images: Tensor, labels: Tensor, bf16: bool) 
     return grad
 
 
-def _sign_agreement(net: nn.Module, images: Tensor, labels: Tensor) -> tuple[float, float]:
+def _sign_agreement(net: nn.Module, images: Tensor, labels: Tensor) -> tuple[float, float, float]:
+    """Sign agreement with fp32 of a second fp32 run (all voxels), and of bf16 (all voxels, largest half)."""
     net.eval()
     reference = _input_gradient(net, images, labels, bf16=False)
+    rerun = _input_gradient(net, images, labels, bf16=False)
     low_precision = _input_gradient(net, images, labels, bf16=True)
     agree = reference.sign() == low_precision.sign()
     large = reference.abs() >= reference.abs().median()
-    return agree.float().mean().item(), agree[large].float().mean().item()
+    fp32_agree = (reference.sign() == rerun.sign()).float().mean().item()
+    return fp32_agree, agree.float().mean().item(), agree[large].float().mean().item()
 
 
 def main() -> None:
@@ -105,13 +109,20 @@ def main() -> None:
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, median of {args.repeats} (fp32/bf16 alternating)")
-    header = f"{'network':<8} {'base':>4} {'input':>14} {'step':<12} {'fp32 s':>8} {'bf16 s':>8} {'bf16/fp32':>9}"
+    header = (
+        f"{'network':<8} {'base':>4} {'input':>10} {'step':<10} {'fp32 s':>8} {'fp32 cpu':>8} {'bf16 s':>8}"
+        f" {'bf16 cpu':>8} {'bf16/fp32':>9}"
+    )
     print(header)
     print("-" * len(header))
 
     def row(name: str, base: int, size: str, what: str, make_step: Callable[[bool], Callable[[], None]]) -> None:
-        fp32, bf16 = _median_seconds([make_step(False), make_step(True)], args.repeats)
-        print(f"{name:<8} {base:>4} {size:>14} {what:<12} {fp32:>8.3f} {bf16:>8.3f} {bf16 / fp32:>9.2f}", flush=True)
+        (fp32, fp32_cpu), (bf16, bf16_cpu) = _median_seconds([make_step(False), make_step(True)], args.repeats)
+        print(
+            f"{name:<8} {base:>4} {size:>10} {what:<10} {fp32:>8.3f} {fp32_cpu:>8.3f} {bf16:>8.3f} {bf16_cpu:>8.3f}"
+            f" {bf16 / fp32:>9.2f}",
+            flush=True,
+        )
 
     for base in (8, 16):
         for size in (32, 48, 64):
@@ -132,15 +143,18 @@ def main() -> None:
     images2d = torch.rand(args.slices, 4, 128, 128)
     labels2d = _tumour_labels((128, 128)).expand(args.slices, -1, -1, -1)
     row("UNet2D", 16, f"{args.slices}x128^2", "fwd+bwd", lambda bf16: _train_step(net2d, images2d, labels2d, bf16))
-    print(f"(UNet2D times are per batch of {args.slices} slices)")
+    print(f"s: wall seconds; cpu: process CPU seconds (all threads). UNet2D: per batch of {args.slices} slices.")
 
     print("\nbf16 autocast vs fp32 input-gradient sign agreement (eval mode, soft Dice loss, random weights)")
     for name, net, images, labels in (
         ("UNet3D base 16, 64^3", UNet3D(base_filters=16), torch.rand(1, 4, 64, 64, 64), _tumour_labels((64,) * 3)),
         ("UNet2D base 16, 16x128^2", UNet2D(base_filters=16), images2d[:16], labels2d[:16]),
     ):
-        everywhere, largest_half = _sign_agreement(net, images, labels)
-        print(f"  {name:<26} all voxels {everywhere:.4f}   largest-|grad| half {largest_half:.4f}")
+        fp32_rerun, everywhere, largest_half = _sign_agreement(net, images, labels)
+        print(
+            f"  {name:<26} fp32 rerun {fp32_rerun:.4f}   bf16: all voxels {everywhere:.4f},"
+            f" largest-|grad| half {largest_half:.4f}"
+        )
 
 
 if __name__ == "__main__":
