@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/bench_networks.py                 # full table (a few minutes on 2 cores)
     python benchmarks/bench_networks.py --repeats 1 --no-128
+    python benchmarks/bench_networks.py --threads 1     # on a busy machine: "cpu" then is the compute cost
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per setting (median reported)")
     parser.add_argument("--no-128", action="store_true", help="skip the 128^3 forward-only row")
     parser.add_argument("--slices", type=int, default=64, help="2D batch size (slices of 128^2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, median of {args.repeats} (fp32/bf16 alternating)")
