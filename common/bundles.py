@@ -25,6 +25,8 @@ __all__ = [
     "format_json",
     "generate_bundles",
     "render_bundle",
+    "record_training_settings",
+    "training_overrides",
 ]
 
 logger = logging.getLogger(__name__)
@@ -377,3 +379,47 @@ def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "
             os.remove(tmp)
     return out
 
+
+
+# ---- what a model was trained with -------------------------------------------------------------------------------
+
+TRAINING_RECORD = "training_settings.json"
+"""Written beside ``model.pt`` when training starts: the settings that inference must repeat."""
+
+
+def record_training_settings(ckpt_dir: str | Path, settings: dict[str, Any]) -> Path:
+    """Record the settings a model is trained with (grid, network width, preprocessing) beside its weights.
+
+    Evaluation and inference of a model must use the network and preprocessing it was trained with, also when
+    training used an overlay (``quick.json``) or ``--key value`` overrides. ``robustseg segment``, the robustness
+    evaluation and distillation teachers read this record (:func:`training_overrides`) and apply it on top of the
+    bundle's ``inference.json``.
+
+    Args:
+        ckpt_dir: the bundle's ``models/`` folder.
+        settings: JSON-serialisable values, e.g. ``{"spatial_size": [48, 48, 48], "base_filters": 8}``.
+
+    Returns:
+        The record's path.
+    """
+    path = Path(ckpt_dir) / TRAINING_RECORD
+    _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    return path
+
+
+def training_overrides(root: str | Path) -> dict[str, Any]:
+    """The settings recorded by :func:`record_training_settings` under ``<root>/models``, or ``{}``.
+
+    Raises:
+        RobustsegError: if the record exists but is not a JSON object.
+    """
+    path = Path(root) / "models" / TRAINING_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RobustsegError(f"{path}: not valid JSON ({exc}); delete it or retrain.") from exc
+    if not isinstance(record, dict):
+        raise RobustsegError(f"{path}: expected a JSON object of settings.")
+    return record

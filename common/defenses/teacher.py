@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from common.bundles import bundle_root
+from common.bundles import bundle_root, training_overrides
 from common.engines import load_weights
 from common.errors import RobustsegError
 
@@ -139,7 +139,8 @@ def load_teacher(
     if "network_def" not in parser:
         raise RobustsegError(f"teacher configs {[str(p) for p in paths]} define no 'network_def'.")
     parser["bundle_root"] = str(root)
-    parser.update(dict(overrides or {}))
+    # what the teacher was trained with (grid, width, ...: models/training_settings.json), then explicit overrides
+    parser.update({**training_overrides(root), **dict(overrides or {})})
     try:
         network = parser.get_parsed_content("network_def", instantiate=True)
     except RobustsegError:

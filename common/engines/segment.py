@@ -13,12 +13,9 @@ from pathlib import Path
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
 
-__all__ = ["detect_config_files", "resolve_inputs", "segment"]
+__all__ = ["resolve_inputs", "segment"]
 
 logger = logging.getLogger(__name__)
-
-_OVERLAYS = (("configs/inference.json",), ("configs/inference.json", "configs/quick.json"))
-
 
 def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
     """The four input files in MODALITIES order from a BraTS subject folder or four paths.
@@ -51,28 +48,6 @@ def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
     return [str(Path(p).resolve()) for p in items]
 
 
-def detect_config_files(root: Path) -> list[str]:
-    """The inference configs whose network fits ``models/model.pt``: plain, else with the quick overlay.
-
-    A bundle trained with ``configs/quick.json`` has a smaller network; the weights tell which one was trained.
-
-    Raises:
-        RobustsegError: when the weights fit neither (the message of the plain attempt is kept).
-    """
-    from common.engines.model_bundle import load_model_bundle
-
-    first_error: RobustsegError | None = None
-    for files in _OVERLAYS:
-        if not all((root / f).is_file() for f in files):
-            continue
-        try:
-            load_model_bundle(root, list(files))
-            return list(files)
-        except RobustsegError as exc:
-            first_error = first_error or exc
-    raise first_error or RobustsegError(f"{root}: no configs/inference.json.")
-
-
 def segment(
     bundle: str,
     input: str | Sequence[str],  # noqa: A002 - the CLI's name
@@ -92,8 +67,9 @@ def segment(
         input: a BraTS subject folder or four NIfTI files (t1, t1ce, t2, flair).
         output: the label map to write (``.nii.gz``).
         device: e.g. "cpu" or "cuda:0".
-        config_files: the bundle configs to use; default: ``configs/inference.json``, plus ``configs/quick.json``
-            when the weights were trained with the quick overlay.
+        config_files: the bundle configs to use (default ``configs/inference.json``). The grid, network width and
+            preprocessing the model was trained with (``models/training_settings.json``, written by training, also
+            with ``quick.json`` or command-line overrides) are applied on top.
 
     Returns:
         The output path.
@@ -103,6 +79,7 @@ def segment(
     """
     from monai.bundle import run
 
+    from common.bundles import training_overrides
     from common.data.check import check_dataset
     from common.engines.model_bundle import find_model_bundle
 
@@ -116,7 +93,8 @@ def segment(
     if not out.name.endswith((".nii.gz", ".nii")):
         raise RobustsegError(f"output: {out.name} is not a NIfTI file name, expected a name ending in .nii.gz or .nii.")
     subject = Path(files[0]).name.split(".nii")[0].rsplit("_", 1)[0] or "subject"
-    config_files = list(config_files) if config_files else detect_config_files(root)
+    config_files = list(config_files) if config_files else ["configs/inference.json"]
+    trained = training_overrides(root)
 
     with tempfile.TemporaryDirectory(prefix=".robustseg-", dir=out.parent) as tmp:
         entry = {"image": files, "subject": subject}
@@ -136,6 +114,7 @@ def segment(
             device=f"$torch.device('{device}')",
             inference_datalist=[entry],
             segmentation_dir=str(Path(tmp) / "out"),
+            **trained,
         )
         written = sorted((Path(tmp) / "out").glob("*.nii*"))
         if len(written) != 1:

@@ -6,11 +6,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from monai.bundle import run
 
+from common.bundles import bundle_specs
 from common.data import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
+MODEL_BUNDLES = [spec.name for spec in bundle_specs() if spec.net is not None]
+BASELINES = [name for name in MODEL_BUNDLES if name.endswith("_baseline")]
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +45,21 @@ def copy_bundle(name: str, dst: Path) -> Path:
     target = dst / name
     shutil.copytree(BUNDLES / name, target, ignore=shutil.ignore_patterns("models", "eval", "logs", "cache"))
     return target
+
+
+def run_bundle(run_id: str, root: Path, config: str, overrides: dict) -> None:
+    """Run one id of a bundle in this process, as ``python -m monai.bundle run`` would."""
+    configs = root / "configs"
+    run(run_id, config_file=str(configs / config), meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"), **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_baselines(tiny_datalist, tmp_path_factory) -> dict[str, Path]:
+    """The two baselines trained for one epoch on tiny data: teachers and initial weights of the defences."""
+    out = {}
+    for name in BASELINES:
+        root = copy_bundle(name, tmp_path_factory.mktemp("baseline"))
+        run_bundle("training", root, "train.json", tiny_overrides(tiny_datalist, root))
+        out[name] = root
+    return out

@@ -9,14 +9,12 @@ from pydoc import locate
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser, run
+from monai.bundle import ConfigParser
 
-from common.bundles import bundle_specs, generate_bundles
+from common.bundles import generate_bundles
 
-from .conftest import BUNDLES, copy_bundle, tiny_overrides
+from .conftest import BASELINES, BUNDLES, MODEL_BUNDLES, copy_bundle, run_bundle, tiny_overrides
 
-MODEL_BUNDLES = [spec.name for spec in bundle_specs() if spec.net is not None]
-BASELINES = [name for name in MODEL_BUNDLES if name.endswith("_baseline")]
 CONFIGS = ["train.json", "evaluate.json", "inference.json"]
 
 
@@ -64,23 +62,6 @@ def test_configs_parse_with_overlays(name, overlay):
         assert sum(p.numel() for p in net.parameters()) > 0
 
 
-def _run(run_id: str, root: Path, config: str, overrides: dict) -> None:
-    configs = root / "configs"
-    run(run_id, config_file=str(configs / config), meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), **overrides)
-
-
-@pytest.fixture(scope="module")
-def tiny_baselines(tiny_datalist, tmp_path_factory) -> dict[str, Path]:
-    """The two baselines trained for one epoch on tiny data: teachers and initial weights of the defences."""
-    out = {}
-    for name in BASELINES:
-        root = copy_bundle(name, tmp_path_factory.mktemp("baseline"))
-        _run("training", root, "train.json", tiny_overrides(tiny_datalist, root))
-        out[name] = root
-    return out
-
-
 # every family x net in the default run; the other parameter values of a family differ only in numbers (slow run)
 ONE_PER_FAMILY = [n for n in MODEL_BUNDLES if n.endswith(("_distill_t20", "_advtrain_eps0.05", "_noiseaug"))]
 OTHERS = [n for n in MODEL_BUNDLES if n not in ONE_PER_FAMILY and n not in BASELINES]
@@ -98,18 +79,18 @@ def test_train_evaluate_infer_on_tiny_data(name, tiny_datalist, tiny_baselines, 
         if "_distill_" in name:
             overrides["teacher_bundle"] = str(baseline)
             overrides["teacher_overrides"] = {"base_filters": overrides["base_filters"]}
-        _run("training", root, "train.json", overrides)
+        run_bundle("training", root, "train.json", overrides)
     assert (root / "models" / "model.pt").is_file(), "validation must save the best model"
     assert list((root / "models").glob("*checkpoint_epoch=1.pt")), "interval checkpoint for resuming"
 
-    _run("evaluating", root, "evaluate.json", overrides)
+    run_bundle("evaluating", root, "evaluate.json", overrides)
     rows = (root / "eval" / "test_dice_per_subject.csv").read_text().strip().splitlines()
     assert rows[0] == "subject,dice_wt,dice_tc,dice_et" and len(rows) == 2
     assert rows[1].startswith("synth_"), "subject ids, not paths"
     summary = json.loads((root / "eval" / "test_dice_summary.json").read_text())
     assert summary["subjects"] == 1 and 0.0 <= summary["dice_wt_mean"] <= 1.0
 
-    _run("inferring", root, "inference.json", overrides)
+    run_bundle("inferring", root, "inference.json", overrides)
     segs = list((root / "eval" / "segmentations").glob("*_seg.nii.gz"))
     assert len(segs) == 1
     test_entry = json.loads(Path(tiny_datalist).read_text())["testing"][0]
