@@ -9,10 +9,6 @@ runs, after one warm-up each, so that load from other processes hits both sides 
    settings (target ratio <= 1.0); the outputs are checked to agree.
 3. An 11-point FGSM epsilon sweep with ``FGSM.sweep`` (one forward and backward pass) against eleven ``FGSM`` runs
    (target ratio <= 0.35); the outputs are checked to be identical.
-Because the network dominates and other load on a shared machine swamps the milliseconds that differ, 1 and 2 are
-also timed with a 1x1x1 convolution standing in for the network: the difference is the attack's own work, and
-``1 + difference / real reference time`` the ratio it implies on the real network.
-
 4. i-FGSM with ``amp=True`` (bf16 autocast) against fp32: time only, no target.
 5. bf16 autocast: the network is first trained for ``--train-steps`` steps on synthetic tumours ("trained-ish"),
    then the sign of the input gradient under ``torch.autocast(dtype=torch.bfloat16)`` is compared with fp32, and
@@ -20,11 +16,14 @@ also timed with a 1x1x1 convolution standing in for the network: the difference 
 
 The network is :class:`common.networks.UNet3D` (batch 1, ``--size``^3 input, ``--base-filters`` filters) or, if that
 is missing, MONAI's ``BasicUNet``. The machine's other load makes single timings noisy: read the ratios (both the
-ratio of medians and of the fastest runs are printed).
+ratio of medians and of the fastest runs are printed). Because the network dominates and that load swamps the
+milliseconds that differ, 1 and 2 are also timed with a 1x1x1 convolution standing in for the network: the
+difference is the attack's own work, and ``1 + difference / real reference time`` the ratio it implies on the real
+network.
 
 Usage::
 
-    python benchmarks/bench_attacks.py                            # UNet3D base 8, 48^3, 5 repeats (~6 minutes)
+    python benchmarks/bench_attacks.py                            # UNet3D base 8, 48^3, 5 repeats (~12 minutes)
     python benchmarks/bench_attacks.py --size 32 --repeats 1 --train-steps 10     # quick look
 """
 
