@@ -70,15 +70,6 @@ class Scaled(nn.Module):
         return self.net(x) * self.factor
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run each attack test on one thread: on tiny tensors, a second thread mostly waits on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tumours() -> tuple[Tensor, Tensor]:
     """Two test volumes (2, 4, 16^3) in [0, 1] and their BraTS labels (2, 1, 16^3)."""

@@ -31,15 +31,6 @@ class TinyNet(nn.Sequential):
         super().__init__(*layers)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread per test: on tiny tensors a second thread mostly waits on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def make_net() -> Callable[..., TinyNet]:
     """``make_net(seed=0, **TinyNet kwargs)``: a fresh TinyNet."""
