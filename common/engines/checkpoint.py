@@ -62,6 +62,9 @@ class ResumeFromLatest:
     network, optimizer and trainer: killing a run mid-epoch and rerunning the same command then continues from the
     last completed epoch and stops at ``max_epochs``. The checkpoint is loaded with ``weights_only=True``.
 
+    Call it on the trainer before ``trainer.run()`` (the bundles do it in ``initialize``), so that a checkpoint that
+    cannot be used stops with one line instead of inside the engine; ``attach`` loads at ``Events.STARTED`` instead.
+
     Args:
         ckpt_dir: folder of the interval checkpoints.
         load_dict: the objects to restore, e.g. ``{"network": net, "optimizer": opt, "trainer": trainer}``.
@@ -82,6 +85,13 @@ class ResumeFromLatest:
         path = latest_checkpoint(self.ckpt_dir) if self.enabled else None
         if path is None:
             return
+        epoch = int(_EPOCH.search(path.name).group(1))
+        max_epochs = engine.state.max_epochs
+        if max_epochs is not None and epoch > max_epochs:
+            raise RobustsegError(
+                f"{path}: this training already ran {epoch} epochs, more than epochs={max_epochs}; raise --epochs to "
+                "continue it, or pass --resume false to train anew."
+            )
         try:
             CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location)(engine)
         except Exception as exc:
@@ -90,6 +100,14 @@ class ResumeFromLatest:
                 "delete it to start from the previous one or from scratch."
             ) from exc
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
+        if max_epochs is not None and epoch == max_epochs:
+            # ignite restarts a finished run from epoch 0 (new state): stop it at once instead
+            engine.add_event_handler(Events.STARTED, _already_complete, epoch)
+
+
+def _already_complete(engine: Engine, epoch: int) -> None:
+    logger.info("training already completed %d epochs; nothing to do", epoch)
+    engine.terminate()
 
 
 def _state_dict(path: Path, map_location: Any) -> dict[str, torch.Tensor]:

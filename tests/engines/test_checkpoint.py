@@ -164,3 +164,28 @@ def test_best_record_survives_resume(tmp_path):
     kept = torch.load(tmp_path / "model.pt", weights_only=True)
     for key in best:
         assert torch.equal(best[key], kept[key]), "a worse model must not replace the best one after resuming"
+
+
+def test_rerun_of_a_finished_training_does_nothing(tmp_path):
+    data = [torch.randn(4, 3) for _ in range(2)]
+
+    def run(max_epochs: int):
+        net = _net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        engine = _trainer(net, opt, data)
+        objs = {"network": net, "optimizer": opt, "trainer": engine}
+        AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict=objs, save_interval=1, n_saved=1).attach(engine)
+        engine.state.max_epochs = max_epochs  # as MONAI's SupervisedTrainer sets it before run()
+        ResumeFromLatest(str(tmp_path), objs)(engine)
+        epochs = []
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs.append(e.state.epoch))
+        engine.run(data, max_epochs=max_epochs)
+        return net, epochs
+
+    first, _ = run(2)
+    again, epochs = run(2)
+    assert epochs == [], "a finished training must not start over"
+    for a, b in zip(first.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(RobustsegError, match="already ran 2 epochs"):
+        run(1)

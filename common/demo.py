@@ -1,0 +1,287 @@
+"""``robustseg demo`` (the main job on the embedded data) and ``robustseg reproduce`` (the paper's protocol).
+
+Both run the project's MONAI bundles through ``monai.bundle.run`` -- the same workflows a user runs by hand -- on
+copies of the bundles rendered into the output folder, so the repository's ``bundles/`` stay clean and a demo folder
+holds everything it produced: data, trained bundles, the robustness CSV and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import RobustsegError
+
+__all__ = ["DEMO_MODELS", "Stage", "plan_demo", "plan_reproduce", "run_demo", "run_reproduce"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODELS = (
+    "brats_unet3d_baseline",
+    "brats_unet3d_distill_t5000",
+    "brats_unet3d_advtrain_eps0.05",
+    "brats_unet3d_noiseaug",
+)
+"""The models the demo trains (quick overlays; the defences fine-tune the baseline) and attacks."""
+
+DEMO_SUBJECTS = 40
+DEMO_SHAPE = 64
+EVAL_BUNDLE = "brats_robustness_eval"
+
+
+@dataclass
+class Stage:
+    """One step of a run: a description, the work, and the marker that says it is done.
+
+    Attributes:
+        name: short id, also the marker file's name.
+        description: the one-line summary printed before and after it.
+        work: the callable doing it; returns an optional summary text.
+        estimate: a rough size or duration for the plan (``--dry-run``).
+    """
+
+    name: str
+    description: str
+    work: Callable[[], str | None]
+    estimate: str = ""
+
+
+def _fmt_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _render_bundles(names: Sequence[str], root: Path) -> None:
+    """Write the template-owned files of ``names`` under ``root`` (trained weights and results are kept)."""
+    from common.bundles import _write_atomic, bundle_specs, render_bundle
+
+    specs = {spec.name: spec for spec in bundle_specs()}
+    for name in names:
+        for rel, content in render_bundle(specs[name]).items():
+            path = root / name / rel
+            if not path.is_file() or path.read_text() != content:
+                _write_atomic(path, content)
+
+
+def _run_bundle(run_id: str, bundle: Path, configs: Sequence[str], overrides: dict[str, Any]) -> None:
+    from monai.bundle import run
+
+    run(
+        run_id,
+        config_file=[str(bundle / "configs" / c) for c in configs],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        **overrides,
+    )
+
+
+def _train_stage(bundle: Path, datalist: str, baseline: Path | None, configs: Sequence[str], estimate: str) -> Stage:
+    """Training of one bundle; with ``baseline``, a defence that distils from it or fine-tunes it (quick runs)."""
+    overrides: dict[str, Any] = {"datalist": datalist}
+    if baseline is not None:
+        if "_distill_" in bundle.name:
+            overrides["teacher_bundle"] = str(baseline)
+        if "quick.json" in configs:  # quick runs fine-tune the baseline; the paper's runs train from scratch
+            overrides["init_weights"] = str(baseline / "models" / "model.pt")
+
+    def work() -> None:
+        _run_bundle("training", bundle, configs, overrides)
+
+    return Stage(f"train-{bundle.name}", f"train {bundle.name}", work, estimate=estimate)
+
+
+def _test_dice(bundle: Path) -> str:
+    summary = json.loads((bundle / "eval" / "test_dice_summary.json").read_text())
+    return "test Dice " + " / ".join(f"{r} {summary[f'dice_{r.lower()}_mean']:.3f}" for r in ("WT", "TC", "ET"))
+
+
+def plan_demo(out: str | os.PathLike = "runs/demo") -> list[Stage]:
+    """The demo's stages (nothing is run): data, baseline, three defences, evaluation, report."""
+    from common.data import ensure_synthetic_dataset
+
+    out = Path(out).resolve()
+    bundles = out / "bundles"
+    data_dir = out / "data" / f"synthetic-{DEMO_SHAPE}"
+    datalist = str(data_dir / "datalist.json")
+    quick = ["train.json", "quick.json"]
+    baseline = bundles / DEMO_MODELS[0]
+    results = out / "results"
+
+    def data() -> str:
+        ensure_synthetic_dataset(data_dir, subjects=DEMO_SUBJECTS, seed=0, shape=DEMO_SHAPE)
+        return f"{DEMO_SUBJECTS} subjects at {DEMO_SHAPE}^3 in {data_dir.relative_to(out)}"
+
+    def test_baseline() -> str:
+        _run_bundle("evaluating", baseline, ["evaluate.json", "quick.json"], {"datalist": datalist})
+        return _test_dice(baseline)
+
+    def evaluate() -> str:
+        _run_bundle("evaluating", bundles / EVAL_BUNDLE, ["evaluate.json", "quick.json"], {
+            "model_bundles": [str(bundles / m) for m in DEMO_MODELS],
+            "datalist": datalist,
+            "output_dir": str(results),
+        })
+        return f"{results.relative_to(out)}/results.csv"
+
+    def report() -> str:
+        from common.report.html import write_report
+
+        return str(write_report(results / "results.csv", out / "report").relative_to(out))
+
+    stages = [Stage("data", "generate the embedded synthetic data", data, "~30 s")]
+    stages.append(_train_stage(baseline, datalist, None, quick, "quick overlay"))
+    stages.append(Stage("test-baseline", f"score {baseline.name} on the test split", test_baseline, "~10 s"))
+    stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune") for m in DEMO_MODELS[1:]]
+    stages.append(Stage("evaluate", "attack the four models (brats_robustness_eval)", evaluate, "~3 min"))
+    stages.append(Stage("report", "write the report", report, "~10 s"))
+    return stages
+
+
+def _run_stages(stages: Sequence[Stage], out: Path, prepare: Callable[[], None]) -> float:
+    """Run stages in order, skipping those whose marker exists; one summary line per stage."""
+    markers = out / ".stages"
+    markers.mkdir(parents=True, exist_ok=True)
+    prepare()
+    total = 0.0
+    for index, stage in enumerate(stages, 1):
+        marker = markers / f"{stage.name}.json"
+        prefix = f"[{index}/{len(stages)}] {stage.description}"
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            print(f"{prefix}: done before ({_fmt_seconds(done['seconds'])}), skipped", flush=True)
+            continue
+        print(f"{prefix} ...", flush=True)
+        start = time.perf_counter()
+        summary = stage.work()
+        seconds = time.perf_counter() - start
+        total += seconds
+        marker.write_text(json.dumps({"seconds": seconds, "summary": summary}))
+        print(f"{prefix}: done in {_fmt_seconds(seconds)}" + (f" -- {summary}" if summary else ""), flush=True)
+    return total
+
+
+def _headline(out: Path) -> str:
+    tables = out / "results" / "tables" / "tables.md"
+    if not tables.is_file():
+        return ""
+    text = tables.read_text()
+    first = text.split("\n## ", 2)
+    return ("## " + first[1]).strip() if len(first) > 1 else text.strip()
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", fresh: bool = False) -> str:
+    """Run the demo end to end: data -> quick baseline -> quick defences -> robustness evaluation -> report.
+
+    Each stage goes through the bundles' MONAI workflows (``monai.bundle.run``) on copies rendered into
+    ``out/bundles``; a stage that finished before is skipped (its marker is in ``out/.stages``), and an interrupted
+    training or evaluation resumes from its checkpoint or CSV.
+
+    Args:
+        out: the demo folder.
+        fresh: delete ``out`` first and redo everything.
+
+    Returns:
+        Where the report is, and the headline table.
+    """
+    out_path = Path(out).resolve()
+    if fresh and out_path.exists():
+        shutil.rmtree(out_path)
+    if out_path.exists() and not out_path.is_dir():
+        raise RobustsegError(f"out: {out_path} is a file, expected a folder for the demo.")
+    stages = plan_demo(out_path)
+    start = time.perf_counter()
+    _run_stages(stages, out_path, lambda: _render_bundles([*DEMO_MODELS, EVAL_BUNDLE], out_path / "bundles"))
+    elapsed = time.perf_counter() - start
+    report = out_path / "report" / "report.html"
+    return f"demo finished in {_fmt_seconds(elapsed)}; report: {report}\n\n{_headline(out_path)}"
+
+
+# ---- the paper's full protocol ----------------------------------------------------------------------------------
+
+
+def plan_reproduce(data: str | os.PathLike, out: str | os.PathLike, device: str, quick: bool) -> list[Stage]:
+    """The paper's protocol on real data: datalist, 18 model bundles (teachers first), evaluation, report."""
+    from common.bundles import bundle_specs
+
+    out = Path(out).resolve()
+    bundles = out / "bundles"
+    datalist = str(out / "datalist.json")
+    results = out / "results"
+    specs = [s for s in bundle_specs() if s.net is not None]
+    order = sorted(specs, key=lambda s: (s.family != "baseline", s.net, s.name))  # teachers (baselines) first
+    configs = ["train.json", "quick.json"] if quick else ["train.json"]
+    device_override = {"device": f"$torch.device('{device}')"}
+
+    def make_datalist() -> str:
+        from common.data.datalist import write_datalist
+
+        write_datalist(data, datalist, test_fraction=0.2, seed=0)
+        return datalist
+
+    stages = [Stage("datalist", f"write an 80/20 datalist of {data}", make_datalist, "seconds")]
+    for spec in order:
+        baseline = bundles / f"brats_unet{spec.net}_baseline"
+        epochs = spec.variables.get("epochs", 400 if spec.net == "2d" else 100)
+        stages.append(_train_stage(bundles / spec.name, datalist, None if spec.family == "baseline" else baseline,
+                                   configs, f"{epochs} epochs"))
+
+    def evaluate() -> str:
+        _run_bundle("evaluating", bundles / EVAL_BUNDLE, ["evaluate.json", *(["quick.json"] if quick else [])], {
+            "model_bundles": [str(bundles / s.name) for s in specs],
+            "datalist": datalist,
+            "output_dir": str(results),
+            **device_override,
+        })
+        return f"{results}/results.csv"
+
+    def report() -> str:
+        from common.report.html import write_report
+
+        return str(write_report(results / "results.csv", out / "report"))
+
+    stages.append(Stage("evaluate", "attack all 18 models (paper epsilons and iterations)", evaluate, "hours"))
+    stages.append(Stage("report", "write the report", report, "~1 min"))
+    return stages
+
+
+def run_reproduce(
+    data: str, out: str = "runs/reproduce", device: str = "cuda", dry_run: bool = False, quick: bool = False
+) -> str:
+    """The paper's full protocol on a real BraTS folder (see :func:`plan_reproduce`).
+
+    Args:
+        data: a BraTS 2017-2021 or MSD Task01 folder.
+        out: output folder.
+        device: e.g. "cuda" or "cpu".
+        dry_run: print the plan only.
+        quick: use the quick overlays (for tests and a first look).
+
+    Returns:
+        The plan (dry run) or where the report is.
+    """
+    if not Path(data).is_dir():
+        raise RobustsegError(f"data: {data} is not a folder, expected a BraTS or MSD Task01 data folder.")
+    stages = plan_reproduce(data, out, device, quick)
+    if dry_run:
+        lines = [f"{i:2d}. {s.description} [{s.estimate}]" for i, s in enumerate(stages, 1)]
+        return "plan (nothing run):\n" + "\n".join(lines)
+    out_path = Path(out).resolve()
+    from common.bundles import bundle_specs
+
+    names = [s.name for s in bundle_specs()]
+    start = time.perf_counter()
+    _run_stages(stages, out_path, lambda: _render_bundles(names, out_path / "bundles"))
+    return f"reproduction finished in {_fmt_seconds(time.perf_counter() - start)}; report: {out_path / 'report'}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(run_demo(*sys.argv[1:2]))
