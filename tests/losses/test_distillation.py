@@ -17,9 +17,13 @@ def _softmax_t(z: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _hand_eq7(student: np.ndarray, teacher: np.ndarray, temperature: float, smooth: float, background: bool) -> float:
+def _hand_eq7(
+    student: np.ndarray, teacher: np.ndarray, temperature: float, smooth: float, background: bool,
+    teacher_temperature: float | None = None,
+) -> float:
     """Eq. 7 with numpy loops: 1 - mean over samples and (foreground) classes of the soft Dice of F^d and F."""
-    p, q = _softmax_t(student, temperature), _softmax_t(teacher, temperature)
+    p = _softmax_t(student, temperature)
+    q = _softmax_t(teacher, temperature if teacher_temperature is None else teacher_temperature)
     dice = []
     for b in range(student.shape[0]):
         for i in range(0 if background else 1, student.shape[1]):
@@ -76,6 +80,7 @@ def test_higher_agreement_lower_loss():
         ({"temperature": float("inf")}, "temperature"),
         ({"temperature": True}, "temperature"),
         ({"temperature": 1.0, "smooth": -1e-5}, "smooth"),
+        ({"temperature": 10.0, "teacher_temperature": 0.0}, "teacher_temperature"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -87,3 +92,13 @@ def test_bad_arguments(kwargs, match):
 def test_shape_mismatch():
     with pytest.raises(RobustsegError, match="do not match"):
         DistillationDiceLoss(2.0)(torch.zeros(1, 4, 3, 3, 3), torch.zeros(1, 3, 3, 3, 3))
+
+
+@pytest.mark.parametrize("teacher_temperature", [1.0, 7.0])
+def test_teacher_temperature(teacher_temperature):
+    rng = np.random.default_rng(3)
+    student, teacher = rng.normal(size=(2, 4, 5, 5, 5)) * 4, rng.normal(size=(2, 4, 5, 5, 5)) * 4
+    loss = DistillationDiceLoss(2.0, teacher_temperature=teacher_temperature)
+    got = loss(torch.tensor(student), torch.tensor(teacher)).item()
+    assert got == pytest.approx(_hand_eq7(student, teacher, 2.0, 1e-5, False, teacher_temperature), rel=1e-5)
+    assert got != pytest.approx(_hand_eq7(student, teacher, 2.0, 1e-5, False), rel=1e-3)
