@@ -10,7 +10,18 @@ from common.engines.checkpoint import (
     load_weights,
 )
 from common.engines.inferers import AutocastInferer
+from common.engines.model_bundle import ModelBundle, check_same_preprocessing, find_model_bundle, load_model_bundle
 from common.engines.progress import ProgressBarHandler
+from common.engines.quality import InputQuality
+from common.engines.robustness import (
+    DEFAULT_ATTACKS,
+    DEFAULT_SWEEP_EPSILONS,
+    AttackJob,
+    RobustnessEvaluation,
+    build_jobs,
+    merge_results,
+    shard_subjects,
+)
 from common.engines.subject_metrics import SubjectDiceWriter
 from common.engines.validation import ValidateAtEnd
 
@@ -24,4 +35,16 @@ __all__ = [
     "WeightsLoader",
     "latest_checkpoint",
     "load_weights",
+    "ModelBundle",
+    "check_same_preprocessing",
+    "find_model_bundle",
+    "load_model_bundle",
+    "InputQuality",
+    "DEFAULT_ATTACKS",
+    "DEFAULT_SWEEP_EPSILONS",
+    "AttackJob",
+    "RobustnessEvaluation",
+    "build_jobs",
+    "merge_results",
+    "shard_subjects",
 ]

@@ -1,0 +1,398 @@
+"""Load a trained model bundle for evaluation: network, preprocessing, inference settings and identity.
+
+The robustness evaluation (:mod:`common.engines.robustness`) attacks networks of other bundles. A model bundle
+defines in its ``configs/inference.json`` (plus overlays such as ``configs/quick.json``) the ``network_def``, the
+``preprocessing_transforms``, the ``datalist``, ``ckpt_dir`` (weights in ``model.pt``), ``spatial_size`` and ``amp``;
+its ``configs/metadata.json`` has a ``robustseg`` section with ``net``, ``family``, ``defense``, ``defense_param`` and
+``temperature``. :func:`load_model_bundle` reads all of that with MONAI's :class:`~monai.bundle.ConfigParser`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+from torch import nn
+
+from common.bundles import PACKAGE_DIR, bundle_root, training_overrides
+from common.data.caching import transform_hashing
+from common.engines.checkpoint import load_weights
+from common.errors import RobustsegError
+
+__all__ = ["ModelBundle", "find_model_bundle", "load_model_bundle", "check_same_preprocessing"]
+
+logger = logging.getLogger(__name__)
+
+NETS = ("3d", "2d")
+DEFENSES = ("none", "distillation", "adversarial_training", "noise_augmentation")
+PREPROCESSING_KEYS = ("spatial_size", "n4", "normalization")
+"""Config keys that say how a bundle preprocesses, named in the error when two bundles differ."""
+TRAINING_KEYS = (
+    "epochs", "learning_rate", "batch_size", "spatial_size", "base_filters", "amp", "n4", "normalization",
+    "ce_weight", "val_fraction", "seed", "synthetic_subjects", "synthetic_shape", "temperature", "teacher_bundle",
+    "teacher_config_files", "adversarial_epsilon", "adversarial_beta", "noise_radius", "noise_beta", "init_weights",
+)  # fmt: skip
+"""Train-config keys recorded in ``settings.json`` (those a bundle defines)."""
+
+
+@dataclass
+class ModelBundle:
+    """A trained model bundle, ready to be evaluated.
+
+    Attributes:
+        name: the bundle name (``metadata.json``'s ``name``, else the folder name): the CSV's ``model``.
+        root: the bundle folder.
+        config_files: the config files parsed, relative to ``root`` when inside it.
+        network: the network built from ``network_def`` with the trained weights, in eval mode, on the device.
+        preprocessing: the bundle's ``preprocessing_transforms`` as a MONAI ``Compose`` (keys image and label).
+        amp: whether the bundle infers under bf16 autocast (its ``amp`` setting).
+        spatial_size: the preprocessed grid (``spatial_size``).
+        net: ``"3d"`` or ``"2d"`` (metadata).
+        family: template family, e.g. ``"baseline"``, ``"distill"`` (metadata).
+        defense: ``"none"``, ``"distillation"``, ``"adversarial_training"`` or ``"noise_augmentation"`` (metadata).
+        defense_param: e.g. ``"T=100"``; ``""`` for none (metadata).
+        temperature: the distillation temperature T (metadata), ``None`` for other defences.
+        weights: the weights file loaded (``<ckpt_dir>/model.pt``).
+        weights_sha256: its SHA-256, so that results can be traced to the exact weights.
+        preprocessing_settings: the values of :data:`PREPROCESSING_KEYS` in the parsed configs.
+        preprocessing_hash: a hash of every preprocessing transform's class and settings.
+        training: the training settings (:data:`TRAINING_KEYS`) read from ``configs/train.json`` with the same
+            overlays, and the train config files used.
+        trained_with: the settings training recorded beside the weights (``models/training_settings.json``: grid,
+            network width, preprocessing), applied on top of the config files.
+        overrides: the explicit config overrides, applied last.
+    """
+
+    name: str
+    root: Path
+    config_files: list[str]
+    network: nn.Module
+    preprocessing: Compose
+    amp: bool
+    spatial_size: list[int]
+    net: str
+    family: str
+    defense: str
+    defense_param: str
+    temperature: float | None
+    weights: Path
+    weights_sha256: str
+    preprocessing_settings: dict[str, Any]
+    preprocessing_hash: str
+    training: dict[str, Any] = field(default_factory=dict)
+    trained_with: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _parser: ConfigParser | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The CSV's model columns: ``model``, ``net``, ``defense``, ``defense_param``."""
+        return {"model": self.name, "net": self.net, "defense": self.defense, "defense_param": self.defense_param}
+
+    def datalist(self) -> str:
+        """The bundle's ``datalist`` (evaluated only now: the default generates the embedded synthetic data)."""
+        if self._parser is None or "datalist" not in self._parser:
+            raise RobustsegError(f"model bundle {self.name}: its configs define no 'datalist'; pass a datalist.")
+        try:
+            return str(self._parser.get_parsed_content("datalist"))
+        except RobustsegError:
+            raise
+        except Exception as exc:
+            raise RobustsegError(
+                f"model bundle {self.name}: cannot evaluate its 'datalist' ({type(exc).__name__}: {exc})."
+            ) from exc
+
+    def settings(self) -> dict[str, Any]:
+        """A JSON-ready description for ``settings.json``: identity, files, weights and training settings."""
+        return {
+            **self.identity,
+            "family": self.family,
+            "temperature": self.temperature,
+            "bundle": str(self.root),
+            "config_files": self.config_files,
+            "trained_with": self.trained_with,
+            "overrides": self.overrides,
+            "weights": str(self.weights),
+            "weights_sha256": self.weights_sha256,
+            "amp": self.amp,
+            "spatial_size": self.spatial_size,
+            "preprocessing": self.preprocessing_settings,
+            "training": self.training,
+        }
+
+
+def _is_bundle(folder: Path, name: str | None = None) -> bool:
+    """Whether ``folder`` is a bundle (has ``configs/metadata.json``), called ``name`` if given (folder or metadata)."""
+    meta = folder / "configs" / "metadata.json"
+    if not meta.is_file():
+        return False
+    if name is None or folder.name == name:
+        return True
+    try:
+        return json.loads(meta.read_text()).get("name") == name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def find_model_bundle(bundle: str | os.PathLike) -> Path:
+    """The folder of a model bundle given by path or by name.
+
+    A path is taken relative to the working directory, then to the repository root (so ``bundles/<name>`` works
+    from any folder of the checkout). A bare name (no path separator) is also looked up as
+    :func:`common.bundles.bundle_root` does: ``./bundles/<name>``, the repository's ``bundles/<name>``, ...
+
+    Args:
+        bundle: folder or name.
+
+    Returns:
+        The absolute folder.
+
+    Raises:
+        RobustsegError: if the folder is not a bundle (no ``configs/metadata.json``) or nothing is found.
+    """
+    text = os.fspath(bundle)
+    path = Path(text).expanduser()
+    candidates = [path] if path.is_absolute() else [path, PACKAGE_DIR.parent / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            if not _is_bundle(candidate):
+                raise RobustsegError(
+                    f"model bundle {text}: {candidate / 'configs' / 'metadata.json'} not found; expected a bundle."
+                )
+            return candidate.resolve()
+    if "/" not in text and os.sep not in text and text not in ("", ".", ".."):
+        found = Path(bundle_root(text))
+        if _is_bundle(found, text):
+            return found.resolve()
+    raise RobustsegError(
+        f"model bundle {text!r} not found (looked in {', '.join(str(c) for c in candidates)}"
+        + (" and for a bundle of that name under bundles/" if "/" not in text else "")
+        + "); give a bundle folder or the name of one under bundles/."
+    )
+
+
+def _read_metadata(root: Path) -> tuple[str, dict[str, Any]]:
+    path = root / "configs" / "metadata.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RobustsegError(f"{path}: cannot be read as JSON ({exc}).") from None
+    section = meta.get("robustseg") if isinstance(meta, dict) else None
+    if not isinstance(section, dict):
+        raise RobustsegError(
+            f"{path}: no 'robustseg' section (net, family, defense, defense_param, temperature); regenerate the "
+            "bundle with `robustseg bundles generate`."
+        )
+    name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else root.name
+    net, defense = section.get("net"), section.get("defense")
+    if net not in NETS:
+        raise RobustsegError(f"{path}: robustseg.net is {net!r}; expected one of {list(NETS)}.")
+    if defense not in DEFENSES:
+        raise RobustsegError(f"{path}: robustseg.defense is {defense!r}; expected one of {list(DEFENSES)}.")
+    temperature = section.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature)
+        or temperature <= 0
+    ):  # fmt: skip
+        raise RobustsegError(f"{path}: robustseg.temperature is {temperature!r}; expected null or a number > 0.")
+    return name, {
+        "net": net,
+        "family": str(section.get("family") or ""),
+        "defense": defense,
+        "defense_param": str(section.get("defense_param") or ""),
+        "temperature": float(temperature) if temperature is not None else None,
+    }
+
+
+def _parser(root: Path, config_files: Sequence[str], overrides: Mapping[str, Any]) -> tuple[ConfigParser, list[Path]]:
+    paths = [Path(f) if Path(f).is_absolute() else root / f for f in config_files]
+    for path in paths:
+        if not path.is_file():
+            raise RobustsegError(f"{path}: config file of model bundle {root.name} not found.")
+    parser = ConfigParser()
+    try:
+        parser.read_config([str(p) for p in paths])
+    except Exception as exc:
+        raise RobustsegError(f"{paths[-1]}: cannot read the bundle's configs ({type(exc).__name__}: {exc}).") from exc
+    parser["bundle_root"] = str(root)  # the bundle's own lookup goes by name, which a copied bundle may not match
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser, paths
+
+
+def _parsed(parser: ConfigParser, key: str, where: str) -> Any:
+    if key not in parser:
+        raise RobustsegError(f"{where}: the configs define no {key!r}.")
+    try:
+        return parser.get_parsed_content(key)
+    except RobustsegError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise RobustsegError(f"{where}: cannot build {key!r} ({type(exc).__name__}: {message}).") from exc
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if it is JSON data, else its string form."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _training(root: Path, config_files: Sequence[str]) -> dict[str, Any]:
+    files = [
+        str(Path(f).with_name("train.json")) if Path(f).name == "inference.json" else str(f) for f in config_files
+    ]
+    out: dict[str, Any] = {"config_files": files}
+    paths = [Path(f) if Path(f).is_absolute() else root / f for f in files]
+    if not all(p.is_file() for p in paths):
+        out["missing"] = [str(p) for p in paths if not p.is_file()]
+        return out
+    parser = ConfigParser()
+    try:
+        parser.read_config([str(p) for p in paths])
+    except Exception as exc:  # the training settings are informative; a broken train config does not stop evaluation
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
+    parser["bundle_root"] = str(root)
+    for key in TRAINING_KEYS:
+        if key in parser:
+            try:
+                out[key] = _plain(parser.get_parsed_content(key, instantiate=False))
+            except Exception as exc:  # e.g. init_weights naming a teacher bundle that is not here: keep its config
+                logger.debug("training setting %s of %s not evaluated (%s)", key, root, exc)
+                out[key] = _plain(parser.get(key))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model_bundle(
+    bundle: str | os.PathLike,
+    config_files: Sequence[str] = ("configs/inference.json",),
+    device: str | torch.device = "cpu",
+    overrides: Mapping[str, Any] | None = None,
+) -> ModelBundle:
+    """Load a trained model bundle: its network with weights, preprocessing, inference settings and identity.
+
+    Args:
+        bundle: the bundle folder or name (see :func:`find_model_bundle`).
+        config_files: config files relative to the bundle folder, merged in order (later files override keys), as
+            ``--config_file "['configs/inference.json','configs/quick.json']"`` would; use the overlays the bundle
+            was trained with.
+        device: where the network runs.
+        overrides: config ids -> values set last (``#`` for nested ids), e.g. ``{"spatial_size": [64, 64, 64]}``.
+            Before them, the settings training recorded beside the weights (``models/training_settings.json``:
+            grid, network width, preprocessing, amp; :func:`common.bundles.training_overrides`) are applied, so a
+            model trained with an overlay or command-line overrides is evaluated as it was trained.
+
+    Returns:
+        The :class:`ModelBundle`; its network is in eval mode with the weights of ``<ckpt_dir>/model.pt``.
+
+    Raises:
+        RobustsegError: if the bundle or a config file is not found, ``metadata.json`` has no valid ``robustseg``
+            section, ``network_def``/``preprocessing_transforms`` cannot be built, or the weights are missing or do
+            not fit the network.
+
+    Example::
+
+        model = load_model_bundle("bundles/brats_unet3d_baseline", ["configs/inference.json", "configs/quick.json"])
+        logits = model.network(model.preprocessing(item)["image"][None])
+    """
+    root = find_model_bundle(bundle)
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [os.fspath(config_files)]
+    config_files = [os.fspath(f) for f in config_files]
+    if not config_files:
+        raise RobustsegError(f"model bundle {root.name}: config_files is empty; expected e.g. configs/inference.json.")
+    name, meta = _read_metadata(root)
+    trained_with = training_overrides(root)
+    overrides = dict(overrides or {})
+    parser, _ = _parser(root, config_files, {**trained_with, **overrides})
+    where = f"model bundle {name}"
+
+    weights = Path(str(_parsed(parser, "ckpt_dir", where))) / "model.pt"
+    if not weights.is_file():
+        train = ",".join(f"'{f}'" for f in _training(root, config_files)["config_files"])
+        raise RobustsegError(
+            f"{weights}: weights of model bundle {name} not found; train it first: "
+            f'python -m monai.bundle run training --config_file "[{train}]" (from {root}).'
+        )
+    network = _parsed(parser, "network_def", where)
+    if not isinstance(network, nn.Module):
+        raise RobustsegError(f"{where}: network_def builds a {type(network).__name__}, expected a torch.nn.Module.")
+    device = torch.device(device)
+    network = network.to(device)
+    load_weights(network, weights, map_location=device)
+    network.eval()
+
+    transforms = _parsed(parser, "preprocessing_transforms", where)
+    if not isinstance(transforms, (list, tuple)):
+        raise RobustsegError(f"{where}: preprocessing_transforms is a {type(transforms).__name__}, expected a list.")
+    preprocessing = Compose(list(transforms))
+    spatial_size = _parsed(parser, "spatial_size", where)
+    amp = bool(_parsed(parser, "amp", where)) if "amp" in parser else False
+    settings = {k: _plain(parser.get_parsed_content(k)) for k in PREPROCESSING_KEYS if k in parser}
+    relative = [os.path.relpath(f, root) if Path(f).is_absolute() and Path(f).is_relative_to(root) else f
+                for f in config_files]  # fmt: skip
+    return ModelBundle(
+        name=name,
+        root=root,
+        config_files=relative,
+        network=network,
+        preprocessing=preprocessing,
+        amp=amp,
+        spatial_size=[int(s) for s in spatial_size],
+        weights=weights.resolve(),
+        weights_sha256=_sha256(weights),
+        preprocessing_settings=settings,
+        preprocessing_hash=transform_hashing(preprocessing.transforms).decode(),
+        training=_training(root, config_files),
+        trained_with={k: _plain(v) for k, v in trained_with.items()},
+        overrides={k: _plain(v) for k, v in overrides.items()},
+        _parser=parser,
+        **meta,
+    )
+
+
+def check_same_preprocessing(models: Sequence[ModelBundle]) -> None:
+    """Stop unless every model preprocesses its input identically (paired-by-subject Dice needs the same input).
+
+    Args:
+        models: the loaded model bundles.
+
+    Raises:
+        RobustsegError: naming the first two bundles that differ and, where one of :data:`PREPROCESSING_KEYS`
+            differs, the setting and both values.
+    """
+    if not models:
+        return
+    first = models[0]
+    for other in models[1:]:
+        if other.preprocessing_hash == first.preprocessing_hash:
+            continue
+        mine, theirs = first.preprocessing_settings, other.preprocessing_settings
+        keys = [k for k in PREPROCESSING_KEYS if mine.get(k) != theirs.get(k)]
+        what = "; ".join(f"{k}: {mine.get(k)} vs {theirs.get(k)}" for k in keys) or "preprocessing_transforms differ"
+        raise RobustsegError(
+            f"model bundles {first.name} and {other.name} preprocess differently ({what}); all models of one "
+            "evaluation must see the same inputs so that Dice pairs by subject (use the same config overlays)."
+        )

@@ -1,0 +1,462 @@
+"""Robustness evaluation (common/engines/robustness.py): the CSV rows, their numbers, resume, examples, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from common.attacks import FGSM, IterativeFGSM, TargetedIterativeFGSM
+from common.data.labels import logits_to_labels
+from common.data.splits import load_split
+from common.engines import AutocastInferer, RobustnessEvaluation, load_model_bundle, merge_results, shard_subjects
+from common.engines import robustness as robustness_module
+from common.errors import RobustsegError
+from common.metrics.image_quality import input_quality
+from common.metrics.region_dice import region_dice
+from common.report import load_examples, load_results
+from common.report.schema import COLUMN_NAMES
+
+from .conftest import OVERRIDES, QUICK, SUBJECTS
+
+SWEEP = [0.02, 0.05, 0.1]
+STEPS = 3
+ATTACKS = [{"name": "FGSM"}, {"name": "i-FGSM", "steps": STEPS}, {"name": "ti-FGSM", "steps": STEPS}]
+BASELINE, DISTILLED = "tiny_baseline", "tiny_distill_t5"
+
+
+def evaluation(bundles, datalist, output_dir, models=(BASELINE, DISTILLED), **kwargs) -> RobustnessEvaluation:
+    """The tests' evaluation: tiny bundles, the quick overlay, a 3-epsilon sweep, 3-step iterative attacks."""
+    settings = {
+        "model_config_files": QUICK, "model_overrides": OVERRIDES, "datalist": datalist, "sweep_epsilons": SWEEP,
+        "attacks": ATTACKS, "device": "cpu", "score_batch_size": 1, "progress": False, **kwargs,
+    }  # fmt: skip
+    return RobustnessEvaluation([str(bundles[m]) if m in bundles else m for m in models], output_dir, **settings)
+
+
+@pytest.fixture(scope="module")
+def finished(bundles, tiny_datalist, tmp_path_factory):
+    """One complete evaluation of the two tiny bundles on the three tiny subjects: (output_dir, rows)."""
+    out = tmp_path_factory.mktemp("evaluation") / "out"
+    evaluation(bundles, tiny_datalist, out).run()
+    return out, load_results(out / "results.csv")
+
+
+def _key(row):
+    return tuple(row[c] or "" if c in ("source_model", "loss") else row[c] for c in robustness_module.KEY_COLUMNS)
+
+
+def _expected_keys():
+    keys = set()
+    for subject in SUBJECTS:
+        for model in (BASELINE, DISTILLED):
+            keys.add((model, subject, "none", "clean", "", 0.0, 0, ""))
+            threats = [("white-box", model)] + ([("adaptive", model)] if model == DISTILLED else [])
+            if model == DISTILLED:
+                threats.append(("transfer", BASELINE))
+            for threat, source in threats:
+                keys |= {(model, subject, "FGSM", threat, source, eps, 1, "soft_dice") for eps in SWEEP}
+                iterations = [STEPS] if threat == "transfer" else range(1, STEPS + 1)
+                for name in ("i-FGSM", "ti-FGSM"):
+                    keys |= {(model, subject, name, threat, source, 0.05, k, "soft_dice") for k in iterations}
+    return keys
+
+
+def test_rows_are_exactly_the_plan(finished):
+    _, rows = finished
+    keys = [_key(r) for r in rows]
+    # per subject: baseline 1 clean + 3 sweep + 2 x 3 iterates; distilled the same + adaptive 9 + transfer 3 + 2
+    assert len(rows) == len(SUBJECTS) * (10 + 10 + 9 + 5) == len(_expected_keys())
+    assert set(keys) == _expected_keys() and len(set(keys)) == len(keys)
+
+
+def test_columns_follow_the_threat_model(finished):
+    _, rows = finished
+    for row in rows:
+        clean, transfer = row["threat"] == "clean", row["threat"] == "transfer"
+        assert (row["psnr"] is None) == clean and (row["seconds"] is None) == clean
+        assert (row["zero_grad_fraction"] is None) == (clean or transfer)
+        assert row["steps"] == {"none": 0, "FGSM": 1}.get(row["attack"], STEPS)
+        if not clean:
+            assert row["seconds"] > 0 and (transfer or 0 <= row["zero_grad_fraction"] <= 1)
+            temperature = "temperature=5.0" if row["threat"] == "adaptive" else "temperature=1.0"
+            assert temperature in row["attack_config"] and f"epsilon={row['epsilon']}" in row["attack_config"]
+            assert row["source_model"] == (BASELINE if transfer else row["model"])
+        assert row["defense"] == ("distillation" if row["model"] == DISTILLED else "none")
+
+
+def _subject_input(bundles, datalist, model=BASELINE):
+    bundle = load_model_bundle(bundles[model], QUICK, "cpu", OVERRIDES)
+    item = bundle.preprocessing(load_split(datalist, "testing")[0])
+    return bundle, item["image"].as_tensor()[None].float(), item["label"].as_tensor()[None]
+
+
+def _rows(rows, **where):
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+@pytest.mark.parametrize(
+    "model, threat, attack, make",
+    [
+        (BASELINE, "white-box", "FGSM", lambda eps: FGSM(eps)),
+        (DISTILLED, "adaptive", "FGSM", lambda eps: FGSM(eps, temperature=5.0)),
+        (BASELINE, "white-box", "i-FGSM", lambda eps: IterativeFGSM(0.05, steps=STEPS)),
+        (DISTILLED, "white-box", "ti-FGSM", lambda eps: TargetedIterativeFGSM(0.05, steps=STEPS, target=1)),
+    ],
+)
+def test_rows_equal_a_direct_attack(finished, bundles, tiny_datalist, model, threat, attack, make):
+    """The sweep's one-gradient rows equal FGSM(eps) per epsilon; final iterates equal a direct run."""
+    _, rows = finished
+    bundle, image, label = _subject_input(bundles, tiny_datalist, model)
+    for row in _rows(rows, model=model, subject=SUBJECTS[0], threat=threat, attack=attack):
+        if row["iteration"] != row["steps"]:
+            continue
+        adversarial = make(row["epsilon"])(bundle.network, image, label)
+        with torch.no_grad():
+            prediction = logits_to_labels(AutocastInferer(enabled=bundle.amp)(adversarial, bundle.network))
+        dice = region_dice(prediction, label)[0].tolist()
+        assert [row["dice_wt"], row["dice_tc"], row["dice_et"]] == dice
+        quality = input_quality(image, adversarial)
+        for name in ("psnr", "rmse", "linf", "l2"):
+            assert row[name] == pytest.approx(float(quality[name][0]), rel=1e-12)
+        assert row["ssim"] == pytest.approx(float(quality["ssim"][0]), abs=1e-5)  # MONAI's is float32
+
+
+def test_clean_rows_equal_the_model_on_the_input(finished, bundles, tiny_datalist):
+    _, rows = finished
+    bundle, image, label = _subject_input(bundles, tiny_datalist)
+    with torch.no_grad():
+        dice = region_dice(logits_to_labels(bundle.network(image)), label)[0].tolist()
+    (row,) = _rows(rows, model=BASELINE, subject=SUBJECTS[0], threat="clean")
+    assert [row["dice_wt"], row["dice_tc"], row["dice_et"]] == dice and row["linf"] == 0.0
+
+
+def test_iterates_grow_inside_the_ball(finished):
+    """Iterate k of i-FGSM/ti-FGSM with alpha = eps/N moves at most k * alpha (images scaled to [0, 1])."""
+    _, rows = finished
+    alpha = 0.05 / STEPS
+    groups = Counter()
+    for row in rows:
+        if row["attack"] in ("i-FGSM", "ti-FGSM") and row["threat"] != "transfer":
+            groups[(row["model"], row["subject"], row["attack"], row["threat"])] += 1
+    assert set(groups.values()) == {STEPS}
+    for model, subject, attack, threat in groups:
+        series = sorted(_rows(rows, model=model, subject=subject, attack=attack, threat=threat),
+                        key=lambda r: r["iteration"])  # fmt: skip
+        assert [r["iteration"] for r in series] == list(range(1, STEPS + 1))
+        for k, row in enumerate(series, start=1):
+            assert 0 < row["linf"] <= k * alpha + 1e-6
+        assert all(a["seconds"] <= b["seconds"] for a, b in zip(series, series[1:]))
+        assert all(a["l2"] <= b["l2"] + 1e-9 for a, b in zip(series, series[1:]))
+        assert len({r["zero_grad_fraction"] for r in series}) == 1  # the first step's, on every row
+
+
+def test_sweep_perturbation_grows_with_epsilon(finished):
+    _, rows = finished
+    series = sorted(_rows(rows, model=BASELINE, subject=SUBJECTS[1], attack="FGSM", threat="white-box"),
+                    key=lambda r: r["epsilon"])  # fmt: skip
+    assert [r["epsilon"] for r in series] == SWEEP
+    assert all(0 < r["linf"] <= r["epsilon"] + 1e-7 for r in series)
+    assert all(a["psnr"] > b["psnr"] for a, b in zip(series, series[1:]))
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(series, series[1:]))  # one gradient, then cheap steps
+
+
+def test_transfer_rows_reuse_the_source_inputs(finished):
+    _, rows = finished
+    transfer = _rows(rows, threat="transfer")
+    assert transfer and {r["model"] for r in transfer} == {DISTILLED}
+    for row in transfer:
+        (source,) = _rows(rows, model=BASELINE, subject=row["subject"], attack=row["attack"], threat="white-box",
+                          epsilon=row["epsilon"], iteration=row["iteration"])  # fmt: skip
+        for name in ("psnr", "ssim", "rmse", "linf", "l2", "seconds", "attack_config", "loss", "steps"):
+            assert row[name] == source[name]
+
+
+def test_source_is_attacked_once_per_subject(bundles, bundle_factory, tiny_datalist, tmp_path, monkeypatch):
+    third = bundle_factory("tiny_third", seed=2)
+    calls = []
+    run = robustness_module.AttackJob.run
+
+    def counting(self, model, image, label, final_only=False):
+        calls.append((id(model), self.name, final_only))
+        return run(self, model, image, label, final_only)
+
+    monkeypatch.setattr(robustness_module.AttackJob, "run", counting)
+    job = evaluation({**bundles, "tiny_third": third}, tiny_datalist, tmp_path / "out",
+                     models=(BASELINE, DISTILLED, "tiny_third"), attacks=[{"name": "i-FGSM", "steps": 2}],
+                     sweep_epsilons=[0.05], example_subject=False, tables=False)  # fmt: skip
+    job.run()
+    per_network = Counter(network for network, _, _ in calls)
+    networks = {m.name: id(m.network) for m in job.models}
+    jobs = 2  # the sweep and i-FGSM
+    assert per_network[networks[BASELINE]] == jobs * len(SUBJECTS)  # its white-box runs serve both targets
+    assert per_network[networks[DISTILLED]] == 2 * jobs * len(SUBJECTS)  # white-box and adaptive
+    assert per_network[networks["tiny_third"]] == jobs * len(SUBJECTS)
+    assert not any(final_only for _, _, final_only in calls)
+    transfer = _rows(load_results(tmp_path / "out" / "results.csv"), threat="transfer")
+    assert Counter(r["model"] for r in transfer) == {DISTILLED: 2 * len(SUBJECTS), "tiny_third": 2 * len(SUBJECTS)}
+
+
+def _without_seconds(rows):
+    return sorted(tuple((k, v) for k, v in r.items() if k != "seconds") for r in rows)
+
+
+def test_resume_after_an_interruption_completes_the_same_rows(finished, bundles, tiny_datalist, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    original = robustness_module.RobustnessEvaluation.evaluate_subject
+    done = []
+
+    def crash_after_first(self, entry):
+        if done:
+            raise RuntimeError("simulated interruption")
+        done.append(original(self, entry))
+        return done[-1]
+
+    monkeypatch.setattr(robustness_module.RobustnessEvaluation, "evaluate_subject", crash_after_first)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        evaluation(bundles, tiny_datalist, out).run()
+    first = load_results(out / "results.csv")
+    assert {r["subject"] for r in first} == {SUBJECTS[0]} and len(first) == done[0] == 34
+    monkeypatch.undo()
+
+    written = []
+    monkeypatch.setattr(robustness_module.RobustnessEvaluation, "evaluate_subject",
+                        lambda self, entry: written.append(original(self, entry)) or written[-1])  # fmt: skip
+    evaluation(bundles, tiny_datalist, out).run()
+    rows = load_results(out / "results.csv")
+    assert written == [0, 34, 34]  # the first subject is not recomputed
+    assert _without_seconds(rows) == _without_seconds(finished[1])
+    assert rows[: len(first)] == first  # its rows, seconds included, are the ones written before
+
+
+def test_a_line_cut_short_is_dropped_and_redone(finished, bundles, tiny_datalist, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    last_subject = [i for i, line in enumerate(lines) if f",{SUBJECTS[2]}," in line]
+    kept = [line for i, line in enumerate(lines) if i not in last_subject[-5:]]
+    (out / "results.csv").write_text("".join(kept) + lines[last_subject[-1]][:30])  # no newline: cut short
+    evaluation(bundles, tiny_datalist, out).run()
+    assert _without_seconds(load_results(out / "results.csv")) == _without_seconds(finished[1])
+
+
+def test_rerun_of_a_finished_evaluation_writes_nothing(finished, bundles, tiny_datalist, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    before = (out / "results.csv").read_bytes()
+    job = evaluation(bundles, tiny_datalist, out)
+    assert len(job.done) == len(finished[1])
+    job.run()
+    assert (out / "results.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"attacks": [{"name": "FGSM"}, {"name": "i-FGSM", "steps": 2}]}, r"holds i-FGSM white-box rows of .* made by"),
+        ({"sweep": {"name": "FGSM", "clip": None}, "attacks": ATTACKS[1:]}, r"holds FGSM white-box rows .* clip=None"),
+    ],
+)
+def test_resume_refuses_other_attack_settings(finished, bundles, tiny_datalist, tmp_path, change, message):
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    with pytest.raises(RobustsegError, match=message):
+        evaluation(bundles, tiny_datalist, out, **change)
+
+
+def test_resume_refuses_other_weights(finished, bundle_factory, bundles, tiny_datalist, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    retrained = bundle_factory(BASELINE, seed=7)
+    with pytest.raises(RobustsegError, match=r"holds rows of model tiny_baseline computed with other weights"):
+        evaluation({**bundles, BASELINE: retrained}, tiny_datalist, out)
+
+
+def test_examples_are_written_as_the_schema_says(finished):
+    out, rows = finished
+    (subject,) = load_examples(out / "examples")
+    assert subject.subject == SUBJECTS[0] and subject.shape == (16, 16, 16)
+    index = json.loads((out / "examples" / SUBJECTS[0] / "index.json").read_text())
+    assert set(index) == {"subject", "image", "label", "entries"}
+    kinds = Counter((e["model"], e["threat"]) for e in index["entries"])
+    assert kinds == {(BASELINE, "clean"): 1, (BASELINE, "white-box"): 3, (DISTILLED, "clean"): 1,
+                     (DISTILLED, "white-box"): 3, (DISTILLED, "adaptive"): 3, (DISTILLED, "transfer"): 3}  # fmt: skip
+    folder = out / "examples" / SUBJECTS[0]
+    image = nib.load(folder / "image.nii.gz").get_fdata()
+    label = nib.load(folder / "label.nii.gz").get_fdata()
+    assert image.shape == (4, 16, 16, 16) and label.shape == (16, 16, 16)
+    sources = {}
+    for entry in index["entries"]:
+        assert entry["epsilon"] == (0.0 if entry["threat"] == "clean" else 0.05)
+        prediction = nib.load(folder / entry["prediction"]).get_fdata()
+        assert prediction.shape == (16, 16, 16) and set(np.unique(prediction)) <= {0, 1, 2, 4}
+        iteration = {"none": 0, "FGSM": 1}.get(entry["attack"], STEPS)
+        (row,) = _rows(rows, model=entry["model"], subject=SUBJECTS[0], attack=entry["attack"], threat=entry["threat"],
+                       epsilon=entry["epsilon"], iteration=iteration)  # fmt: skip
+        dice = region_dice(torch.as_tensor(prediction)[None, None], torch.as_tensor(label)[None, None])[0].tolist()
+        assert dice == [row["dice_wt"], row["dice_tc"], row["dice_et"]]
+        if entry["adversarial"] is None:
+            assert entry["threat"] == "clean"
+            continue
+        perturbation = nib.load(folder / entry["adversarial"]).get_fdata() - image
+        assert np.abs(perturbation).max() == pytest.approx(row["linf"], rel=1e-6)
+        if entry["threat"] in ("white-box", "transfer"):
+            sources.setdefault((entry["attack"], entry["threat"]), set()).add(entry["adversarial"])
+    for attack in ("FGSM", "i-FGSM", "ti-FGSM"):
+        # a transfer entry points at the source's own adversarial input
+        assert sources[(attack, "transfer")] <= sources[(attack, "white-box")]
+
+
+def test_settings_describe_models_attacks_and_data(finished, bundles):
+    out, _ = finished
+    settings = json.loads((out / "settings.json").read_text())
+    assert set(settings) == {"evaluation", "models", "attacks", "data", "versions"}
+    models = {m["model"]: m for m in settings["models"]}
+    assert set(models) == {BASELINE, DISTILLED}
+    assert models[DISTILLED]["temperature"] == 5.0 and models[DISTILLED]["defense_param"] == "T=5"
+    assert models[BASELINE]["training"]["epochs"] == json.loads((bundles[BASELINE] / "configs/quick.json").read_text())[
+        "epochs"
+    ]
+    assert len(models[BASELINE]["weights_sha256"]) == 64 and models[BASELINE]["config_files"] == QUICK
+    assert settings["data"]["test_subjects"] == 3 and settings["data"]["synthetic"] is False
+    assert settings["evaluation"]["transfer_source"] == BASELINE
+    assert settings["evaluation"]["sweep_epsilons"] == SWEEP
+    threats = Counter(a["threat"] for a in settings["attacks"])
+    assert threats == {"white-box": 3, f"adaptive ({DISTILLED})": 3}
+    assert {"torch", "monai", "robustseg", "numpy"} <= set(settings["versions"])
+
+
+def test_tables_are_written(finished):
+    out, _ = finished
+    table = (out / "tables" / f"table1_3d_{BASELINE}.md").read_text()
+    assert "No attack" in table and "i-FGSM" in table and "ti-FGSM" in table
+
+
+def _empty_datalist(tmp_path, datalist):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps({"training": json.loads(Path(datalist).read_text())["training"], "testing": []}))
+    return str(path)
+
+
+def _datalist_with_missing_file(tmp_path, datalist):
+    data = json.loads(Path(datalist).read_text())
+    data["testing"][1]["label"] = "tiny_001/gone_seg.nii.gz"
+    path = Path(datalist).parent / "missing_file.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ({"models": ("/nowhere/tiny",)}, r"model bundle '/nowhere/tiny' not found"),
+        ({"models": (BASELINE, "untrained")}, r"weights of model bundle untrained not found; train it first"),
+        ({"models": (BASELINE, "standardized")}, r"preprocess differently \(normalization: minmax vs standardize\)"),
+        ({"models": (BASELINE, BASELINE)}, r"model_bundles: \['tiny_baseline'\] given more than once"),
+        ({"attacks": [{"name": "CW", "epsilon": 0.05}]}, r"attack name must be one of \['FGSM', 'i-FGSM'"),
+        ({"sweep_epsilons": [0.01, -0.02]}, r"epsilon must be >= 0, got -0.02"),
+        ({"attacks": [{"name": "i-FGSM", "epsilon": 1.5}]}, r"epsilon must be <= 1 with relative=True"),
+        ({"epsilon": 0.0}, r"epsilon must be a finite number > 0"),
+        ({"sweep": {"name": "i-FGSM"}}, r"sweep must be an FGSM spec"),
+        ({"attacks": [{"name": "i-FGSM"}, {"name": "i-FGSM", "alpha": 0.01}]}, r"is configured twice"),
+        ({"transfer_source": "tiny_nobody"}, r"transfer_source 'tiny_nobody' is not one of the models"),
+        ({"example_subject": "tiny_999"}, r"example_subject 'tiny_999' is not a test subject"),
+        ({"score_batch_size": 0}, r"score_batch_size must be an integer >= 1"),
+        ({"datalist": "empty"}, r"the 'testing' split is empty"),
+        ({"datalist": "missing_file"}, r"gone_seg.nii.gz: file of test subject tiny_001 not found"),
+    ],
+)
+def test_errors_are_one_line_and_write_nothing(case, message, bundles, bundle_factory, tiny_datalist, tmp_path):
+    extra = {
+        "untrained": bundle_factory("untrained", weights=False),
+        "standardized": bundle_factory("standardized"),
+    }
+    quick = extra["standardized"] / "configs" / "quick.json"
+    quick.write_text(json.dumps({**json.loads(quick.read_text()), "normalization": "standardize"}))
+    datalist = {"empty": _empty_datalist(tmp_path, tiny_datalist), "missing_file": _datalist_with_missing_file(
+        tmp_path, tiny_datalist)}.get(case.pop("datalist", None), tiny_datalist)  # fmt: skip
+    out = tmp_path / "out"
+    with pytest.raises(RobustsegError, match=message) as info:
+        evaluation({**bundles, **extra}, datalist, out, **case)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("items, world_size", [(7, 1), (7, 2), (7, 3), (2, 4), (0, 2)])
+def test_shards_cover_every_subject_once(items, world_size):
+    subjects = [f"s{i}" for i in range(items)]
+    shards = [shard_subjects(subjects, rank, world_size) for rank in range(world_size)]
+    assert sorted(s for shard in shards for s in shard) == sorted(subjects)
+    assert all(shard == sorted(shard, key=subjects.index) for shard in shards)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_shard_rank_out_of_range_raises():
+    with pytest.raises(RobustsegError, match=r"rank must be in \[0, 2\), got 2"):
+        shard_subjects(["a"], 2, 2)
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMN_NAMES)
+        writer.writerows([[r[c] for c in COLUMN_NAMES] for r in rows])
+
+
+def test_merge_joins_parts_in_subject_order_without_duplicates(finished, tmp_path):
+    with open(finished[0] / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_subject = {s: [r for r in rows if r["subject"] == s] for s in SUBJECTS}
+    _write(tmp_path / "results.part1.csv", by_subject[SUBJECTS[1]] + by_subject[SUBJECTS[0]][:3])  # 3 rows twice
+    _write(tmp_path / "results.part0.csv", by_subject[SUBJECTS[0]] + by_subject[SUBJECTS[2]])
+    merged = merge_results(tmp_path, SUBJECTS)
+    assert merged.read_text() == (finished[0] / "results.csv").read_text()
+    assert not list(tmp_path.glob("results.part*"))
+
+
+def test_predictions_are_batched_in_order(bundles, tiny_datalist, tmp_path):
+    job = evaluation(bundles, tiny_datalist, tmp_path / "out", models=(BASELINE,), score_batch_size=2)
+    images = torch.rand(5, 4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    batched = job._predict(job.models[0], images)
+    job.score_batch_size = 1
+    single = job._predict(job.models[0], images)
+    assert batched.shape == (5, 1, 16, 16, 16)
+    # batched float32 convolutions may round differently: a near-tie voxel may flip, nothing more
+    assert (batched != single).float().mean() < 1e-3
+
+
+def test_two_processes_give_the_rows_of_one(finished, bundles, tiny_datalist, tmp_path):
+    """torchrun with 2 CPU processes (gloo): subjects sharded, part files merged into the same rows."""
+    script = tmp_path / "evaluate.py"
+    args = {"bundles": {k: str(v) for k, v in bundles.items()}, "datalist": tiny_datalist, "out": str(tmp_path / "out")}
+    script.write_text(
+        "import json, sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from conftest import OVERRIDES, QUICK\n"
+        "from common.engines import RobustnessEvaluation\n"
+        f"args = json.loads({json.dumps(args)!r})\n"
+        "RobustnessEvaluation([args['bundles'][m] for m in ('tiny_baseline', 'tiny_distill_t5')], args['out'],\n"
+        "    model_config_files=QUICK, model_overrides=OVERRIDES, datalist=args['datalist'], device='cpu',\n"
+        f"    sweep_epsilons={SWEEP!r}, attacks={ATTACKS!r}, score_batch_size=1, progress=False).run()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = load_results(tmp_path / "out" / "results.csv")
+    assert _without_seconds(rows) == _without_seconds(finished[1])
+    assert [r["subject"] for r in rows] == sorted((r["subject"] for r in rows), key=SUBJECTS.index)
+    assert not list((tmp_path / "out").glob("results.part*"))
+    assert math.isclose(len(rows), len(finished[1]))
