@@ -65,7 +65,7 @@ from common.engines.model_bundle import ModelBundle, check_same_preprocessing, l
 from common.engines.progress import ProgressBarHandler
 from common.engines.quality import InputQuality
 from common.errors import RobustsegError
-from common.metrics.region_dice import region_dice
+from common.metrics.dice import region_dice
 from common.report.schema import COLUMN_NAMES, format_record
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from common.data.labels import REGIONS
-from common.metrics.region_dice import region_dice
+from common.metrics.dice import region_dice
 
 __all__ = ["SubjectDiceWriter"]
 
@@ -37,7 +37,7 @@ class SubjectDiceWriter:
 
     Attach to a MONAI ``SupervisedEvaluator`` whose post-processing turns ``pred`` into a BraTS label map (e.g.
     :class:`~common.data.label_transforms.LabelsFromLogitsd`); ``label`` is the ground truth map. Dice follows
-    :func:`common.metrics.region_dice` (both masks empty = 1). At the end of the run it writes, atomically, one row
+    :func:`common.metrics.dice` (both masks empty = 1). At the end of the run it writes, atomically, one row
     per subject (``subject, dice_wt, dice_tc, dice_et``) and ``dice_summary.json`` with the mean and sample sd
     (ddof=1) per region.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from common._lazy import lazy_exports
 
 _EXPORTS = {
-    "region_dice": ["region_dice"],
+    "dice": ["region_dice"],
     "image_quality": ["input_quality", "perturbation_norms", "psnr", "rmse", "ssim"],
     "stats": ["bonferroni", "mean_sd", "paired_comparison", "wilcoxon_p"],
 }

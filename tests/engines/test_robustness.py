@@ -24,7 +24,7 @@ from common.engines import AutocastInferer, RobustnessEvaluation, load_model_bun
 from common.engines import robustness as robustness_module
 from common.errors import RobustsegError
 from common.metrics.image_quality import input_quality
-from common.metrics.region_dice import region_dice
+from common.metrics.dice import region_dice
 from common.report import load_examples, load_results
 from common.report.schema import COLUMN_NAMES
 
