@@ -1,0 +1,122 @@
+"""The brats_robustness_eval bundle: metadata, configs, and `monai.bundle run evaluating` from the repository root and
+from the bundle folder on tiny model bundles (random weights, nothing trained)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from pydoc import locate
+
+import jsonschema
+import pytest
+import torch
+from monai.bundle import ConfigParser, run
+
+from common.report import load_results
+
+from .conftest import BUNDLES, REPO, copy_bundle
+
+EVAL = BUNDLES / "brats_robustness_eval"
+TINY = {
+    "spatial_size": [16, 16, 16],
+    "base_filters": 2,
+    "network_def#levels": 3,
+    "network_def#segmentation_levels": 2,
+    "n4": False,
+    "normalization": "minmax",
+    "amp": False,
+}
+"""What the tiny bundles' "training" recorded beside the weights: the evaluation must apply it by itself."""
+PLAN = {"sweep_epsilons": [0.05, 0.1], "attacks": [{"name": "i-FGSM", "steps": 2}]}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> list[str]:
+    """A baseline and a distilled (T = 20) 3D bundle with random weights of the tiny network and its record."""
+    root = tmp_path_factory.mktemp("eval_models")
+    folders = []
+    for seed, name in enumerate(("brats_unet3d_baseline", "brats_unet3d_distill_t20")):
+        folder = copy_bundle(name, root)
+        parser = ConfigParser()
+        parser.read_config([str(folder / "configs" / "inference.json"), str(folder / "configs" / "quick.json")])
+        parser.update(TINY)
+        torch.manual_seed(seed)
+        (folder / "models").mkdir()
+        torch.save(parser.get_parsed_content("network_def").state_dict(), folder / "models" / "model.pt")
+        (folder / "models" / "training_settings.json").write_text(json.dumps(TINY))
+        folders.append(str(folder))
+    return folders
+
+
+def test_metadata_meets_the_bundle_schema():
+    schema = json.loads((REPO / "common" / "schemas" / "bundle_metadata.schema.json").read_text())
+    metadata = json.loads((EVAL / "configs" / "metadata.json").read_text())
+    jsonschema.validate(metadata, schema)
+    assert set(metadata["network_data_format"]["outputs"]) == {"adversarial_image", "pred"}
+
+
+def test_configs_parse_and_quick_overlay_parses_models_with_theirs():
+    parser = ConfigParser()
+    parser.read_config([str(EVAL / "configs" / "evaluate.json"), str(EVAL / "configs" / "quick.json")])
+    assert {"initialize", "run", "finalize", "evaluating"} <= set(parser.config)
+    assert parser.get_parsed_content("model_config_files") == ["configs/inference.json", "configs/quick.json"]
+    assert locate(parser["evaluation"]["_target_"]) is not None
+    assert parser.get_parsed_content("bundle_root") == str(EVAL)
+    assert parser.get_parsed_content("output_dir") == str(EVAL / "results")
+    # the defaults are the paper's
+    assert parser.get_parsed_content("epsilon") == 0.05 and parser.get_parsed_content("loss") == "soft_dice"
+    assert [a["name"] for a in parser.get_parsed_content("attacks")] == ["FGSM", "i-FGSM", "ti-FGSM"]
+    assert {0.05, 0.1} <= set(parser.get_parsed_content("sweep_epsilons"))
+    for name in parser.get_parsed_content("model_bundles"):
+        assert (BUNDLES / name / "configs" / "metadata.json").is_file()
+
+
+def _check(out: Path, subjects: int = 1) -> None:
+    rows = load_results(out / "results.csv")
+    # per subject: baseline 1 clean + 2 sweep + 2 iterates; distilled the same + 4 adaptive + 3 transfer
+    assert len(rows) == subjects * (5 + 5 + 4 + 3)
+    assert {r["threat"] for r in rows} == {"clean", "white-box", "adaptive", "transfer"}
+    assert (out / "settings.json").is_file() and (out / "tables" / "table1_3d_brats_unet3d_baseline.md").is_file()
+    assert len(list((out / "examples").glob("*/index.json"))) == 1
+
+
+def test_evaluating_from_the_repository_root(tiny_models, tiny_datalist, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    configs = Path("bundles") / EVAL.name / "configs"
+    run("evaluating", config_file=[str(configs / "evaluate.json"), str(configs / "quick.json")],
+        meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
+        model_bundles=tiny_models, output_dir=str(tmp_path / "out"), datalist=tiny_datalist, progress=False,
+        **PLAN)  # fmt: skip
+    _check(tmp_path / "out")
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", "evaluating", *args]
+
+
+def test_evaluating_from_the_bundle_folder(tiny_models, tiny_datalist, tmp_path):
+    args = _command(
+        "--config_file", "['configs/evaluate.json','configs/quick.json']", "--model_bundles", json.dumps(tiny_models),
+        "--output_dir", str(tmp_path / "out"), "--datalist", tiny_datalist, "--progress", "false",
+        *[x for key, value in PLAN.items() for x in (f"--{key}", json.dumps(value))],
+    )  # fmt: skip
+    done = subprocess.run(args, cwd=EVAL, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check(tmp_path / "out")
+    assert "Table 1" in done.stdout
+
+
+def test_an_unknown_attack_is_one_line_and_writes_nothing(tiny_models, tiny_datalist, tmp_path):
+    args = _command(
+        "--config_file", "configs/evaluate.json", "--model_bundles", json.dumps(tiny_models[:1]),
+        "--output_dir", str(tmp_path / "out"), "--datalist", tiny_datalist, "--attacks", "[{'name': 'DeepFool'}]",
+    )  # fmt: skip
+    done = subprocess.run(args, cwd=EVAL, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: attack name must be one of ['FGSM', 'i-FGSM'")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
