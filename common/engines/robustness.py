@@ -925,7 +925,9 @@ class RobustnessEvaluation:
         batch = torch.cat([a.image for a in adversarials])
         predictions = self._predict(model, batch)
         dice = region_dice(predictions, label.expand_as(predictions))
-        columns = quality(batch)
+        # in chunks: the float64 SSIM maps of ten 128^3 iterates would take gigabytes at once
+        chunks = [quality(chunk) for chunk in batch.split(self.score_batch_size)]
+        columns = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
         records = []
         for k, adversarial in enumerate(adversarials):
             values = {name: column[k] for name, column in columns.items()}
