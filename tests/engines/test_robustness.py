@@ -23,8 +23,8 @@ from common.data.splits import load_split
 from common.engines import AutocastInferer, RobustnessEvaluation, load_model_bundle, merge_results, shard_subjects
 from common.engines import robustness as robustness_module
 from common.errors import RobustsegError
-from common.metrics.image_quality import input_quality
 from common.metrics.dice import region_dice
+from common.metrics.image_quality import input_quality
 from common.report import load_examples, load_results
 from common.report.schema import COLUMN_NAMES
 
