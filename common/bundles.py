@@ -98,7 +98,7 @@ class BundleSpec:
     variables: dict[str, Any] = field(default_factory=dict)
 
 
-QUICK_FINE_TUNE_EPOCHS = 4
+QUICK_FINE_TUNE_EPOCHS = 3
 """Epochs of the quick overlays of the defences, which fine-tune the quick baseline instead of training anew."""
 
 _NETS = {

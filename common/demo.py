@@ -84,9 +84,16 @@ def _run_bundle(run_id: str, bundle: Path, configs: Sequence[str], overrides: di
     )
 
 
-def _train_stage(bundle: Path, datalist: str, baseline: Path | None, configs: Sequence[str], estimate: str) -> Stage:
+def _train_stage(
+    bundle: Path,
+    datalist: str,
+    baseline: Path | None,
+    configs: Sequence[str],
+    estimate: str,
+    extra: dict[str, Any] | None = None,
+) -> Stage:
     """Training of one bundle; with ``baseline``, a defence that distils from it or fine-tunes it (quick runs)."""
-    overrides: dict[str, Any] = {"datalist": datalist}
+    overrides: dict[str, Any] = {"datalist": datalist, **(extra or {})}
     if baseline is not None:
         if "_distill_" in bundle.name:
             overrides["teacher_bundle"] = str(baseline)
@@ -208,8 +215,17 @@ def run_demo(out: str | os.PathLike = "runs/demo", fresh: bool = False) -> str:
 # ---- the paper's full protocol ----------------------------------------------------------------------------------
 
 
-def plan_reproduce(data: str | os.PathLike, out: str | os.PathLike, device: str, quick: bool) -> list[Stage]:
-    """The paper's protocol on real data: datalist, 18 model bundles (teachers first), evaluation, report."""
+def plan_reproduce(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str,
+    quick: bool,
+    overrides: dict[str, Any] | None = None,
+) -> list[Stage]:
+    """The paper's protocol on real data: datalist, 18 model bundles (teachers first), evaluation, report.
+
+    ``overrides`` are passed to every training (e.g. ``{"epochs": 1}`` for a smoke test).
+    """
     from common.bundles import bundle_specs
 
     out = Path(out).resolve()
@@ -219,7 +235,7 @@ def plan_reproduce(data: str | os.PathLike, out: str | os.PathLike, device: str,
     specs = [s for s in bundle_specs() if s.net is not None]
     order = sorted(specs, key=lambda s: (s.family != "baseline", s.net, s.name))  # teachers (baselines) first
     configs = ["train.json", "quick.json"] if quick else ["train.json"]
-    device_override = {"device": f"$torch.device('{device}')"}
+    training = {"device": f"$torch.device('{device}')", **(overrides or {})}
 
     def make_datalist() -> str:
         from common.data.datalist import write_datalist
@@ -232,14 +248,14 @@ def plan_reproduce(data: str | os.PathLike, out: str | os.PathLike, device: str,
         baseline = bundles / f"brats_unet{spec.net}_baseline"
         epochs = spec.variables.get("epochs", 400 if spec.net == "2d" else 100)
         stages.append(_train_stage(bundles / spec.name, datalist, None if spec.family == "baseline" else baseline,
-                                   configs, f"{epochs} epochs"))
+                                   configs, f"{epochs} epochs", training))
 
     def evaluate() -> str:
         _run_bundle("evaluating", bundles / EVAL_BUNDLE, ["evaluate.json", *(["quick.json"] if quick else [])], {
             "model_bundles": [str(bundles / s.name) for s in specs],
             "datalist": datalist,
             "output_dir": str(results),
-            **device_override,
+            "device": device,
         })
         return f"{results}/results.csv"
 
@@ -254,7 +270,12 @@ def plan_reproduce(data: str | os.PathLike, out: str | os.PathLike, device: str,
 
 
 def run_reproduce(
-    data: str, out: str = "runs/reproduce", device: str = "cuda", dry_run: bool = False, quick: bool = False
+    data: str,
+    out: str = "runs/reproduce",
+    device: str = "cuda",
+    dry_run: bool = False,
+    quick: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """The paper's full protocol on a real BraTS folder (see :func:`plan_reproduce`).
 
@@ -264,13 +285,14 @@ def run_reproduce(
         device: e.g. "cuda" or "cpu".
         dry_run: print the plan only.
         quick: use the quick overlays (for tests and a first look).
+        overrides: config values for every training, e.g. ``{"epochs": 1}``.
 
     Returns:
         The plan (dry run) or where the report is.
     """
     if not Path(data).is_dir():
         raise RobustsegError(f"data: {data} is not a folder, expected a BraTS or MSD Task01 data folder.")
-    stages = plan_reproduce(data, out, device, quick)
+    stages = plan_reproduce(data, out, device, quick, overrides)
     if dry_run:
         lines = [f"{i:2d}. {s.description} [{s.estimate}]" for i, s in enumerate(stages, 1)]
         return "plan (nothing run):\n" + "\n".join(lines)
