@@ -340,7 +340,8 @@ def generate_bundles(root: str | Path = "bundles", check: bool = False) -> list[
 def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "bundles") -> Path:
     """Zip a trained bundle as a self-contained Model Zoo bundle.
 
-    The zip holds ``<name>/configs``, ``docs``, ``LICENSE``, ``models/model.pt`` and a copy of this ``common``
+    The zip holds ``<name>/configs``, ``docs``, ``LICENSE``, ``models/model.pt`` (with the training record
+    ``models/training_settings.json``) and a copy of this ``common``
     package at the bundle root, so that ``"_target_": "common...."`` resolves when MONAI runs the bundle from there
     (MONAI puts the bundle root on ``sys.path``; ``bundle_root`` is found from the copied package).
 
@@ -370,6 +371,8 @@ def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "
             for rel in sorted(_generated_files(folder)):
                 zf.write(folder / rel, f"{name}/{rel}")
             zf.write(weights, f"{name}/models/model.pt")
+            if (folder / "models" / TRAINING_RECORD).is_file():
+                zf.write(folder / "models" / TRAINING_RECORD, f"{name}/models/{TRAINING_RECORD}")
             for path in sorted(PACKAGE_DIR.rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                     zf.write(path, f"{name}/common/{path.relative_to(PACKAGE_DIR).as_posix()}")
