@@ -90,7 +90,7 @@ class ResumeFromLatest:
         if max_epochs is not None and epoch > max_epochs:
             raise RobustsegError(
                 f"{path}: this training already ran {epoch} epochs, more than epochs={max_epochs}; raise --epochs to "
-                "continue it, or pass --resume false to train anew."
+                "continue it, or pass --resume False to train anew."
             )
         try:
             CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location)(engine)

@@ -50,7 +50,7 @@ def test_exported_bundle_infers_from_its_own_folder(tiny_baselines, tiny_datalis
     overrides = {k: v for k, v in tiny_overrides(tiny_datalist, bundle).items() if k != "bundle_root"}
     args = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json"]
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run([sys.executable, "-c", "import common; print(common.__file__)"], cwd=bundle, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()

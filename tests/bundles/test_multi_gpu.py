@@ -25,7 +25,7 @@ def test_torchrun_two_cpu_processes(name, tiny_datalist, tmp_path):
             "-m", "monai.bundle", "run", "training", "--config_file",
             json.dumps([str(root / "configs/train.json"), str(root / "configs/multi_gpu_train.json")])]
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from .conftest import copy_bundle, tiny_overrides
 def _command(root, overrides) -> list[str]:
     args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(root / "configs/train.json")]
     for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+        args += [f"--{key}", repr(value) if not isinstance(value, str) else value]
     return args
 
 
