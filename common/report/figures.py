@@ -48,6 +48,7 @@ from common.report.tables import (
     NET_NAMES,
     REGION_NAMES,
     _attack_order,
+    _by_subject,
     _choose_loss,
     _close,
     _defence_label,
@@ -162,19 +163,6 @@ def _png(figure) -> bytes:
     # No software/date metadata: the same CSV gives the same bytes.
     figure.savefig(buffer, format="png", dpi=FIGURE_DPI, metadata={"Software": None}, facecolor="white")
     return buffer.getvalue()
-
-
-def _by_subject(rows: Iterable[Record], what: str, source: str) -> dict[str, Record]:
-    out: dict[str, Record] = {}
-    for row in rows:
-        subject = str(row["subject"])
-        if subject in out:
-            raise RobustsegError(
-                f"{source}: subject {subject} has several rows for {what}; expected one row per subject "
-                "(a resumed run appended duplicates?)."
-            )
-        out[subject] = row
-    return out
 
 
 def _summary(cell: dict[str, Record], column: str) -> tuple[float, float, int]:
