@@ -72,16 +72,25 @@ def _eval_mode(model: Callable[..., Tensor]) -> Iterator[None]:
             module.training = training
 
 
-def _check_epsilon(epsilon: float, relative: bool) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon):
-        raise RobustsegError(f"epsilon must be a finite number, got {epsilon!r}.")
-    if epsilon < 0:
-        raise RobustsegError(f"epsilon must be >= 0, got {epsilon}.")
-    if relative and epsilon > 1:
+def check_linf_radius(value: float, relative: bool, name: str = "epsilon") -> float:
+    """Check the radius of an L-inf ball (an attack's epsilon, a noise radius); return it as a float.
+
+    Raises:
+        RobustsegError: if it is not a finite number, is negative, or exceeds 1 when relative to the image maximum.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RobustsegError(f"{name} must be a finite number, got {value!r}.")
+    if value < 0:
+        raise RobustsegError(f"{name} must be >= 0, got {value}.")
+    if relative and value > 1:
         raise RobustsegError(
-            f"epsilon must be <= 1 with relative=True (a fraction of each image's maximum intensity), got {epsilon}."
+            f"{name} must be <= 1 with relative=True (a fraction of each image's maximum intensity), got {value}."
         )
-    return float(epsilon)
+    return float(value)
+
+
+def _check_epsilon(epsilon: float, relative: bool) -> float:
+    return check_linf_radius(epsilon, relative, "epsilon")
 
 
 def _check_clip(clip: str | tuple[float, float] | None) -> str | tuple[float, float] | None:

@@ -12,7 +12,6 @@ MONAI transforms :class:`RandUniformNoise` (array, (C, *spatial)) and :class:`Ra
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -23,21 +22,14 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 from torch import Tensor
 
+from common.attacks.base import check_linf_radius
 from common.errors import RobustsegError
 
 __all__ = ["RandUniformNoise", "RandUniformNoised", "uniform_noise"]
 
 
 def _check_radius(radius: float, relative: bool) -> float:
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius):
-        raise RobustsegError(f"radius must be a finite number, got {radius!r}.")
-    if radius < 0:
-        raise RobustsegError(f"radius must be >= 0, got {radius}.")
-    if relative and radius > 1:
-        raise RobustsegError(
-            f"radius must be <= 1 with relative=True (a fraction of each image's maximum intensity), got {radius}."
-        )
-    return float(radius)
+    return check_linf_radius(radius, relative, "radius")
 
 
 def _check_prob(prob: float) -> float:
