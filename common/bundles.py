@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import RobustsegError
+from common.utils.files import atomic_write, write_atomic
 
 __all__ = [
     "BundleSpec",
     "apply_overlay",
     "bundle_root",
+    "find_bundle",
     "bundle_specs",
     "export_bundle",
     "format_json",
@@ -34,16 +35,27 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _is_bundle(folder: Path, name: str) -> bool:
+def _is_bundle(folder: Path, name: str | None = None) -> bool:
+    """Whether ``folder`` is a bundle (has ``configs/metadata.json``), called ``name`` if given (folder or metadata)."""
     meta = folder / "configs" / "metadata.json"
     if not meta.is_file():
         return False
-    if folder.name == name:
+    if name is None or folder.name == name:
         return True
     try:
         return json.loads(meta.read_text()).get("name") == name
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
+
+
+def _named_candidates(name: str) -> tuple[Path, ...]:
+    """Where a bundle called ``name`` may be: here, ``./bundles/<name>``, an exported bundle's root, the repo's."""
+    cwd = Path.cwd()
+    return (cwd, cwd / "bundles" / name, PACKAGE_DIR.parent, PACKAGE_DIR.parent / "bundles" / name)
+
+
+def _find_named(name: str) -> Path | None:
+    return next((c for c in _named_candidates(name) if _is_bundle(c, name)), None)
 
 
 def bundle_root(name: str) -> str:
@@ -53,7 +65,8 @@ def bundle_root(name: str) -> str:
     ``"."``. Ours look, in order, at: the current directory (running from inside the bundle), ``./bundles/<name>``
     (running from the repository root), the folder that holds this ``common`` package (an exported bundle, where
     ``common/`` is copied to the bundle root) and ``<repo>/bundles/<name>``. ``--bundle_root DIR`` on the command line
-    overrides all of this.
+    overrides all of this. Unlike :func:`find_bundle`, a bundle that is not found is not an error here (a config
+    may be parsed before its bundle is generated).
 
     Args:
         name: the bundle's folder name, e.g. ``brats_unet3d_baseline``.
@@ -61,12 +74,52 @@ def bundle_root(name: str) -> str:
     Returns:
         The bundle's root folder as a string (the current directory if none is found).
     """
-    cwd = Path.cwd()
-    for candidate in (cwd, cwd / "bundles" / name, PACKAGE_DIR.parent, PACKAGE_DIR.parent / "bundles" / name):
-        if _is_bundle(candidate, name):
-            return str(candidate)
-    logger.warning("bundle %s not found from %s; using the current directory as bundle_root", name, cwd)
-    return str(cwd)
+    found = _find_named(name)
+    if found is None:
+        logger.warning("bundle %s not found from %s; using the current directory as bundle_root", name, Path.cwd())
+        return str(Path.cwd())
+    return str(found)
+
+
+def find_bundle(bundle: str | os.PathLike, what: str = "model bundle", require_metadata: bool = True) -> Path:
+    """The folder of a bundle given by path or by name: the one bundle look-up of the project.
+
+    A path is taken relative to the working directory, then to the repository root (so ``bundles/<name>`` works
+    from any folder of the checkout). A bare name (no path separator) is also looked up as :func:`bundle_root`
+    does: the current folder, ``./bundles/<name>``, an exported bundle's root, the repository's ``bundles/<name>``
+    -- but only a bundle of that name counts, never whatever folder the command runs in.
+
+    Args:
+        bundle: folder or name.
+        what: what the bundle is to the caller, for the error message ("model bundle", "teacher bundle").
+        require_metadata: whether a folder given by path must hold ``configs/metadata.json`` (Model Zoo layout).
+
+    Returns:
+        The absolute folder.
+
+    Raises:
+        RobustsegError: if nothing is found, or (with ``require_metadata``) the folder is not a bundle.
+    """
+    text = os.fspath(bundle)
+    path = Path(text).expanduser()
+    candidates = [path] if path.is_absolute() else [path, PACKAGE_DIR.parent / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            if require_metadata and not _is_bundle(candidate):
+                raise RobustsegError(
+                    f"{what} {text}: {candidate / 'configs' / 'metadata.json'} not found; expected a bundle."
+                )
+            return candidate.resolve()
+    is_name = not isinstance(bundle, Path) and "/" not in text and os.sep not in text and text not in ("", ".", "..")
+    if is_name:
+        found = _find_named(text)
+        if found is not None:
+            return found.resolve()
+    raise RobustsegError(
+        f"{what} {text!r} not found (looked in {', '.join(str(c) for c in candidates)}"
+        + (" and for a bundle of that name in the current folder and under bundles/" if is_name else "")
+        + "); give a bundle folder or the name of one under bundles/."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -167,8 +220,10 @@ def _substitute(obj: Any, variables: dict[str, Any], where: str) -> Any:
 def apply_overlay(config: dict, overlay: dict) -> dict:
     """Apply a MONAI-style override file to a config, as ``--config_file "['a.json','b.json']"`` would.
 
-    Keys may be nested ids joined by ``#`` (``"train#trainer#max_epochs"``); list items are addressed by index.
-    Values replace what is there (a new key is appended).
+    This is MONAI's own merge (:meth:`monai.bundle.ConfigParser.load_config_files` puts each key of a later file
+    with ``monai.bundle.utils.merge_kv``): keys may be nested ids joined by ``#`` (``"train#trainer#max_epochs"``),
+    list items are addressed by index, a ``+``-prefixed key extends a list or dict, and other values replace what
+    is there. So a generated bundle and one merged on the command line cannot disagree.
 
     Args:
         config: the base config (not modified).
@@ -176,18 +231,20 @@ def apply_overlay(config: dict, overlay: dict) -> dict:
 
     Returns:
         A new config.
+
+    Raises:
+        RobustsegError: an overlay key whose parent is not in the config.
     """
-    out = copy.deepcopy(config)
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
+
+    parser = ConfigParser(copy.deepcopy(config))
     for key, value in overlay.items():
-        *parents, last = key.split("#")
-        node: Any = out
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        if isinstance(node, list):
-            node[int(last)] = copy.deepcopy(value)
-        else:
-            node[last] = copy.deepcopy(value)
-    return out
+        try:
+            merge_kv(parser, key, copy.deepcopy(value))
+        except (KeyError, ValueError, IndexError) as exc:
+            raise RobustsegError(f"overlay key {key!r}: cannot be applied to the config ({exc}).") from None
+    return parser.get()
 
 
 def format_json(obj: Any, indent: int = 0, width: int = 120, lead: int = 0) -> str:
@@ -288,14 +345,6 @@ def _generated_files(bundle_dir: Path) -> set[str]:
     return found
 
 
-def _write_atomic(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(content)
-    os.replace(tmp, path)
-
-
 def generate_bundles(root: str | Path = "bundles", check: bool = False) -> list[str]:
     """Write every bundle folder from its template, or with ``check`` report how the committed ones differ.
 
@@ -323,7 +372,7 @@ def generate_bundles(root: str | Path = "bundles", check: bool = False) -> list[
                 state = "missing" if current is None else "differs from its template"
                 lines.append(f"{path}: {state} (run `robustseg bundles generate`)")
             else:
-                _write_atomic(path, content)
+                write_atomic(path, content, parents=True)
                 lines.append(str(path))
         for rel in sorted(on_disk - set(rendered)):
             if check:
@@ -364,24 +413,16 @@ def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "
         raise RobustsegError(f"{weights}: missing -- train the bundle before exporting it.")
     out = Path(out) if out is not None else Path(f"{name}.zip")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".zip")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for rel in sorted(_generated_files(folder)):
-                zf.write(folder / rel, f"{name}/{rel}")
-            zf.write(weights, f"{name}/models/model.pt")
-            if (folder / "models" / TRAINING_RECORD).is_file():
-                zf.write(folder / "models" / TRAINING_RECORD, f"{name}/models/{TRAINING_RECORD}")
-            for path in sorted(PACKAGE_DIR.rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    zf.write(path, f"{name}/common/{path.relative_to(PACKAGE_DIR).as_posix()}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(out, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel in sorted(_generated_files(folder)):
+            zf.write(folder / rel, f"{name}/{rel}")
+        zf.write(weights, f"{name}/models/model.pt")
+        if (folder / "models" / TRAINING_RECORD).is_file():
+            zf.write(folder / "models" / TRAINING_RECORD, f"{name}/models/{TRAINING_RECORD}")
+        for path in sorted(PACKAGE_DIR.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                zf.write(path, f"{name}/common/{path.relative_to(PACKAGE_DIR).as_posix()}")
     return out
-
 
 
 # ---- what a model was trained with -------------------------------------------------------------------------------
@@ -406,7 +447,7 @@ def record_training_settings(ckpt_dir: str | Path, settings: dict[str, Any]) -> 
         The record's path.
     """
     path = Path(ckpt_dir) / TRAINING_RECORD
-    _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    write_atomic(path, json.dumps(settings, indent=2) + "\n")
     return path
 
 

@@ -61,14 +61,15 @@ def _fmt_seconds(seconds: float) -> str:
 
 def _render_bundles(names: Sequence[str], root: Path) -> None:
     """Write the template-owned files of ``names`` under ``root`` (trained weights and results are kept)."""
-    from common.bundles import _write_atomic, bundle_specs, render_bundle
+    from common.bundles import bundle_specs, render_bundle
+    from common.utils.files import write_atomic
 
     specs = {spec.name: spec for spec in bundle_specs()}
     for name in names:
         for rel, content in render_bundle(specs[name]).items():
             path = root / name / rel
             if not path.is_file() or path.read_text() != content:
-                _write_atomic(path, content)
+                write_atomic(path, content, parents=True)
 
 
 def _run_bundle(run_id: str, bundle: Path, configs: Sequence[str], overrides: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from common.data.labels import labels_to_indices
 from common.errors import RobustsegError
 from common.losses.soft_dice import SoftDiceLoss
+from common.utils.validation import check_int, check_number
 
 __all__ = ["Attack", "AttackStep", "LOSSES"]
 
@@ -78,15 +79,14 @@ def check_linf_radius(value: float, relative: bool, name: str = "epsilon") -> fl
     Raises:
         RobustsegError: if it is not a finite number, is negative, or exceeds 1 when relative to the image maximum.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RobustsegError(f"{name} must be a finite number, got {value!r}.")
+    value = check_number(name, value)
     if value < 0:
         raise RobustsegError(f"{name} must be >= 0, got {value}.")
     if relative and value > 1:
         raise RobustsegError(
             f"{name} must be <= 1 with relative=True (a fraction of each image's maximum intensity), got {value}."
         )
-    return float(value)
+    return value
 
 
 def _check_epsilon(epsilon: float, relative: bool) -> float:
@@ -207,12 +207,10 @@ class Attack:
     ) -> None:
         self.relative = bool(relative)
         self.epsilon = _check_epsilon(epsilon, self.relative)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise RobustsegError(f"steps must be an integer >= 1, got {steps!r}.")
-        self.steps = steps
-        if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise RobustsegError(f"alpha must be a finite number > 0, got {alpha!r}.")
-        self.alpha = float(alpha) if alpha is not None else self.default_alpha(self.epsilon, steps)
+        self.steps = steps = check_int("steps", steps, 1)
+        if alpha is not None:
+            alpha = check_number("alpha", alpha, 0, min_inclusive=False)
+        self.alpha = alpha if alpha is not None else self.default_alpha(self.epsilon, steps)
         if isinstance(loss, str) and loss in LOSSES:
             self.loss_fn: LossFn = LOSSES[loss]()
         elif callable(loss):
@@ -226,8 +224,8 @@ class Attack:
         if temperature is not None and logit_scale is not None:
             raise RobustsegError(f"give temperature or logit_scale, not both (got {temperature} and {logit_scale}).")
         for option, value in (("temperature", temperature), ("logit_scale", logit_scale)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise RobustsegError(f"{option} must be a finite number > 0, got {value!r}.")
+            if value is not None:
+                check_number(option, value, 0, min_inclusive=False)
         self.temperature = float(temperature) if temperature is not None else 1.0
         if logit_scale is not None:
             self.temperature = 1.0 / float(logit_scale)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from common.attacks.base import AttackStep
 from common.attacks.ifgsm import IterativeFGSM
-from common.errors import RobustsegError
+from common.utils.validation import check_int
 
 __all__ = ["PGD"]
 
@@ -54,12 +54,8 @@ class PGD(IterativeFGSM):
         **kwargs: Any,
     ) -> None:
         super().__init__(epsilon, steps=steps, alpha=alpha, **kwargs)
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise RobustsegError(f"restarts must be an integer >= 1, got {restarts!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise RobustsegError(f"seed must be an integer, got {seed!r}.")
-        self.restarts = restarts
-        self.seed = seed
+        self.restarts = check_int("restarts", restarts, 1)
+        self.seed = check_int("seed", seed)
 
     def default_alpha(self, epsilon: float, steps: int) -> float:
         return 2.5 * epsilon / steps

@@ -18,12 +18,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
+from common.utils.files import write_atomic
+from common.utils.validation import check_int, check_number
 
 __all__ = [
     "LAYOUTS",
@@ -216,10 +217,8 @@ def split_subjects(subjects: Sequence[str], test_fraction: float = 0.2, seed: in
     Raises:
         RobustsegError: if ``test_fraction`` is not in (0, 1) or ``seed`` is not an integer.
     """
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not 0 < test_fraction < 1:
-        raise RobustsegError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise RobustsegError(f"seed must be an integer, got {seed!r}.")
+    check_number("test_fraction", test_fraction, 0, 1, min_inclusive=False, max_inclusive=False)
+    check_int("seed", seed)
     n = len(subjects)
     n_test = math.floor(n * test_fraction + 0.5)
     if n >= 2:
@@ -232,19 +231,6 @@ def _relative(path: str, base: Path) -> str:
     # relative only below the datalist's folder: then the data and the datalist can move together
     p = Path(path)
     return p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p)
-
-
-def _write_atomic(out: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_datalist(root: str | os.PathLike, out: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -306,7 +292,7 @@ def write_datalist(root: str | os.PathLike, out: str | os.PathLike, test_fractio
         "testing": [portable(by_id[s]) for s in testing],
     }
     try:
-        _write_atomic(out_path, json.dumps(datalist, indent=2) + "\n")
+        write_atomic(out_path, json.dumps(datalist, indent=2) + "\n")
     except OSError as err:
         raise RobustsegError(
             f"out: cannot write {out_path} ({err.strerror or err}), expected a writable path."

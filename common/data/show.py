@@ -9,6 +9,7 @@ import numpy as np
 
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
+from common.utils.files import atomic_write
 
 __all__ = ["find_subject_files", "show_subject"]
 
@@ -182,11 +183,6 @@ def show_subject(subject_dir: str | os.PathLike, out: str | os.PathLike) -> Path
         fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(f"{Path(subject_dir).name}   (slices through voxel {centre})", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_write(out, suffix=".tmp.png", parents=True) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

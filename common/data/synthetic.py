@@ -38,7 +38,6 @@ import functools
 import importlib.util
 import json
 import math
-import numbers
 import os
 import re
 import shutil
@@ -56,6 +55,8 @@ from scipy import ndimage
 from common.data.datalist import split_subjects, write_datalist
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
+from common.utils.files import atomic_write, write_atomic
+from common.utils.validation import check_int, check_number
 
 __all__ = [
     "SyntheticSubject",
@@ -411,9 +412,9 @@ def synthesize_subject(index: int, seed: int = 0, shape: int = 96) -> SyntheticS
     Raises:
         RobustsegError: if an argument is out of range.
     """
-    _check_int("index", index, 0)
-    _check_int("seed", seed, 0)
-    _check_int("shape", shape, 16)
+    check_int("index", index, 0)
+    check_int("seed", seed, 0)
+    check_int("shape", shape, 16)
     rng = np.random.default_rng([seed, index])
     template = _template(shape)
     tissue = _deform(template, rng)
@@ -441,20 +442,9 @@ def synthesize_subject(index: int, seed: int = 0, shape: int = 96) -> SyntheticS
 # --------------------------------------------------------------------------------------------------- files
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise RobustsegError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
 def _subject_files(root: Path, index: int) -> dict[str, Path]:
     sid = synthetic_subject_id(index)
     return {key: root / sid / f"{sid}_{key}.nii.gz" for key in (*MODALITIES, "seg")}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write_subject(root: str, index: int, seed: int, shape: int) -> None:
@@ -473,9 +463,8 @@ def _write_subject(root: str, index: int, seed: int, shape: int) -> None:
         image.header.set_xyzt_units("mm")
         image.set_qform(subject.affine, code="scanner")
         image.set_sform(subject.affine, code="scanner")
-        tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{os.getpid()}.tmp.nii.gz")
-        nib.save(image, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".tmp.nii.gz") as tmp:
+            nib.save(image, tmp)
 
 
 def _worker_init() -> None:
@@ -485,11 +474,10 @@ def _worker_init() -> None:
 
 
 def _check_arguments(out: str | os.PathLike, subjects: int, seed: int, shape: int, test_fraction: float) -> Path:
-    _check_int("subjects", subjects, 1)
-    _check_int("seed", seed, 0)
-    _check_int("shape", shape, 16)
-    if not isinstance(test_fraction, numbers.Real) or not 0.0 < float(test_fraction) < 1.0:
-        raise RobustsegError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
+    check_int("subjects", subjects, 1)
+    check_int("seed", seed, 0)
+    check_int("shape", shape, 16)
+    check_number("test_fraction", test_fraction, 0.0, 1.0, min_inclusive=False, max_inclusive=False)
     training, testing = split_subjects([synthetic_subject_id(i) for i in range(subjects)], float(test_fraction), seed)
     if not training or not testing:
         raise RobustsegError(
@@ -544,7 +532,7 @@ def _generate(
 ) -> Path:
     root = _check_arguments(out, subjects, seed, shape, test_fraction)
     if workers is not None:
-        _check_int("workers", workers, 1)
+        check_int("workers", workers, 1)
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
         manifest = _read_manifest(root)
@@ -565,7 +553,7 @@ def _generate(
         if manifest != settings:
             (root / DATALIST_NAME).unlink(missing_ok=True)
             # the manifest comes before the subjects: an interrupted run is then recognised and repaired
-            _atomic_write_text(root / SYNTHETIC_MANIFEST, json.dumps(settings, indent=2) + "\n")
+            write_atomic(root / SYNTHETIC_MANIFEST, json.dumps(settings, indent=2) + "\n")
 
         todo = [
             i for i in range(subjects) if overwrite or not all(p.is_file() for p in _subject_files(root, i).values())

@@ -33,6 +33,7 @@ from scipy import ndimage
 from common.data.datalist import LAYOUTS, MSD_MODALITIES, MSD_TO_BRATS_LABELS
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
+from common.utils.validation import check_int, check_number, is_integer, look_up_option
 
 __all__ = ["BraTSLayoutd", "N4BiasFieldCorrection", "N4BiasFieldCorrectiond", "NORMALIZE_MODES", "NormalizeBraTSd"]
 
@@ -40,12 +41,6 @@ NORMALIZE_MODES: tuple[str, ...] = ("minmax", "standardize")
 N4_MASKS: tuple[str, ...] = ("nonzero", "none")
 
 _MSD_TO_BRATS_CHANNELS = [MSD_MODALITIES.index(m) for m in MODALITIES]  # [1, 2, 3, 0]
-
-
-def _look_up(name: str, value: object, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise RobustsegError(f"{name} must be one of {list(allowed)}, got {value!r}.")
-    return value  # type: ignore[return-value]
 
 
 def _source_name(data: Mapping, value: object) -> str:
@@ -170,17 +165,17 @@ class N4BiasFieldCorrection(Transform):
         mask: str = "nonzero",
         convergence_threshold: float = 0.001,
     ) -> None:
-        if isinstance(shrink_factor, bool) or not isinstance(shrink_factor, int) or shrink_factor < 1:
-            raise RobustsegError(f"shrink_factor must be an integer >= 1, got {shrink_factor!r}.")
-        if isinstance(iterations, str | int) or not iterations:
+        check_int("shrink_factor", shrink_factor, 1)
+        if (
+            isinstance(iterations, str | int)
+            or not iterations
+            or not all(is_integer(i) and i >= 1 for i in iterations)
+        ):
             raise RobustsegError(f"iterations must be a non-empty list of integers >= 1, got {iterations!r}.")
-        if any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in iterations):
-            raise RobustsegError(f"iterations must be a non-empty list of integers >= 1, got {iterations!r}.")
-        if not isinstance(convergence_threshold, int | float) or not convergence_threshold >= 0:
-            raise RobustsegError(f"convergence_threshold must be >= 0, got {convergence_threshold!r}.")
+        check_number("convergence_threshold", convergence_threshold, 0)
         self.shrink_factor = shrink_factor
         self.iterations = tuple(iterations)
-        self.mask = _look_up("mask", mask, N4_MASKS)
+        self.mask = look_up_option("mask", mask, N4_MASKS)
         self.convergence_threshold = float(convergence_threshold)
 
     def log_bias_field(self, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
@@ -329,14 +324,11 @@ class NormalizeBraTSd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.mode = _look_up("mode", mode, NORMALIZE_MODES)
+        self.mode = look_up_option("mode", mode, NORMALIZE_MODES)
         if upper_percentile is not None:
             if self.mode != "minmax":
                 raise RobustsegError(f"upper_percentile applies to mode 'minmax' only, got mode {mode!r}.")
-            if isinstance(upper_percentile, bool) or not isinstance(upper_percentile, int | float):
-                raise RobustsegError(f"upper_percentile must be None or in (0, 100], got {upper_percentile!r}.")
-            if not 0 < upper_percentile <= 100:
-                raise RobustsegError(f"upper_percentile must be None or in (0, 100], got {upper_percentile!r}.")
+            check_number("upper_percentile", upper_percentile, 0, 100, min_inclusive=False, hint="or None")
         self.upper_percentile = upper_percentile
         if self.mode == "standardize":
             self.transform = NormalizeIntensityd(

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from common.attacks.base import check_linf_radius
 from common.errors import RobustsegError
+from common.utils.validation import check_number
 
 __all__ = ["RandUniformNoise", "RandUniformNoised", "uniform_noise"]
 
@@ -33,9 +34,7 @@ def _check_radius(radius: float, relative: bool) -> float:
 
 
 def _check_prob(prob: float) -> float:
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-        raise RobustsegError(f"prob must be a number in [0, 1], got {prob!r}.")
-    return float(prob)
+    return check_number("prob", prob, 0.0, 1.0)
 
 
 def _add_noise(images: Tensor, unit_noise: Tensor, radius: float, relative: bool, clip: bool) -> Tensor:

@@ -25,6 +25,7 @@ from common.attacks import FGSM
 from common.defenses.noise import _check_radius, uniform_noise
 from common.defenses.training_step import TrainingStep, unwrap_network
 from common.errors import RobustsegError
+from common.utils.validation import check_number, check_optional_int
 
 __all__ = ["AdversarialTrainingStep", "NoiseAugmentationStep", "PerturbedTrainingStep"]
 
@@ -32,9 +33,7 @@ Perturbation = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def _check_beta(beta: float) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
-        raise RobustsegError(f"beta must be a number in [0, 1] (the weight of the clean loss, eq. 9), got {beta!r}.")
-    return float(beta)
+    return check_number("beta", beta, 0.0, 1.0, hint="the weight of the clean loss, eq. 9")
 
 
 class PerturbedTrainingStep(TrainingStep):
@@ -180,9 +179,7 @@ class NoiseAugmentationStep(PerturbedTrainingStep):
         super().__init__(None, beta)
         self.relative = bool(relative)
         self.radius = _check_radius(radius, self.relative)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise RobustsegError(f"seed must be None or an integer >= 0, got {seed!r}.")
-        self.seed = seed
+        self.seed = check_optional_int("seed", seed, 0)
         self.clip = bool(clip)
 
     def generator(self, iteration: int, device: torch.device) -> torch.Generator | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,42 +11,14 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from common.bundles import bundle_root, training_overrides
+from common.bundles import find_bundle, training_overrides
 from common.engines import load_weights
 from common.errors import RobustsegError
+from common.utils.validation import is_integer
 
 __all__ = ["load_teacher"]
 
 logger = logging.getLogger(__name__)
-
-
-def _names_bundle(folder: Path, name: str) -> bool:
-    """Whether ``folder`` is the bundle called ``name`` (its folder name or its metadata's ``name``)."""
-    if folder.name == name:
-        return True
-    try:
-        return json.loads((folder / "configs" / "metadata.json").read_text()).get("name") == name
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _resolve_bundle(bundle: str | Path) -> Path:
-    """The teacher bundle's folder: ``bundle`` itself if it is a folder, else the bundle of that name."""
-    path = Path(bundle).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    # a name has no path separators; a path that does not exist is reported as such, not looked up as a name
-    text = str(bundle)
-    if isinstance(bundle, Path) or "/" in text or "\\" in text or text in (".", ".."):
-        raise RobustsegError(f"teacher bundle folder {str(bundle)!r} not found.")
-    root = Path(bundle_root(str(bundle)))
-    # bundle_root falls back to the working directory, which may be another bundle (the student's own)
-    if not _names_bundle(root, str(bundle)):
-        raise RobustsegError(
-            f"teacher bundle {str(bundle)!r} not found (looked in the current folder, ./bundles/{bundle} and the "
-            "repository's bundles/); give its folder or train/generate it first."
-        )
-    return root.resolve()
 
 
 def _train_command(root: Path, config_files: Sequence[str]) -> str:
@@ -61,7 +32,7 @@ def _declared_out_channels(network: nn.Module) -> int | None:
     module: nn.Module | None = network
     while module is not None:
         value = getattr(module, "out_channels", None)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_integer(value):
             return value
         children = list(module.children())
         module = children[0] if len(children) == 1 else None
@@ -101,7 +72,7 @@ def load_teacher(
     Call it once (e.g. as a config item referenced by the training step), not per iteration.
 
     Args:
-        bundle: the teacher bundle's folder, or its name (looked up with :func:`common.bundles.bundle_root`: the
+        bundle: the teacher bundle's folder, or its name (looked up with :func:`common.bundles.find_bundle`: the
             current folder, ``./bundles/<name>``, the repository's ``bundles/<name>``).
         config_files: config files, relative to the bundle folder (or absolute), that define ``network_def``; e.g.
             ``["configs/inference.json", "configs/quick.json"]`` for a teacher trained with the quick overlay.
@@ -123,7 +94,7 @@ def load_teacher(
 
         "teacher": {"_target_": "common.defenses.load_teacher", "bundle": "brats_unet3d_baseline", "device": "@device"}
     """
-    root = _resolve_bundle(bundle)
+    root = find_bundle(bundle, what="teacher bundle", require_metadata=False)
     if isinstance(config_files, (str, Path)):
         config_files = [str(config_files)]
     paths = [root / f for f in config_files]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from common.errors import RobustsegError
+from common.utils.validation import check_number
 
 __all__ = ["DistillationDiceLoss"]
 
@@ -76,16 +75,13 @@ class DistillationDiceLoss(nn.Module):
         teacher_temperature: float | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
-            if value is None and name == "teacher_temperature":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise RobustsegError(f"{name} must be a finite number > 0, got {value!r}.")
-        if not isinstance(smooth, (int, float)) or not smooth >= 0:
-            raise RobustsegError(f"smooth must be >= 0, got {smooth!r}.")
-        self.temperature = float(temperature)
-        self.teacher_temperature = float(teacher_temperature if teacher_temperature is not None else temperature)
-        self.smooth = float(smooth)
+        self.temperature = check_number("temperature", temperature, 0, min_inclusive=False)
+        self.teacher_temperature = (
+            check_number("teacher_temperature", teacher_temperature, 0, min_inclusive=False)
+            if teacher_temperature is not None
+            else self.temperature
+        )
+        self.smooth = check_number("smooth", smooth, 0)
         self.include_background = bool(include_background)
         self.dice = DiceLoss(
             include_background=self.include_background,

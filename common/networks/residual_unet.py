@@ -16,14 +16,9 @@ from torch import Tensor, nn
 
 from common.data.labels import BRATS_LABELS, MODALITIES
 from common.errors import RobustsegError
+from common.utils.validation import check_int, look_up_option
 
 __all__ = ["ResidualUNet", "UNet3D", "UNet2D"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RobustsegError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 class _ContextModule(nn.Module):
@@ -141,13 +136,12 @@ class ResidualUNet(nn.Module):
         segmentation_levels: int = 3,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
-            raise RobustsegError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        _check_int("in_channels", in_channels, 1)
-        _check_int("out_channels", out_channels, 1)
-        _check_int("base_filters", base_filters, 1)
-        _check_int("levels", levels, 2)
-        _check_int("segmentation_levels", segmentation_levels, 1)
+        look_up_option("spatial_dims", spatial_dims, (2, 3))
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        check_int("base_filters", base_filters, 1)
+        check_int("levels", levels, 2)
+        check_int("segmentation_levels", segmentation_levels, 1)
         if segmentation_levels > levels - 1:
             raise RobustsegError(
                 f"segmentation_levels must be <= levels - 1 = {levels - 1} (the number of decoder levels), "

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import RobustsegError
+from common.utils.validation import check_optional_int, look_up_option
 
 __all__ = ["SliceWise"]
 
@@ -45,14 +46,8 @@ class SliceWise(nn.Module):
         super().__init__()
         if not isinstance(net2d, nn.Module):
             raise RobustsegError(f"net2d must be a torch.nn.Module, got {type(net2d).__name__}.")
-        if isinstance(axis, bool) or axis not in _SPATIAL_AXES:
-            raise RobustsegError(
-                f"axis must be a spatial axis of a (B, C, H, W, D) input, one of {_SPATIAL_AXES}, got {axis!r}."
-            )
-        if slice_batch_size is not None and (
-            isinstance(slice_batch_size, bool) or not isinstance(slice_batch_size, int) or slice_batch_size < 1
-        ):
-            raise RobustsegError(f"slice_batch_size must be None or an integer >= 1, got {slice_batch_size!r}.")
+        look_up_option("axis", axis, _SPATIAL_AXES, hint="a spatial axis of a (B, C, H, W, D) input")
+        slice_batch_size = check_optional_int("slice_batch_size", slice_batch_size, 1)
         self.net2d = net2d
         self.axis = axis % 5
         self.slice_batch_size = slice_batch_size

@@ -213,9 +213,9 @@ def test_missing_modality_refused_by_write_datalist(brats_tree, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"test_fraction": 0}, r"test_fraction must be in \(0, 1\), got 0"),
-        ({"test_fraction": 1.0}, r"test_fraction must be in \(0, 1\), got 1\.0"),
-        ({"test_fraction": "0.2"}, r"test_fraction must be in \(0, 1\), got '0\.2'"),
+        ({"test_fraction": 0}, r"test_fraction must be a finite number in \(0, 1\), got 0"),
+        ({"test_fraction": 1.0}, r"test_fraction must be a finite number in \(0, 1\), got 1\.0"),
+        ({"test_fraction": "0.2"}, r"test_fraction must be a finite number in \(0, 1\), got '0\.2'"),
         ({"seed": 1.5}, "seed must be an integer, got 1.5"),
     ],
 )

@@ -225,9 +225,9 @@ def test_standardize_is_a_zscore_over_nonzero_voxels():
     [
         ({"mode": "zscore"}, r"mode must be one of \['minmax', 'standardize'\], got 'zscore'"),
         ({"mode": "standardize", "upper_percentile": 99.5}, "upper_percentile applies to mode 'minmax' only"),
-        ({"upper_percentile": 0}, r"upper_percentile must be None or in \(0, 100\], got 0"),
-        ({"upper_percentile": 101}, r"upper_percentile must be None or in \(0, 100\], got 101"),
-        ({"upper_percentile": "99"}, r"upper_percentile must be None or in \(0, 100\], got '99'"),
+        ({"upper_percentile": 0}, r"upper_percentile must be a finite number in \(0, 100\] \(or None\), got 0"),
+        ({"upper_percentile": 101}, r"upper_percentile must be a finite number in \(0, 100\] \(or None\), got 101"),
+        ({"upper_percentile": "99"}, r"upper_percentile must be a finite number in \(0, 100\] \(or None\), got '99'"),
     ],
 )
 def test_normalize_argument_errors(kwargs, match):
@@ -330,7 +330,7 @@ def test_n4_itk_failure_is_one_line(monkeypatch):
         ({"iterations": []}, r"iterations must be a non-empty list of integers >= 1, got \[\]"),
         ({"iterations": [50, 0]}, r"iterations must be a non-empty list of integers >= 1, got \[50, 0\]"),
         ({"mask": "otsu"}, r"mask must be one of \['nonzero', 'none'\], got 'otsu'"),
-        ({"convergence_threshold": -1}, "convergence_threshold must be >= 0, got -1"),
+        ({"convergence_threshold": -1}, "convergence_threshold must be a finite number >= 0, got -1"),
     ],
 )
 def test_n4_argument_errors(kwargs, match):

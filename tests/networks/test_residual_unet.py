@@ -157,7 +157,7 @@ def test_bad_input_shape_raises(spatial_dims, shape, pattern):
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        ({"spatial_dims": 1}, "spatial_dims must be 2 or 3"),
+        ({"spatial_dims": 1}, r"spatial_dims must be one of \[2, 3\], got 1"),
         ({"in_channels": 0}, "in_channels must be an integer >= 1"),
         ({"out_channels": 2.0}, "out_channels must be an integer >= 1"),
         ({"base_filters": 0}, "base_filters must be an integer >= 1"),

@@ -65,9 +65,9 @@ def test_torchscript_matches_eager(net2d):
     "kwargs, pattern",
     [
         ({"net2d": lambda x: x}, "net2d must be a torch.nn.Module, got function"),
-        ({"axis": 1}, r"axis must be a spatial axis .* got 1"),
-        ({"axis": -4}, r"axis must be a spatial axis .* got -4"),
-        ({"axis": True}, r"axis must be a spatial axis .* got True"),
+        ({"axis": 1}, r"axis must be one of .* \(a spatial axis .* got 1"),
+        ({"axis": -4}, r"axis must be one of .* \(a spatial axis .* got -4"),
+        ({"axis": True}, r"axis must be one of .* \(a spatial axis .* got True"),
         ({"slice_batch_size": 0}, "slice_batch_size must be None or an integer >= 1, got 0"),
         ({"slice_batch_size": 2.5}, "slice_batch_size must be None or an integer >= 1, got 2.5"),
     ],

@@ -1,0 +1,37 @@
+"""Small shared helpers with no torch or MONAI import: argument checks, atomic file writing, enumerations.
+
+Mirrors ``monai.utils``: :mod:`~common.utils.validation` is our ``look_up_option`` and friends (messages that name
+the argument, the bad value and what was expected, with a "did you mean" suggestion), :mod:`~common.utils.files`
+writes files atomically, and :mod:`~common.utils.enums` holds the project's vocabularies (``Defense``, ``Net``,
+``Threat``) as string enumerations.
+"""
+
+from __future__ import annotations
+
+from common.utils.enums import Defense, Net, StrEnum, Threat
+from common.utils.files import atomic_write, write_atomic
+from common.utils.validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_optional_int,
+    is_integer,
+    is_number,
+    look_up_option,
+)
+
+__all__ = [
+    "Defense",
+    "Net",
+    "StrEnum",
+    "Threat",
+    "atomic_write",
+    "check_bool",
+    "check_int",
+    "check_number",
+    "check_optional_int",
+    "is_integer",
+    "is_number",
+    "look_up_option",
+    "write_atomic",
+]

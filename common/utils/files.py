@@ -1,0 +1,80 @@
+"""Atomic file writing: a file that exists is complete, whatever interrupted the process that wrote it.
+
+Every writer of the project goes through here: the content goes to a temporary file in the destination's folder
+(same file system, so the final ``os.replace`` is atomic), is flushed to disk (``fsync``), then replaces the
+destination; on any error the temporary file is removed and the destination is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_write", "write_atomic"]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", parents: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; it replaces ``path`` when the block ends without error.
+
+    Use it for writers that want a file name of their own (``nibabel.save``, ``zipfile``, ``csv``)::
+
+        with atomic_write("seg.nii.gz", suffix=".tmp.nii.gz") as tmp:
+            nibabel.save(image, tmp)
+
+    Args:
+        path: the destination.
+        suffix: the temporary file's suffix (``nibabel`` picks the format from it: give ``".tmp.nii.gz"``).
+        parents: create the destination's missing parent folders first.
+
+    Yields:
+        The temporary path (an empty file already exists there).
+
+    Raises:
+        OSError: the folder cannot be created or written, or the replace fails; the destination is then untouched.
+    """
+    path = Path(path)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(
+    path: str | os.PathLike, content: str | bytes, encoding: str = "utf-8", parents: bool = False
+) -> Path:
+    """Write ``content`` (text or bytes) to ``path`` atomically (see :func:`atomic_write`).
+
+    Text is written as given (no newline translation), so CSV and JSON come out byte for byte the same everywhere.
+
+    Args:
+        path: the destination.
+        content: the whole file.
+        encoding: the encoding of text content.
+        parents: create the destination's missing parent folders first.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    data = content.encode(encoding) if isinstance(content, str) else content
+    with atomic_write(path, parents=parents) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
