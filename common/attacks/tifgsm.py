@@ -10,6 +10,7 @@ from torch import Tensor
 from common.attacks.ifgsm import IterativeFGSM
 from common.data.labels import BRATS_LABELS, labels_to_indices
 from common.errors import RobustsegError
+from common.utils.validation import look_up_option
 
 __all__ = ["TargetedIterativeFGSM"]
 
@@ -58,8 +59,9 @@ class TargetedIterativeFGSM(IterativeFGSM):
                 )
             labels_to_indices(target)  # raises if a value is not a BraTS label
             target = target.detach().clone()
-        elif isinstance(target, bool) or target not in BRATS_LABELS:
-            raise RobustsegError(f"target must be a BraTS label {list(BRATS_LABELS)} or a label map, got {target!r}.")
+        else:
+            hint = "a BraTS label, or a (B, 1, *spatial) label map"
+            target = look_up_option("target", target, BRATS_LABELS, hint=hint)
         self.target = target
 
     @property
