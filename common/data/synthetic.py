@@ -22,6 +22,9 @@ BraTS file naming (``<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``) with an RAS affi
 brain in MNI coordinates, plus a MONAI datalist with a seeded train/test split (Liu et al. 2021 kept 20 % for
 testing). Subject ``k`` depends only on ``(seed, k, shape)``, so adding subjects never changes existing ones.
 
+The module is longer than most (about 670 lines) because it is one pipeline: the steps above share the template
+grid, the tissue classes and the random generator of a subject, and splitting them would only pass those around.
+
 Example::
 
     from common.data.synthetic import ensure_synthetic_dataset
