@@ -447,7 +447,7 @@ def record_training_settings(ckpt_dir: str | Path, settings: dict[str, Any]) -> 
         The record's path.
     """
     path = Path(ckpt_dir) / TRAINING_RECORD
-    write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    write_atomic(path, json.dumps(settings, indent=2) + "\n", parents=True)
     return path
 
 

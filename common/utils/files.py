@@ -16,6 +16,13 @@ from pathlib import Path
 __all__ = ["atomic_write", "write_atomic"]
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask (``mkstemp`` would give 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -39,7 +46,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", parents: bool = 
         parents: create the destination's missing parent folders first.
 
     Yields:
-        The temporary path (an empty file already exists there).
+        The temporary path (an empty file with the mode of a new file already exists there).
 
     Raises:
         OSError: the folder cannot be created or written, or the replace fails; the destination is then untouched.
@@ -48,9 +55,13 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", parents: bool = 
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
     tmp = Path(name)
     try:
+        try:
+            # the destination gets the mode a plain open() would give it: results and reports are for sharing
+            os.fchmod(fd, _new_file_mode())
+        finally:
+            os.close(fd)
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)

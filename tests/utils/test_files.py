@@ -45,3 +45,12 @@ def test_fsync_before_replace(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: calls.append("replace") or real_replace(a, b))
     write_atomic(tmp_path / "x", "y")
     assert calls == ["fsync", "replace"]
+
+
+def test_new_file_mode_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "shared.csv", "a\n")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
