@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.attacks import LOSSES
+from common.attacks import ATTACKS, LOSSES, Attack, make_attack
 from common.data.labels import labels_to_indices
 
 SIZE = 16
+
+CONTRACT_SETTINGS: dict[str, dict[str, Any]] = {"i-FGSM": {"steps": 3}, "ti-FGSM": {"steps": 3}, "PGD": {"steps": 3}}
+"""Settings beyond ``epsilon`` that the shared contract tests (test_base.py) build an attack with, by registry name,
+only where one is needed: three steps keep the iterative attacks fast. A registry entry whose constructor requires
+more than ``epsilon`` must be given its settings here (test_base.py fails until it is)."""
+
+TARGETED = {"ti-FGSM"}
+"""Registry names of the attacks that descend their loss towards a target instead of ascending it."""
+
+
+def registered_attacks() -> list[str]:
+    """The attacks the contract tests run for: every name of ``common.attacks.registry.ATTACKS``, read when called."""
+    return list(ATTACKS)
+
+
+def build_attack(name: str, epsilon: float, **settings: Any) -> Attack:
+    """The registry's attack ``name`` through :func:`make_attack`, with its contract settings, then ``settings``."""
+    return make_attack({"name": name, "epsilon": epsilon, **CONTRACT_SETTINGS.get(name, {}), **settings})
+
 
 # mean intensity of each BraTS label (rows: 0, 1, 2, 4) in each contrast (t1, t1ce, t2, flair)
 _MEANS = torch.tensor(

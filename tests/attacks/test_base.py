@@ -1,25 +1,84 @@
-"""Properties every attack shares (common/attacks/base.py): threat model, model and inputs left as found, options."""
+"""Properties every attack shares (common/attacks/base.py): threat model, model and inputs left as found, options.
+
+The shared contract runs for every attack of the registry (``common.attacks.ATTACKS``), built with
+``make_attack`` and the settings of ``CONTRACT_SETTINGS`` (conftest.py): a new registry entry is checked without
+editing this file.
+"""
 
 from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
 
-from common.attacks import FGSM, PGD, Attack, IterativeFGSM, TargetedIterativeFGSM
+from common.attacks import ATTACKS, FGSM, Attack, IterativeFGSM
 from common.errors import RobustsegError
 from common.losses import SoftDiceLoss
 from common.networks import SliceWise, UNet2D, UNet3D
 
-ATTACKS = {
-    "FGSM": lambda epsilon, **kw: FGSM(epsilon, **kw),
-    "i-FGSM": lambda epsilon, **kw: IterativeFGSM(epsilon, steps=3, **kw),
-    "ti-FGSM": lambda epsilon, **kw: TargetedIterativeFGSM(epsilon, steps=3, **kw),
-    "PGD": lambda epsilon, **kw: PGD(epsilon, steps=3, **kw),
-}
-UNTARGETED = ["FGSM", "i-FGSM", "PGD"]
+from .conftest import CONTRACT_SETTINGS, TARGETED, build_attack, registered_attacks
+from .nudge_plugin import Nudge
+
 DIMS = (1, 2, 3, 4)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", registered_attacks())
+def test_every_registered_attack_can_be_built(name):
+    try:
+        attack = build_attack(name, 0.05)
+    except RobustsegError as exc:
+        pytest.fail(f"registry entry {name!r} cannot be built for the contract tests ({exc}); add its settings to "
+                    "CONTRACT_SETTINGS in tests/attacks/conftest.py")
+    assert type(attack) is ATTACKS[name] and attack.epsilon == 0.05
+
+
+def test_an_entry_that_needs_more_than_epsilon_is_reported(monkeypatch):
+    class NeedsTarget(Nudge):
+        name = "needs-target"
+
+        def __init__(self, epsilon, target_model, **kwargs):
+            super().__init__(epsilon, **kwargs)
+
+    monkeypatch.setitem(ATTACKS, NeedsTarget.name, NeedsTarget)
+    with pytest.raises(RobustsegError, match=r"attack needs-target: missing setting\(s\) \['target_model'\]"):
+        build_attack(NeedsTarget.name, 0.05)
+    monkeypatch.setitem(CONTRACT_SETTINGS, NeedsTarget.name, {"target_model": None})
+    assert type(build_attack(NeedsTarget.name, 0.05)) is NeedsTarget
+
+
+def test_a_new_registry_entry_joins_the_contract(monkeypatch):
+    monkeypatch.setitem(ATTACKS, Nudge.name, Nudge)
+    assert Nudge.name in registered_attacks()
+    assert type(build_attack(Nudge.name, 0.05)) is Nudge
+
+
+@pytest.mark.slow
+def test_a_new_registry_entry_is_collected_and_passes_the_contract(tmp_path):
+    """A pytest run with one more attack registered before collection runs every contract test for it too."""
+    path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}  # nudge_plugin.py is importable as a plugin
+    report = tmp_path / "report.xml"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "nudge_plugin", "-k", "nudge or PGD", f"--junitxml={report}",
+         __file__],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    passed = {case.get("name") for case in ElementTree.parse(report).iter("testcase") if not len(case)}
+    # "PGD" is a whole token of no other name: every test parametrized by the registry has a PGD case
+    by_registry = {test for test in passed if re.search(r"[\[-]PGD[\]-]", test)}
+    assert len(by_registry) >= 10
+    assert {re.sub(r"(?<=[\[-])PGD(?=[\]-])", "nudge", test) for test in by_registry} <= passed
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +88,24 @@ def rescaled(tumours):
     return images * torch.tensor([1.0, 2.0]).view(2, 1, 1, 1, 1), labels
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", registered_attacks())
 @pytest.mark.parametrize("relative", [True, False])
 def test_perturbation_reaches_but_never_leaves_the_ball(name, relative, trained_net, rescaled):
     images, labels = rescaled
     epsilon = 0.1
-    adv = ATTACKS[name](epsilon, relative=relative, clip=None)(trained_net, images, labels)
+    records = []
+    adv = build_attack(name, epsilon, relative=relative, clip=None)(trained_net, images, labels, records.append)
     radius = epsilon * images.abs().amax(DIMS) if relative else torch.full((2,), epsilon)
     distance = (adv - images).abs().amax(DIMS)
     torch.testing.assert_close(distance, radius)  # per sample: on the sphere somewhere, never beyond
+    assert records and all(((r.adversarial - images).abs().amax(DIMS) <= radius * (1 + 1e-6)).all() for r in records)
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", registered_attacks())
 @pytest.mark.parametrize("clip", ["sample", (0.0, 2.0), None])
 def test_result_stays_in_the_valid_range(name, clip, trained_net, rescaled):
     images, labels = rescaled
-    adv = ATTACKS[name](0.3, clip=clip)(trained_net, images, labels)
+    adv = build_attack(name, 0.3, clip=clip)(trained_net, images, labels)
     assert ((adv - images).abs() <= 0.3 * images.abs().amax(DIMS, keepdim=True) * (1 + 1e-6)).all()
     lo, hi = images.amin(DIMS, keepdim=True), images.amax(DIMS, keepdim=True)
     if clip == "sample":
@@ -56,7 +117,7 @@ def test_result_stays_in_the_valid_range(name, clip, trained_net, rescaled):
         assert ((adv < lo) | (adv > hi)).any()  # without clipping the range is left: the checks above can fail
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", registered_attacks())
 def test_leaves_model_and_inputs_exactly_as_found(name, make_net, tumours):
     net = make_net(norm=True, dropout=0.5).train()
     net[2].eval()  # mixed modes must come back module by module
@@ -71,7 +132,7 @@ def test_leaves_model_and_inputs_exactly_as_found(name, make_net, tumours):
     images, labels = tumours
     images_before, labels_before = images.clone(), labels.clone()
 
-    adv = ATTACKS[name](0.05)(net, images, labels)
+    adv = build_attack(name, 0.05)(net, images, labels)
 
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # parameters and BatchNorm statistics
     assert all((g is None and p.grad is None) or torch.equal(p.grad, g) for p, g in zip(params, grads, strict=True))
@@ -79,7 +140,7 @@ def test_leaves_model_and_inputs_exactly_as_found(name, make_net, tumours):
     assert [m.training for m in net.modules()] == modes
     assert torch.equal(images, images_before) and torch.equal(labels, labels_before)
     # it ran in eval mode: dropout 0.5 and batch statistics would otherwise change the result
-    assert torch.equal(adv, ATTACKS[name](0.05)(net.eval(), images, labels))
+    assert torch.equal(adv, build_attack(name, 0.05)(net.eval(), images, labels))
 
 
 def test_restores_model_modes_when_the_attack_fails(make_net, tumours):
@@ -93,9 +154,9 @@ def test_restores_model_modes_when_the_attack_fails(make_net, tumours):
     assert all(m.training for m in net.modules())
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", registered_attacks())
 def test_same_result_twice_and_under_no_grad(name, trained_net, tumours):
-    attack = ATTACKS[name](0.05)
+    attack = build_attack(name, 0.05)
     adv = attack(trained_net, *tumours)
     with torch.no_grad():
         adv_no_grad = attack(trained_net, *tumours)
@@ -104,11 +165,36 @@ def test_same_result_twice_and_under_no_grad(name, trained_net, tumours):
     assert not adv.requires_grad and adv.shape == tumours[0].shape and adv.dtype == tumours[0].dtype
 
 
-@pytest.mark.parametrize("name", UNTARGETED)
+@pytest.mark.parametrize("name", registered_attacks())
+def test_same_settings_same_result_whatever_the_global_seed(name, trained_net, tumours):
+    """Randomness (PGD's start) comes from the attack's own seed: the global RNG is neither read nor advanced."""
+    results = []
+    with torch.random.fork_rng(devices=[]):
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            rng = torch.get_rng_state()
+            results.append(build_attack(name, 0.05)(trained_net, *tumours))
+            assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(*results)
+
+
+@pytest.mark.parametrize("name", registered_attacks())
 @pytest.mark.parametrize("loss", ["soft_dice", "ce"])
-def test_untargeted_attacks_increase_the_loss(name, loss, trained_net, tumours, loss_of):
-    adv = ATTACKS[name](0.05, loss=loss)(trained_net, *tumours)
-    assert loss_of(trained_net, adv, tumours[1], loss) > loss_of(trained_net, *tumours, loss)
+def test_attack_loss_moves_the_intended_way(name, loss, trained_net, tumours, loss_of):
+    """Untargeted attacks increase the loss against the labels; targeted ones decrease it towards their target."""
+    images, labels = tumours
+    attack = build_attack(name, 0.05, loss=loss)
+    adv = attack(trained_net, images, labels)
+    aim = attack.loss_labels(labels)  # the labels themselves, or the target map
+    before, after = loss_of(trained_net, images, aim, loss), loss_of(trained_net, adv, aim, loss)
+    assert after < before if name in TARGETED else after > before
+
+
+@pytest.mark.parametrize("name", registered_attacks())
+def test_targeted_attacks_are_declared(name, tumours):
+    """TARGETED (conftest.py) lists exactly the attacks whose loss aims at other labels than the ground truth."""
+    labels = tumours[1]
+    assert (not torch.equal(build_attack(name, 0.05).loss_labels(labels), labels)) == (name in TARGETED)
 
 
 def test_callable_loss_is_used(trained_net, tumours):
@@ -118,7 +204,7 @@ def test_callable_loss_is_used(trained_net, tumours):
     assert not torch.equal(adv, FGSM(0.05, loss=lambda logits, labels: logits[:, 1].mean())(trained_net, *tumours))
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", registered_attacks())
 @pytest.mark.parametrize("option", [{"temperature": 1024.0}, {"logit_scale": 1 / 1024}])
 def test_temperature_undoes_saturated_logits(name, option, trained_net, tumours, scaled, loss_of):
     """A distilled student at T = 1 (logits x 1024) masks the gradient; the adaptive attack sees through it.
@@ -128,14 +214,15 @@ def test_temperature_undoes_saturated_logits(name, option, trained_net, tumours,
     """
     student = scaled(trained_net, 1024.0)
     naive, adaptive, plain = [], [], []
-    adv_naive = ATTACKS[name](0.05)(student, *tumours, callback=naive.append)
-    adv_adaptive = ATTACKS[name](0.05, **option)(student, *tumours, callback=adaptive.append)
-    adv_plain = ATTACKS[name](0.05)(trained_net, *tumours, callback=plain.append)
+    adv_naive = build_attack(name, 0.05)(student, *tumours, callback=naive.append)
+    adv_adaptive = build_attack(name, 0.05, **option)(student, *tumours, callback=adaptive.append)
+    adv_plain = build_attack(name, 0.05)(trained_net, *tumours, callback=plain.append)
     assert naive[0].zero_grad_fraction > 0.5 > 0.1 > adaptive[0].zero_grad_fraction
     assert torch.equal(adv_adaptive, adv_plain)
     assert [r.zero_grad_fraction for r in adaptive] == [r.zero_grad_fraction for r in plain]
-    if name in UNTARGETED:
-        assert loss_of(trained_net, adv_adaptive, tumours[1]) > loss_of(trained_net, adv_naive, tumours[1])
+    aim = build_attack(name, 0.05).loss_labels(tumours[1])
+    adaptive_loss, naive_loss = loss_of(trained_net, adv_adaptive, aim), loss_of(trained_net, adv_naive, aim)
+    assert adaptive_loss < naive_loss if name in TARGETED else adaptive_loss > naive_loss
 
 
 @pytest.mark.parametrize("name", ["FGSM", "i-FGSM"])
@@ -143,7 +230,7 @@ def test_sliding_window_gradient_reaches_every_window(name, make_net, tumours):
     net = make_net()
     inferer = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=4, overlap=0.0)
     images, labels = tumours
-    adv = ATTACKS[name](0.05, relative=False, clip=None, inferer=inferer)(net, images, labels)
+    adv = build_attack(name, 0.05, relative=False, clip=None, inferer=inferer)(net, images, labels)
     moved = adv != images  # with no clipping, a voxel moves exactly where its gradient is non-zero
     windows = moved.unfold(2, 8, 8).unfold(3, 8, 8).unfold(4, 8, 8)  # (B, C, 2, 2, 2, 8, 8, 8)
     assert windows.flatten(-3).any(-1).any(1).all()
@@ -184,16 +271,17 @@ def test_amp_gradient_sign_mostly_agrees_with_fp32(trained_net, tumours):
     assert agreement > 0.8
 
 
-@pytest.mark.parametrize(
-    ("cls", "name"), [(FGSM, "FGSM"), (IterativeFGSM, "i-FGSM"), (TargetedIterativeFGSM, "ti-FGSM"), (PGD, "PGD")]
-)
-def test_name_and_repr_list_the_settings(cls, name):
-    attack = cls(0.05, loss="ce", relative=False, clip=(0, 1), temperature=2.0)
+@pytest.mark.parametrize("name", registered_attacks())
+def test_name_and_repr_list_the_settings(name):
+    cls = ATTACKS[name]
+    attack = build_attack(name, 0.05, loss="ce", relative=False, clip=(0, 1), temperature=2.0)
     assert cls.name == name
     text = repr(attack)
     assert text.startswith(f"{cls.__name__}(epsilon=0.05, ")
     for setting in ["loss='ce'", "relative=False", "clip=(0.0, 1.0)", "temperature=2.0", "amp=False"]:
         assert setting in text
+    # an attack lists steps where its constructor takes them: FGSM is one step of size epsilon by definition
+    assert ("steps=" in text) == ("steps" in inspect.signature(cls).parameters)
     assert ("steps=" in text) == (cls is not FGSM)
 
 
@@ -252,12 +340,15 @@ def test_bad_inputs_are_refused_in_one_line(images, labels, match, make_net):
     assert "\n" not in str(info.value)
 
 
-def test_inference_mode_is_refused_but_its_tensors_are_accepted(trained_net, tumours):
+@pytest.mark.parametrize("name", registered_attacks())
+def test_inference_mode_is_refused_but_its_tensors_are_accepted(name, trained_net, tumours):
+    attack = build_attack(name, 0.05)
     with torch.inference_mode():
         images, labels = tumours[0].clone(), tumours[1].clone()
-        with pytest.raises(RobustsegError, match=r"FGSM needs input gradients: call it outside torch.inference_mode"):
-            FGSM(0.05)(trained_net, images, labels)
-    assert torch.equal(FGSM(0.05)(trained_net, images, labels), FGSM(0.05)(trained_net, *tumours))
+        message = rf"{type(attack).__name__} needs input gradients: call it outside torch.inference_mode"
+        with pytest.raises(RobustsegError, match=message):
+            attack(trained_net, images, labels)
+    assert torch.equal(attack(trained_net, images, labels), attack(trained_net, *tumours))
 
 
 def test_base_class_has_no_update_rule(trained_net, tumours):

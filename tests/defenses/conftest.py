@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -12,8 +14,11 @@ from ignite.engine import Engine
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import MeanDice, StatsHandler, from_engine
+from monai.transforms import Compose
 from torch import Tensor, nn
 
+from common.data.label_transforms import LabelsFromLogitsd, RegionMasksd
 from common.losses import SoftDiceLoss
 
 SIZE = 16
@@ -155,3 +160,48 @@ def log_records() -> Iterator[Callable[[str], list[logging.LogRecord]]]:
     for logger, handler, level in attached:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture
+def run_with_handlers(make_trainer, recorder, log_records, samples) -> Callable[..., tuple[SupervisedTrainer, Any]]:
+    """``run_with_handlers(net, step, **make_trainer kwargs)``: two iterations with what a bundle attaches, checked.
+
+    The trainer gets four samples (two batches), a ``StatsHandler`` logging ``train_loss`` and a train Dice metric on
+    post-processed ``pred``/``label``. Checks what every ``iteration_update`` owes MONAI's handlers: each iteration
+    event fired once per iteration, the metric and the log computed from the output, finite losses, every parameter
+    updated and the network left in train mode (as MONAI's own iteration leaves it).
+
+    Returns:
+        The trainer and its :class:`EventRecorder`, for checks of the step's own.
+    """
+
+    def run(net: nn.Module, step: Callable, **kwargs: Any) -> tuple[SupervisedTrainer, EventRecorder]:
+        initial = copy.deepcopy(net)
+        records = log_records("defence_test_stats")
+        trainer = make_trainer(
+            net,
+            step,
+            samples(4),
+            handlers=[
+                StatsHandler(
+                    name="defence_test_stats", tag_name="train_loss", output_transform=from_engine(["loss"], True)
+                )
+            ],
+            postprocessing=Compose([LabelsFromLogitsd(keys="pred"), RegionMasksd(keys=["pred", "label"])]),
+            key_train_metric={"train_dice": MeanDice(output_transform=from_engine(["pred", "label"]))},
+            **kwargs,
+        )
+        events = recorder(trainer)
+        trainer.run()
+
+        assert trainer.state.iteration == 2
+        assert all(count == 2 for event, count in events.counts.items() if "inner" not in event.value)
+        dice = trainer.state.metrics["train_dice"]
+        assert 0.0 <= dice <= 1.0 and math.isfinite(dice)
+        assert sum("train_loss" in r.getMessage() for r in records) == 2
+        assert all(math.isfinite(o["loss"].item()) for o in events.outputs)
+        assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters(), strict=True))
+        assert net.training
+        return trainer, events
+
+    return run

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
-from monai.handlers import MeanDice, StatsHandler, from_engine
-from monai.transforms import Compose
 
-from common.data.label_transforms import LabelsFromLogitsd, RegionMasksd
 from common.defenses import DistillationStep
 from common.errors import RobustsegError
 from common.losses import DistillationDiceLoss, SoftDiceLoss
@@ -56,30 +52,16 @@ def test_loss_pred_and_gradient(temperature, trainer_loss, teacher, make_net, sa
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
 
 
-def test_runs_in_trainer_with_handlers(teacher, make_net, samples, make_trainer, recorder, log_records):
-    student = make_net(seed=0)
-    initial = copy.deepcopy(student)
-    records = log_records("distill_test_stats")
-    trainer = make_trainer(
-        student,
+def test_runs_in_trainer_with_handlers(teacher, make_net, run_with_handlers):
+    before = copy.deepcopy(teacher.state_dict())
+    run_with_handlers(
+        make_net(seed=0),
         DistillationStep(teacher, temperature=100),
-        samples(4),
         loss=DistillationDiceLoss(100),
         lr=1000.0,  # the gradient of a loss at T = 100 is about 100 times smaller
-        handlers=[
-            StatsHandler(name="distill_test_stats", tag_name="train_loss", output_transform=from_engine(["loss"], True))
-        ],
-        postprocessing=Compose([LabelsFromLogitsd(keys="pred"), RegionMasksd(keys=["pred", "label"])]),
-        key_train_metric={"train_dice": MeanDice(output_transform=from_engine(["pred", "label"]))},
     )
-    events = recorder(trainer)
-    trainer.run()
-    assert trainer.state.iteration == 2
-    assert all(count == 2 for event, count in events.counts.items() if "inner" not in event.value)
-    assert 0.0 <= trainer.state.metrics["train_dice"] <= 1.0
-    assert sum("train_loss" in r.getMessage() for r in records) == 2
-    assert all(math.isfinite(o["loss"].item()) for o in events.outputs)
-    assert all(not torch.equal(p, q) for p, q in zip(student.parameters(), initial.parameters(), strict=True))
+    # only the student learns
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
 
 
 def test_distillation_lowers_the_loss(teacher, make_net, samples, make_trainer, recorder):

@@ -8,11 +8,8 @@ import math
 import pytest
 import torch
 from monai.engines.utils import IterationEvents
-from monai.handlers import MeanDice, StatsHandler, from_engine
-from monai.transforms import Compose
 
 from common.attacks import FGSM
-from common.data.label_transforms import LabelsFromLogitsd, RegionMasksd
 from common.defenses import AdversarialTrainingStep, DistillationStep, NoiseAugmentationStep, PerturbedTrainingStep
 from common.engines import AutocastInferer
 from common.errors import RobustsegError
@@ -86,33 +83,11 @@ def test_accumulated_gradient_equals_single_pass_eq9(kind, beta, make_net, sampl
 
 
 @pytest.mark.parametrize("kind", sorted(STEPS))
-def test_steps_run_in_trainer_with_handlers(kind, make_net, samples, make_trainer, recorder, log_records):
+def test_steps_run_in_trainer_with_handlers(kind, make_net, run_with_handlers):
     """Two iterations with a train metric (postprocessing on pred/label) and a StatsHandler attached."""
-    net = make_net()
-    initial = copy.deepcopy(net)
-    records = log_records("defence_test_stats")
-    trainer = make_trainer(
-        net,
-        STEPS[kind](0.5),
-        samples(4),
-        handlers=[
-            StatsHandler(name="defence_test_stats", tag_name="train_loss", output_transform=from_engine(["loss"], True))
-        ],
-        postprocessing=Compose([LabelsFromLogitsd(keys="pred"), RegionMasksd(keys=["pred", "label"])]),
-        key_train_metric={"train_dice": MeanDice(output_transform=from_engine(["pred", "label"]))},
-    )
-    events = recorder(trainer)
-    trainer.run()
-
-    assert trainer.state.iteration == 2
-    assert all(count == 2 for event, count in events.counts.items() if "inner" not in event.value)
-    dice = trainer.state.metrics["train_dice"]
-    assert 0.0 <= dice <= 1.0 and math.isfinite(dice)
-    assert sum("train_loss" in r.getMessage() for r in records) == 2
-    assert all(math.isfinite(o["loss"].item()) for o in events.outputs)
-    changed = [not torch.equal(p, q) for p, q in zip(net.parameters(), initial.parameters(), strict=True)]
-    assert all(changed)
-    assert net.training  # left in train mode, as MONAI's own iteration does
+    _, events = run_with_handlers(make_net(), STEPS[kind](0.5))
+    # both halves of eq. 9 reach the handlers beside the total
+    assert all(math.isfinite(o["loss_clean"].item() + o["loss_perturbed"].item()) for o in events.outputs)
 
 
 @pytest.mark.parametrize("kind", [*sorted(STEPS), "distillation"])
