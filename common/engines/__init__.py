@@ -1,7 +1,9 @@
-"""Ignite/MONAI workflow pieces: mixed-precision inferer, checkpoints, progress, per-subject metrics."""
+"""Ignite/MONAI workflow pieces: mixed-precision inferer, checkpoints, progress, per-subject metrics, and the
+robustness evaluation with its attack jobs and results files."""
 
 from __future__ import annotations
 
+from common.engines.attack_jobs import DEFAULT_ATTACKS, DEFAULT_SWEEP_EPSILONS, Adversarial, AttackJob, build_jobs
 from common.engines.checkpoint import (
     AtomicCheckpointSaver,
     ResumeFromLatest,
@@ -13,15 +15,8 @@ from common.engines.inferers import AutocastInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, find_model_bundle, load_model_bundle
 from common.engines.progress import ProgressBarHandler
 from common.engines.quality import InputQuality
-from common.engines.robustness import (
-    DEFAULT_ATTACKS,
-    DEFAULT_SWEEP_EPSILONS,
-    AttackJob,
-    RobustnessEvaluation,
-    build_jobs,
-    merge_results,
-    shard_subjects,
-)
+from common.engines.results_io import KEY_COLUMNS, RESULTS_NAME, SETTINGS_NAME, merge_results, shard_subjects
+from common.engines.robustness import RobustnessEvaluation
 from common.engines.subject_metrics import SubjectDiceWriter
 from common.engines.validation import ValidateAtEnd
 
@@ -42,9 +37,13 @@ __all__ = [
     "InputQuality",
     "DEFAULT_ATTACKS",
     "DEFAULT_SWEEP_EPSILONS",
+    "Adversarial",
     "AttackJob",
-    "RobustnessEvaluation",
     "build_jobs",
+    "KEY_COLUMNS",
+    "RESULTS_NAME",
+    "SETTINGS_NAME",
     "merge_results",
     "shard_subjects",
+    "RobustnessEvaluation",
 ]

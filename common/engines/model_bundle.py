@@ -24,17 +24,17 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from torch import nn
 
-from common.bundles import PACKAGE_DIR, bundle_root, training_overrides
+from common.bundles import find_bundle, training_overrides
 from common.data.caching import transform_hashing
 from common.engines.checkpoint import load_weights
 from common.errors import RobustsegError
+from common.utils.enums import Defense, Net, StrEnum
+from common.utils.validation import is_number
 
 __all__ = ["ModelBundle", "find_model_bundle", "load_model_bundle", "check_same_preprocessing"]
 
 logger = logging.getLogger(__name__)
 
-NETS = ("3d", "2d")
-DEFENSES = ("none", "distillation", "adversarial_training", "noise_augmentation")
 PREPROCESSING_KEYS = ("spatial_size", "n4", "normalization")
 """Config keys that say how a bundle preprocesses, named in the error when two bundles differ."""
 TRAINING_KEYS = (
@@ -131,54 +131,16 @@ class ModelBundle:
         }
 
 
-def _is_bundle(folder: Path, name: str | None = None) -> bool:
-    """Whether ``folder`` is a bundle (has ``configs/metadata.json``), called ``name`` if given (folder or metadata)."""
-    meta = folder / "configs" / "metadata.json"
-    if not meta.is_file():
-        return False
-    if name is None or folder.name == name:
-        return True
-    try:
-        return json.loads(meta.read_text()).get("name") == name
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def find_model_bundle(bundle: str | os.PathLike) -> Path:
-    """The folder of a model bundle given by path or by name.
+    """The folder of a model bundle given by path or by name (:func:`common.bundles.find_bundle`)."""
+    return find_bundle(bundle, what="model bundle")
 
-    A path is taken relative to the working directory, then to the repository root (so ``bundles/<name>`` works
-    from any folder of the checkout). A bare name (no path separator) is also looked up as
-    :func:`common.bundles.bundle_root` does: ``./bundles/<name>``, the repository's ``bundles/<name>``, ...
 
-    Args:
-        bundle: folder or name.
-
-    Returns:
-        The absolute folder.
-
-    Raises:
-        RobustsegError: if the folder is not a bundle (no ``configs/metadata.json``) or nothing is found.
-    """
-    text = os.fspath(bundle)
-    path = Path(text).expanduser()
-    candidates = [path] if path.is_absolute() else [path, PACKAGE_DIR.parent / path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            if not _is_bundle(candidate):
-                raise RobustsegError(
-                    f"model bundle {text}: {candidate / 'configs' / 'metadata.json'} not found; expected a bundle."
-                )
-            return candidate.resolve()
-    if "/" not in text and os.sep not in text and text not in ("", ".", ".."):
-        found = Path(bundle_root(text))
-        if _is_bundle(found, text):
-            return found.resolve()
-    raise RobustsegError(
-        f"model bundle {text!r} not found (looked in {', '.join(str(c) for c in candidates)}"
-        + (" and for a bundle of that name under bundles/" if "/" not in text else "")
-        + "); give a bundle folder or the name of one under bundles/."
-    )
+def _option(path: Path, key: str, value: Any, options: type[StrEnum]) -> str:
+    """``robustseg.<key>`` of ``metadata.json`` checked against ``options`` (kept as the plain string it is)."""
+    if value not in options.values():
+        raise RobustsegError(f"{path}: robustseg.{key} is {value!r}; expected one of {list(options.values())}.")
+    return value
 
 
 def _read_metadata(root: Path) -> tuple[str, dict[str, Any]]:
@@ -194,16 +156,10 @@ def _read_metadata(root: Path) -> tuple[str, dict[str, Any]]:
             "bundle with `robustseg bundles generate`."
         )
     name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else root.name
-    net, defense = section.get("net"), section.get("defense")
-    if net not in NETS:
-        raise RobustsegError(f"{path}: robustseg.net is {net!r}; expected one of {list(NETS)}.")
-    if defense not in DEFENSES:
-        raise RobustsegError(f"{path}: robustseg.defense is {defense!r}; expected one of {list(DEFENSES)}.")
+    net = _option(path, "net", section.get("net"), Net)
+    defense = _option(path, "defense", section.get("defense"), Defense)
     temperature = section.get("temperature")
-    if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature)
-        or temperature <= 0
-    ):  # fmt: skip
+    if temperature is not None and not (is_number(temperature) and math.isfinite(temperature) and temperature > 0):
         raise RobustsegError(f"{path}: robustseg.temperature is {temperature!r}; expected null or a number > 0.")
     return name, {
         "net": net,

@@ -20,29 +20,27 @@ quality (PSNR, SSIM, RMSE, L-inf and L2 norms) is measured against the clean pre
 attack's wall time up to that iterate and ``zero_grad_fraction`` the share of exactly-zero input gradients at the
 first step. The columns are those of :mod:`common.report.schema`.
 
-The work runs in an ignite :class:`~ignite.engine.Engine`, one subject per iteration, with a progress bar; rows are
-appended and flushed as they are computed, and a rerun skips every (model, subject, attack, threat, source, epsilon,
-iteration, loss) already in the CSV, so an interrupted evaluation resumes. Under ``torchrun`` (``WORLD_SIZE > 1``)
-the subjects are sharded across ranks, each rank appends to its own part file, and rank 0 merges them into
-``results.csv`` after a barrier. Every setting, model and data file is checked before anything is written.
+The attacks run as the jobs of :mod:`common.engines.attack_jobs`. The work runs in an ignite
+:class:`~ignite.engine.Engine`, one subject per iteration, with a progress bar; rows are appended and flushed as they
+are computed, and a rerun skips every (model, subject, attack, threat, source, epsilon, iteration, loss) already in
+the CSV, so an interrupted evaluation resumes. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are sharded
+across ranks, each rank appends to its own part file, and rank 0 merges them into ``results.csv`` after a barrier
+(:mod:`common.engines.results_io`). Every setting, model and data file is checked before anything is written.
 
 Outputs in ``output_dir``: ``results.csv``, ``settings.json`` (models with their training settings, attacks, data,
 package versions), ``examples/<subject>/`` (NIfTI volumes of one subject and ``index.json``, for the report's figure
-panels) and ``tables/`` (:func:`common.report.tables.write_tables`).
+panels; :class:`common.report.examples.ExampleWriter`) and ``tables/`` (:func:`common.report.tables.write_tables`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import platform
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -52,384 +50,46 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine
-from monai.data import MetaTensor, partition_dataset
+from monai.data import MetaTensor
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackStep
-from common.attacks.fgsm import FGSM
-from common.attacks.registry import make_attack
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
+from common.engines.attack_jobs import (
+    DEFAULT_ATTACKS,
+    DEFAULT_SWEEP_EPSILONS,
+    Adversarial,
+    AttackJob,
+    _spec,
+    build_jobs,
+)
 from common.engines.inferers import AutocastInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, load_model_bundle
 from common.engines.progress import ProgressBarHandler
 from common.engines.quality import InputQuality
+from common.engines.results_io import (
+    RESULTS_NAME,
+    SETTINGS_NAME,
+    Key,
+    _earlier_rows,
+    _part_file,
+    _row_key,
+    _RowWriter,
+    merge_results,
+    shard_subjects,
+)
 from common.errors import RobustsegError
 from common.metrics.dice import region_dice
-from common.report.schema import COLUMN_NAMES, format_record
+from common.report.examples import INDEX_NAME, ExampleWriter
+from common.utils.files import write_atomic
+from common.utils.validation import check_int, check_number
 
-__all__ = [
-    "DEFAULT_ATTACKS",
-    "DEFAULT_SWEEP_EPSILONS",
-    "KEY_COLUMNS",
-    "AttackJob",
-    "RobustnessEvaluation",
-    "merge_results",
-    "shard_subjects",
-]
+__all__ = ["RobustnessEvaluation"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ATTACKS: tuple[dict[str, Any], ...] = (
-    {"name": "FGSM"},
-    {"name": "i-FGSM", "steps": 10},
-    {"name": "ti-FGSM", "steps": 10, "target": 1},
-)
-"""The paper's Table 1 attacks (each takes ``epsilon`` and ``loss`` from the evaluation unless given)."""
-DEFAULT_SWEEP_EPSILONS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1)
-"""FGSM sweep of the defence figures and Tables 2-3 (0.05 and 0.1 included; epsilon 0 is the clean rows)."""
-KEY_COLUMNS: tuple[str, ...] = ("model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss")
-"""The columns that identify a row; a rerun skips rows whose key is already in the CSV."""
-RESULTS_NAME = "results.csv"
-SETTINGS_NAME = "settings.json"
 EXAMPLES_DIR = "examples"
 TABLES_DIR = "tables"
-_PART_PREFIX = "results.part"
-
-Key = tuple[str, str, str, str, str, float, int, str]
-
-
-# ---------------------------------------------------------------------------------------------------- attack jobs
-@dataclass(frozen=True)
-class Adversarial:
-    """One scored adversarial input: which attack made it, at which epsilon and iterate, in how much time."""
-
-    attack: Attack
-    epsilon: float
-    iteration: int
-    image: Tensor
-    seconds: float
-    zero_grad_fraction: float
-
-
-def _loss_name(attack: Attack) -> str:
-    loss = attack.loss
-    return loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
-
-
-@dataclass(frozen=True)
-class AttackJob:
-    """One attack run on one input, scored at one or more adversarial inputs.
-
-    A *sweep* job is FGSM at several epsilons from one gradient (:meth:`FGSM.sweep`); an *iterative* job is one
-    attack whose every iterate is scored (the final one only for PGD with restarts, whose result is the best
-    restart rather than the last iterate).
-
-    Attributes:
-        attacks: a sweep's FGSM attacks, one per epsilon in ascending order (identical settings otherwise), or the
-            one attack of an iterative job.
-        sweep: whether this is a sweep.
-        table_epsilons: epsilons at which this job is a Table 1 attack (its examples are saved there).
-    """
-
-    attacks: tuple[Attack, ...]
-    sweep: bool
-    table_epsilons: tuple[float, ...] = ()
-
-    @property
-    def name(self) -> str:
-        return type(self.attacks[0]).name
-
-    @property
-    def loss(self) -> str:
-        return _loss_name(self.attacks[0])
-
-    @property
-    def steps(self) -> int:
-        return self.attacks[0].steps
-
-    @property
-    def final_iteration(self) -> int:
-        """The iteration of the rows that score the attack's result (1 for a sweep)."""
-        return 1 if self.sweep else self.steps
-
-    @property
-    def per_iteration(self) -> bool:
-        """Whether every iterate gets a row (iterative attacks without restarts)."""
-        return not self.sweep and getattr(self.attacks[0], "restarts", 1) == 1
-
-    def slots(self, final_only: bool = False) -> list[tuple[Attack, float, int]]:
-        """The (attack, epsilon, iteration) of each row this job produces (``final_only`` for transfer rows)."""
-        if self.sweep:
-            return [(a, a.epsilon, 1) for a in self.attacks]
-        attack = self.attacks[0]
-        if self.per_iteration and not final_only:
-            return [(attack, attack.epsilon, k) for k in range(1, attack.steps + 1)]
-        return [(attack, attack.epsilon, attack.steps)]
-
-    def run(
-        self, model: Callable[..., Tensor], image: Tensor, label: Tensor, final_only: bool = False
-    ) -> list[Adversarial]:
-        """Run the attack on one input and return the adversarial inputs of :meth:`slots`, in that order.
-
-        Args:
-            model: the network attacked.
-            image: clean input (1, C, *spatial).
-            label: BraTS labels (1, 1, *spatial).
-            final_only: keep only the final iterate (transfer).
-
-        Returns:
-            One :class:`Adversarial` per slot, with the attack time up to it.
-        """
-        records: list[AttackStep] = []
-        times: list[float] = []
-        start = time.perf_counter()
-
-        def record(step: AttackStep) -> None:  # kept trivial: its time counts in the attack's
-            times.append(time.perf_counter() - start)
-            records.append(step)
-
-        if self.sweep:
-            epsilons = [a.epsilon for a in self.attacks]
-            sweep = self.attacks[0].sweep  # type: ignore[attr-defined]
-            adversarials = sweep(model, image, label, epsilons, callback=record)
-            zero = records[0].zero_grad_fraction
-            return [
-                Adversarial(a, a.epsilon, 1, adv, t, zero)
-                for a, adv, t in zip(self.attacks, adversarials, times, strict=True)
-            ]
-        attack = self.attacks[0]
-        final = attack(model, image, label, callback=record)
-        total = time.perf_counter() - start
-        zero = records[0].zero_grad_fraction
-        if self.per_iteration and not final_only:
-            return [
-                Adversarial(attack, attack.epsilon, r.step, r.adversarial, t, zero)
-                for r, t in zip(records, times, strict=True)
-            ]
-        return [Adversarial(attack, attack.epsilon, attack.steps, final, total, zero)]
-
-
-def _spec(item: Any, what: str) -> dict[str, Any]:
-    if isinstance(item, str):
-        return {"name": item}
-    if isinstance(item, Mapping):
-        return dict(item)
-    raise RobustsegError(f"{what}: each attack must be a spec {{'name': ..., settings}} or a name, got {item!r}.")
-
-
-def _fgsm_group(attack: Attack) -> str:
-    """An FGSM's settings without epsilon: FGSMs that agree on it share one gradient (one sweep)."""
-    return repr({k: v for k, v in attack.settings.items() if k != "epsilon"})
-
-
-def _check_epsilons(epsilons: Any, what: str) -> list[float]:
-    if isinstance(epsilons, (str, bytes)) or not isinstance(epsilons, Iterable):
-        raise RobustsegError(f"{what} must be a list of numbers, got {epsilons!r}.")
-    values = []
-    for eps in epsilons:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
-            raise RobustsegError(f"{what}: epsilon must be a finite number, got {eps!r}.")
-        values.append(float(eps))
-    return values
-
-
-def build_jobs(
-    attacks: Sequence[Mapping[str, Any] | str],
-    sweep: Mapping[str, Any] | str | None,
-    sweep_epsilons: Sequence[float],
-    epsilon: float,
-    loss: str,
-    attack_amp: bool = False,
-    temperature: float | None = None,
-) -> list[AttackJob]:
-    """The attack jobs of one threat: FGSMs grouped into sweeps, then the iterative attacks, in the given order.
-
-    Args:
-        attacks: the Table 1 attack specs (``epsilon``, ``loss`` and ``amp`` default to the arguments).
-        sweep: the FGSM spec of the epsilon sweep, or ``None`` for no sweep.
-        sweep_epsilons: the sweep's epsilons.
-        epsilon: the default epsilon of the attack specs.
-        loss: the default attack loss.
-        attack_amp: the default ``amp`` of the attacks (bf16 forward/backward).
-        temperature: divide the logits by this in every attack (the adaptive threat); ``None`` for white-box.
-
-    Returns:
-        The jobs.
-
-    Raises:
-        RobustsegError: for an unknown attack name or setting, a bad epsilon, a sweep that is not FGSM, or two
-            attacks that would write rows with the same key (name, loss, epsilon).
-    """
-    overrides = {} if temperature is None else {"temperature": temperature}
-    defaults = {"epsilon": epsilon, "loss": loss, "amp": attack_amp}
-    groups: dict[str, tuple[list[Attack], set[float]]] = {}
-    order: list[Any] = []
-    if sweep is not None:
-        spec = {**defaults, **_spec(sweep, "sweep")}
-        epsilons = _check_epsilons(sweep_epsilons, "sweep_epsilons")
-        if epsilons:
-            for eps in epsilons:
-                attack = make_attack({**spec, "epsilon": eps}, **overrides)
-                if not isinstance(attack, FGSM):
-                    raise RobustsegError(f"sweep must be an FGSM spec (one gradient for all epsilons), got {sweep!r}.")
-                group = groups.setdefault(_fgsm_group(attack), ([], set()))
-                if group not in order:
-                    order.append(group)
-                group[0].append(attack)
-    for item in attacks:
-        attack = make_attack({**defaults, **_spec(item, "attacks")}, **overrides)
-        if isinstance(attack, FGSM):
-            group = groups.setdefault(_fgsm_group(attack), ([], set()))
-            if group not in order:
-                order.append(group)
-            group[0].append(attack)
-            group[1].add(attack.epsilon)
-        else:
-            order.append(attack)
-    jobs: list[AttackJob] = []
-    for entry in order:
-        if isinstance(entry, Attack):
-            jobs.append(AttackJob((entry,), sweep=False, table_epsilons=(entry.epsilon,)))
-            continue
-        members, table = entry
-        unique = {a.epsilon: a for a in members}  # the Table 1 FGSM at a sweep epsilon is that sweep point
-        ordered = tuple(unique[e] for e in sorted(unique))
-        jobs.append(AttackJob(ordered, sweep=True, table_epsilons=tuple(sorted(table))))
-    seen: dict[tuple[str, str, float], str] = {}
-    for job in jobs:
-        for attack, eps, _ in job.slots():
-            key = (job.name, job.loss, eps)
-            if key in seen and seen[key] != repr(attack):
-                raise RobustsegError(
-                    f"attacks: {job.name} with loss {job.loss} at epsilon {eps} is configured twice ({seen[key]} and "
-                    f"{attack!r}); their CSV rows could not be told apart."
-                )
-            seen[key] = repr(attack)
-    return jobs
-
-
-# ----------------------------------------------------------------------------------------------- results files
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    """The complete rows of a results file (a line cut short by an interruption is dropped)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        text = handle.read()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
-    if header is None:
-        return []
-    if tuple(header) != COLUMN_NAMES:
-        raise RobustsegError(
-            f"{path}: its columns differ from this version's ({list(COLUMN_NAMES)}); choose another output_dir or "
-            "move the file away."
-        )
-    return [dict(zip(header, fields)) for fields in reader if len(fields) == len(header)]
-
-
-def _row_key(row: Mapping[str, Any]) -> Key:
-    return (
-        str(row["model"]), str(row["subject"]), str(row["attack"]), str(row["threat"]), str(row["source_model"] or ""),
-        float(row["epsilon"]), int(row["iteration"]), str(row["loss"] or ""),
-    )  # fmt: skip
-
-
-def _part_files(output_dir: Path) -> list[Path]:
-    return sorted(output_dir.glob(f"{_PART_PREFIX}*.csv"))
-
-
-def _write_rows_atomic(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMN_NAMES)
-            for row in rows:
-                writer.writerow([row[c] for c in COLUMN_NAMES])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def merge_results(output_dir: str | os.PathLike, subjects: Sequence[str] | None = None) -> Path:
-    """Merge the ranks' part files into ``results.csv`` (rank 0, after all ranks finished) and remove them.
-
-    Rows already in ``results.csv`` come first; a key present twice keeps its first row. With ``subjects``, rows are
-    ordered by subject in that order (stable otherwise), so the merged file does not depend on the number of ranks.
-
-    Args:
-        output_dir: the evaluation's output folder.
-        subjects: the test subjects in datalist order.
-
-    Returns:
-        The path of ``results.csv``.
-    """
-    output_dir = Path(output_dir)
-    parts = _part_files(output_dir)
-    target = output_dir / RESULTS_NAME
-    if not parts:
-        return target
-    rows: dict[Key, dict[str, str]] = {}
-    for path in [target, *parts]:
-        for row in _read_rows(path):
-            rows.setdefault(_row_key(row), row)
-    ordered = list(rows.values())
-    if subjects is not None:
-        rank = {s: i for i, s in enumerate(subjects)}
-        ordered.sort(key=lambda r: rank.get(r["subject"], len(rank)))
-    _write_rows_atomic(target, ordered)
-    for path in parts:
-        path.unlink()
-    return target
-
-
-def shard_subjects(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """The subjects of one rank: every ``world_size``-th from ``rank`` on (no padding, so none is scored twice).
-
-    This is :func:`monai.data.partition_dataset` with ``shuffle=False, even_divisible=False``, which refuses fewer
-    items than ranks; here a rank may then get none.
-
-    Args:
-        items: all subjects, in order.
-        rank: this process's rank.
-        world_size: the number of processes.
-
-    Returns:
-        This rank's subjects, in order.
-    """
-    if not 0 <= rank < world_size:
-        raise RobustsegError(f"rank must be in [0, {world_size}), got {rank}.")
-    if len(items) < world_size:
-        return list(items[rank::world_size])
-    return list(partition_dataset(list(items), num_partitions=world_size, shuffle=False, even_divisible=False)[rank])
-
-
-class _RowWriter:
-    """Append rows to a results file, header first, flushing after each batch of rows."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n"):
-            # a line cut short by an interruption: drop it before appending after it
-            _write_rows_atomic(path, _read_rows(path))
-        self.handle = open(path, "a", newline="", encoding="utf-8")
-        self.writer = csv.writer(self.handle)
-        if path.stat().st_size == 0:
-            self.writer.writerow(COLUMN_NAMES)
-            self.handle.flush()
-
-    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        for record in records:
-            self.writer.writerow(format_record(record))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -477,10 +137,6 @@ def _versions() -> dict[str, str]:
 def _plain_tensor(value: Any) -> Tensor:
     """A plain tensor (a MetaTensor's metadata would follow every attack step at a cost)."""
     return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
-
-
-def _eps_text(epsilon: float) -> str:
-    return f"{epsilon:g}"
 
 
 @dataclass(frozen=True)
@@ -567,14 +223,12 @@ class RobustnessEvaluation:
             model_bundles = [os.fspath(model_bundles)]
         if not model_bundles:
             raise RobustsegError("model_bundles is empty; expected at least one model bundle folder or name.")
-        if isinstance(score_batch_size, bool) or not isinstance(score_batch_size, int) or score_batch_size < 1:
-            raise RobustsegError(f"score_batch_size must be an integer >= 1, got {score_batch_size!r}.")
+        check_int("score_batch_size", score_batch_size, minimum=1)
         if isinstance(model_config_files, (str, os.PathLike)):
             model_config_files = [os.fspath(model_config_files)]
         self.output_dir = Path(output_dir)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < math.inf:
-            raise RobustsegError(f"epsilon must be a finite number > 0 (the Table 1 attacks' radius), got {epsilon!r}.")
-        self.epsilon = float(epsilon)
+        radius = "the Table 1 attacks' radius"
+        self.epsilon = check_number("epsilon", epsilon, minimum=0, min_inclusive=False, hint=radius)
         self.score_batch_size = score_batch_size
         self.options = {
             "model_config_files": list(model_config_files),
@@ -688,41 +342,8 @@ class RobustnessEvaluation:
 
     def _check_earlier_run(self) -> dict[Key, str]:
         """Rows of an earlier run in ``output_dir``; stop if they came from other weights, data or attack settings."""
-        files = [self.output_dir / RESULTS_NAME, *_part_files(self.output_dir)]
-        rows = [row for path in files for row in _read_rows(path)]
-        done = {_row_key(row): row["attack_config"] for row in rows}
-        if not done:
-            return done
-        settings_path = self.output_dir / SETTINGS_NAME
-        try:
-            earlier = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-        except ValueError:
-            earlier = {}
-        earlier_models = {m.get("model"): m for m in earlier.get("models", []) if isinstance(m, dict)}
-        for model in self.models:
-            before = earlier_models.get(model.name)
-            if before is not None and before.get("weights_sha256") != model.weights_sha256:
-                raise RobustsegError(
-                    f"{self.output_dir / RESULTS_NAME}: holds rows of model {model.name} computed with other weights "
-                    f"({before.get('weights')}); use another output_dir or delete the old results."
-                )
-        data = earlier.get("data", {})
-        preprocessing = self.models[0].preprocessing_hash
-        if data and (data.get("datalist") != self.datalist or data.get("preprocessing_hash") != preprocessing):
-            raise RobustsegError(
-                f"{self.output_dir / RESULTS_NAME}: holds rows computed on other data or preprocessing "
-                f"({data.get('datalist')}); use another output_dir or delete the old results."
-            )
-        for unit in self.units:
-            for subject in self.subjects:
-                for key, config in self._keys(unit, subject):
-                    if key in done and done[key] != config:
-                        raise RobustsegError(
-                            f"{self.output_dir / RESULTS_NAME}: holds {key[2]} {key[3]} rows of {key[0]} at epsilon "
-                            f"{key[5]} made by {done[key]}, but this run configures {config}; use another output_dir "
-                            "or delete the old results."
-                        )
-        return done
+        planned = (pair for unit in self.units for subject in self.subjects for pair in self._keys(unit, subject))
+        return _earlier_rows(self.output_dir, self.models, self.datalist, planned)
 
     # -- settings --------------------------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -771,12 +392,7 @@ class RobustnessEvaluation:
         }
 
     def _write_settings(self) -> None:
-        path = self.output_dir / SETTINGS_NAME
-        fd, tmp = tempfile.mkstemp(dir=self.output_dir, prefix=f".{SETTINGS_NAME}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(self.settings(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_atomic(self.output_dir / SETTINGS_NAME, json.dumps(self.settings(), indent=2) + "\n")
 
     # -- running ---------------------------------------------------------------------------------------------------
     def _init_distributed(self) -> bool:
@@ -803,7 +419,7 @@ class RobustnessEvaluation:
             if distributed:
                 dist.barrier()
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            target = self.output_dir / (RESULTS_NAME if not distributed else f"{_PART_PREFIX}{self.rank}.csv")
+            target = _part_file(self.output_dir, self.rank) if distributed else self.output_dir / RESULTS_NAME
             self._writer = _RowWriter(target)
             try:
                 shard = shard_subjects(self.entries, self.rank, self.world_size) if distributed else list(self.entries)
@@ -857,7 +473,7 @@ class RobustnessEvaluation:
         """Compute and append every missing row of one test subject (and its examples); return the rows written."""
         subject = _subject_id(entry)
         folder = self.output_dir / EXAMPLES_DIR / subject
-        examples = self.example_subject == subject and not (folder / "index.json").is_file()
+        examples = self.example_subject == subject and not (folder / INDEX_NAME).is_file()
         units = [u for u in self.units if self._missing(u, subject) or (examples and self._has_examples(u))]
         if not units:
             return 0
@@ -866,7 +482,7 @@ class RobustnessEvaluation:
         image = _plain_tensor(image_meta).float()[None].to(self.device)
         label = _plain_tensor(label_meta)[None].to(self.device)
         quality = InputQuality(image)
-        saver = _ExampleSaver(folder, subject, image, label, image_meta) if examples else None
+        saver = ExampleWriter(folder, subject, image, label, getattr(image_meta, "affine", None)) if examples else None
         source_cache: dict[int, list[Adversarial]] = {}
         written = 0
         for unit in units:
@@ -920,7 +536,7 @@ class RobustnessEvaluation:
         image: Tensor,
         label: Tensor,
         quality: InputQuality,
-        saver: _ExampleSaver | None,
+        saver: ExampleWriter | None,
     ) -> list[dict[str, Any]]:
         batch = torch.cat([a.image for a in adversarials])
         predictions = self._predict(model, batch)
@@ -972,7 +588,7 @@ class RobustnessEvaluation:
             "threat": unit.threat,
             "source_model": self.models[unit.source].name,
             "attack_config": repr(adversarial.attack),
-            "loss": _loss_name(adversarial.attack),
+            "loss": adversarial.loss,
             "epsilon": adversarial.epsilon,
             "steps": adversarial.attack.steps,
             "iteration": adversarial.iteration,
@@ -980,62 +596,3 @@ class RobustnessEvaluation:
             "zero_grad_fraction": None if unit.transfer else adversarial.zero_grad_fraction,
             "seconds": adversarial.seconds,
         }
-
-
-# ----------------------------------------------------------------------------------------------------- examples
-class _ExampleSaver:
-    """Write one subject's example volumes as NIfTI and, last, ``index.json`` (see ``results_schema``)."""
-
-    def __init__(self, folder: Path, subject: str, image: Tensor, label: Tensor, meta: Any) -> None:
-        self.folder = folder
-        self.subject = subject
-        affine = getattr(meta, "affine", None)
-        self.affine = np.asarray(affine, dtype=np.float64) if affine is not None else np.eye(4)
-        self.entries: list[dict[str, Any]] = []
-        self.written: set[str] = set()
-        folder.mkdir(parents=True, exist_ok=True)
-        self._save("image.nii.gz", image[0], np.float32)
-        self._save("label.nii.gz", label[0, 0], np.uint8)
-
-    def _save(self, name: str, volume: Tensor, dtype: Any) -> str:
-        import nibabel as nib
-
-        if name not in self.written:
-            array = volume.detach().cpu().numpy().astype(dtype)
-            path = self.folder / name
-            tmp = self.folder / f".{name}.tmp.nii.gz"
-            nib.save(nib.Nifti1Image(array, self.affine), str(tmp))
-            os.replace(tmp, path)
-            self.written.add(name)
-        return name
-
-    def add(
-        self,
-        model: str,
-        attack: str,
-        threat: str,
-        epsilon: float,
-        adversarial: Tensor | None,
-        prediction: Tensor,
-        source: str | None,
-    ) -> None:
-        """Save one entry: the adversarial input (``None`` for clean) and the model's prediction on it."""
-        eps = _eps_text(epsilon)
-        tag = {"white-box": "", "adaptive": "adaptive__", "clean": ""}.get(threat, f"transfer-from-{source}__")
-        adv_name = None
-        if adversarial is not None:
-            # a transfer input is the source's white-box input: one file serves both entries
-            crafted_on = source if threat == "transfer" else model
-            adv_tag = "adaptive__" if threat == "adaptive" else ""
-            adv_name = self._save(f"{crafted_on}__{attack}__{adv_tag}eps{eps}_adv.nii.gz", adversarial[0], np.float32)
-        pred_name = self._save(f"{model}__{attack}__{tag}eps{eps}_pred.nii.gz", prediction[0], np.uint8)
-        self.entries.append({"model": model, "attack": attack, "threat": threat, "epsilon": float(epsilon),
-                             "adversarial": adv_name, "prediction": pred_name})  # fmt: skip
-
-    def finish(self) -> None:
-        index = {"subject": self.subject, "image": "image.nii.gz", "label": "label.nii.gz", "entries": self.entries}
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".index.json.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(index, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, self.folder / "index.json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -12,10 +11,12 @@ from pathlib import Path
 
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
+from common.utils.files import atomic_write
 
 __all__ = ["resolve_inputs", "segment"]
 
 logger = logging.getLogger(__name__)
+
 
 def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
     """The four input files in MODALITIES order from a BraTS subject folder or four paths.
@@ -119,12 +120,12 @@ def segment(
         written = sorted((Path(tmp) / "out").glob("*.nii*"))
         if len(written) != 1:
             raise RobustsegError(f"{root}: inference wrote {len(written)} files, expected one segmentation.")
-        staged = Path(tmp) / ("staged.nii.gz" if out.name.endswith(".nii.gz") else "staged.nii")
-        if staged.suffix == ".gz":
-            shutil.move(str(written[0]), staged)
-        else:
-            import nibabel as nib
+        gzipped = out.name.endswith(".nii.gz")
+        with atomic_write(out, suffix=".tmp.nii.gz" if gzipped else ".tmp.nii") as staged:
+            if gzipped:
+                shutil.move(str(written[0]), staged)
+            else:
+                import nibabel as nib
 
-            nib.save(nib.load(str(written[0])), str(staged))
-        os.replace(staged, out)
+                nib.save(nib.load(str(written[0])), str(staged))
     return out

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from ignite.engine import Engine, Events
 
 from common.data.labels import REGIONS
 from common.metrics.dice import region_dice
+from common.utils.files import write_atomic
 
 __all__ = ["SubjectDiceWriter"]
 
@@ -82,13 +82,9 @@ class SubjectDiceWriter:
     def _write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         fields = ["subject"] + [f"dice_{r.lower()}" for r in self.regions]
-        fd, tmp = tempfile.mkstemp(dir=self.output_dir, suffix=".csv")
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.output_dir / f"{self.prefix}dice_per_subject.csv")
-        fd, tmp = tempfile.mkstemp(dir=self.output_dir, suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.summary(), fh, indent=2)
-        os.replace(tmp, self.output_dir / f"{self.prefix}dice_summary.json")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.output_dir / f"{self.prefix}dice_per_subject.csv", table.getvalue())
+        write_atomic(self.output_dir / f"{self.prefix}dice_summary.json", json.dumps(self.summary(), indent=2))

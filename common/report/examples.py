@@ -17,7 +17,8 @@ channel axis is found by matching the label's shape. The perturbation is ``adver
 :func:`load_examples` checks every index and the header of every file it names (existence, readability, shape)
 before anything is drawn, so a broken example set stops the report before a file is written.
 :func:`load_example_volumes` then reads the voxels of one subject, reoriented to RAS from the label's affine (the
-4-D images of a channel-first file carry no usable spatial affine of their own).
+4-D images of a channel-first file carry no usable spatial affine of their own). :class:`ExampleWriter` is the other
+side: the robustness evaluation writes the folder with it.
 
 Example::
 
@@ -34,15 +35,26 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
+from common.utils.files import atomic_write, write_atomic
 
-__all__ = ["ExampleEntry", "ExampleSubject", "ExampleVolumes", "load_examples", "load_example_volumes"]
+__all__ = [
+    "INDEX_NAME",
+    "ExampleEntry",
+    "ExampleSubject",
+    "ExampleVolumes",
+    "ExampleWriter",
+    "load_examples",
+    "load_example_volumes",
+]
 
 INDEX_NAME = "index.json"
+"""The index of one subject's example folder, written last (a folder without it is unfinished)."""
 _ENTRY_KEYS = ("model", "attack", "threat", "epsilon", "adversarial", "prediction")
 
 
@@ -284,3 +296,85 @@ def load_example_volumes(subject: ExampleSubject) -> ExampleVolumes:
     area = (label > 0).sum(axis=(0, 1))
     axial = int(np.argmax(area)) if area.any() else label.shape[2] // 2
     return ExampleVolumes(subject=subject, image=image, label=label, axial_slice=axial, _orientation=orientation)
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+class ExampleWriter:
+    """Write one subject's example volumes as NIfTI and, last, ``index.json``: the folder :func:`load_examples` reads.
+
+    The clean input and the label are written at once; :meth:`add` writes one entry's adversarial input and
+    prediction (a file already written, such as a source's input that a transfer entry reuses, is not written
+    again) and :meth:`finish` writes the index. Every file is written atomically. Volumes are tensors (or arrays)
+    with ``.detach().cpu().numpy()``; this module itself does not import torch, so the report runs without it.
+
+    Args:
+        folder: the subject's folder (``<output_dir>/examples/<subject>``), created if missing.
+        subject: the subject id.
+        image: the clean preprocessed input ``(1, 4, *spatial)``.
+        label: the ground truth ``(1, 1, *spatial)`` with BraTS values.
+        affine: the 4 x 4 affine of the preprocessed grid (e.g. a MetaTensor's ``affine``); ``None``: identity.
+
+    Example::
+
+        writer = ExampleWriter(folder, "synth_003", image, label, affine=image_meta.affine)
+        writer.add("brats_unet3d_baseline", "FGSM", "white-box", 0.05, adversarial, prediction, source=None)
+        writer.finish()
+    """
+
+    def __init__(self, folder: Path, subject: str, image: Any, label: Any, affine: Any = None) -> None:
+        self.folder = folder
+        self.subject = subject
+        self.affine = np.asarray(affine, dtype=np.float64) if affine is not None else np.eye(4)
+        self.entries: list[dict[str, Any]] = []
+        self.written: set[str] = set()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save("image.nii.gz", image[0], np.float32)
+        self._save("label.nii.gz", label[0, 0], np.uint8)
+
+    def _save(self, name: str, volume: Any, dtype: Any) -> str:
+        import nibabel as nib
+
+        if name not in self.written:
+            array = volume.detach().cpu().numpy().astype(dtype)
+            with atomic_write(self.folder / name, suffix=".tmp.nii.gz") as tmp:  # nibabel picks gzip by the suffix
+                nib.save(nib.Nifti1Image(array, self.affine), str(tmp))
+            self.written.add(name)
+        return name
+
+    def add(
+        self,
+        model: str,
+        attack: str,
+        threat: str,
+        epsilon: float,
+        adversarial: Any | None,
+        prediction: Any,
+        source: str | None,
+    ) -> None:
+        """Save one entry: the adversarial input (``None`` for clean) and the model's prediction on it.
+
+        Args:
+            model: the model whose prediction this is.
+            attack: the attack name (``"none"`` for clean).
+            threat: ``"clean"``, ``"white-box"``, ``"adaptive"`` or ``"transfer"``.
+            epsilon: the attack's epsilon (0 for clean).
+            adversarial: the adversarial input ``(1, 4, *spatial)``, or ``None`` for clean.
+            prediction: the model's label map ``(1, 1, *spatial)``.
+            source: the model the transfer input was crafted on (``None`` for other threats).
+        """
+        eps = f"{epsilon:g}"
+        tag = {"white-box": "", "adaptive": "adaptive__", "clean": ""}.get(threat, f"transfer-from-{source}__")
+        adv_name = None
+        if adversarial is not None:
+            # a transfer input is the source's white-box input: one file serves both entries
+            crafted_on = source if threat == "transfer" else model
+            adv_tag = "adaptive__" if threat == "adaptive" else ""
+            adv_name = self._save(f"{crafted_on}__{attack}__{adv_tag}eps{eps}_adv.nii.gz", adversarial[0], np.float32)
+        pred_name = self._save(f"{model}__{attack}__{tag}eps{eps}_pred.nii.gz", prediction[0], np.uint8)
+        self.entries.append({"model": model, "attack": attack, "threat": threat, "epsilon": float(epsilon),
+                             "adversarial": adv_name, "prediction": pred_name})  # fmt: skip
+
+    def finish(self) -> Path:
+        """Write ``index.json`` (last, so a folder with an index is complete) and return its path."""
+        index = {"subject": self.subject, "image": "image.nii.gz", "label": "label.nii.gz", "entries": self.entries}
+        return write_atomic(self.folder / INDEX_NAME, json.dumps(index, indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""Fixtures for the robustness-evaluation tests: tiny NIfTI subjects and tiny model bundles with random weights."""
+"""Fixtures for the robustness-evaluation tests: tiny NIfTI subjects, tiny model bundles with random weights, and one
+finished evaluation of them shared by the evaluation and results-file tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.bundles import bundle_specs, render_bundle
+from common.engines import RobustnessEvaluation
+from common.report import load_results
 
 SHAPE = 24
 SUBJECTS = ("tiny_000", "tiny_001", "tiny_002")
@@ -25,6 +28,10 @@ OVERRIDES = {
 }
 """Model-bundle overrides of every test evaluation: a 16^3 grid and a 3-level, base-2 UNet3D (milliseconds)."""
 QUICK = ["configs/inference.json", "configs/quick.json"]
+SWEEP = [0.02, 0.05, 0.1]
+STEPS = 3
+ATTACKS = [{"name": "FGSM"}, {"name": "i-FGSM", "steps": STEPS}, {"name": "ti-FGSM", "steps": STEPS}]
+BASELINE, DISTILLED = "tiny_baseline", "tiny_distill_t5"
 
 
 def _write_subject(folder: Path, subject: str, rng: np.random.Generator) -> dict:
@@ -119,3 +126,18 @@ def bundle_factory(tmp_path_factory) -> Callable[..., Path]:
     return make
 
 
+def evaluation(bundles, datalist, output_dir, models=(BASELINE, DISTILLED), **kwargs) -> RobustnessEvaluation:
+    """The tests' evaluation: tiny bundles, the quick overlay, a 3-epsilon sweep, 3-step iterative attacks."""
+    settings = {
+        "model_config_files": QUICK, "model_overrides": OVERRIDES, "datalist": datalist, "sweep_epsilons": SWEEP,
+        "attacks": ATTACKS, "device": "cpu", "score_batch_size": 1, "progress": False, **kwargs,
+    }  # fmt: skip
+    return RobustnessEvaluation([str(bundles[m]) if m in bundles else m for m in models], output_dir, **settings)
+
+
+@pytest.fixture(scope="session")
+def finished(bundles, tiny_datalist, tmp_path_factory):
+    """One complete evaluation of the two tiny bundles on the three tiny subjects: (output_dir, rows). Read-only."""
+    out = tmp_path_factory.mktemp("evaluation") / "out"
+    evaluation(bundles, tiny_datalist, out).run()
+    return out, load_results(out / "results.csv")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -20,41 +19,17 @@ import torch
 from common.attacks import FGSM, IterativeFGSM, TargetedIterativeFGSM
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
-from common.engines import AutocastInferer, RobustnessEvaluation, load_model_bundle, merge_results, shard_subjects
-from common.engines import robustness as robustness_module
+from common.engines import KEY_COLUMNS, AttackJob, AutocastInferer, RobustnessEvaluation, load_model_bundle
 from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.metrics.image_quality import input_quality
 from common.report import load_examples, load_results
-from common.report.schema import COLUMN_NAMES
 
-from .conftest import OVERRIDES, QUICK, SUBJECTS
-
-SWEEP = [0.02, 0.05, 0.1]
-STEPS = 3
-ATTACKS = [{"name": "FGSM"}, {"name": "i-FGSM", "steps": STEPS}, {"name": "ti-FGSM", "steps": STEPS}]
-BASELINE, DISTILLED = "tiny_baseline", "tiny_distill_t5"
-
-
-def evaluation(bundles, datalist, output_dir, models=(BASELINE, DISTILLED), **kwargs) -> RobustnessEvaluation:
-    """The tests' evaluation: tiny bundles, the quick overlay, a 3-epsilon sweep, 3-step iterative attacks."""
-    settings = {
-        "model_config_files": QUICK, "model_overrides": OVERRIDES, "datalist": datalist, "sweep_epsilons": SWEEP,
-        "attacks": ATTACKS, "device": "cpu", "score_batch_size": 1, "progress": False, **kwargs,
-    }  # fmt: skip
-    return RobustnessEvaluation([str(bundles[m]) if m in bundles else m for m in models], output_dir, **settings)
-
-
-@pytest.fixture(scope="module")
-def finished(bundles, tiny_datalist, tmp_path_factory):
-    """One complete evaluation of the two tiny bundles on the three tiny subjects: (output_dir, rows)."""
-    out = tmp_path_factory.mktemp("evaluation") / "out"
-    evaluation(bundles, tiny_datalist, out).run()
-    return out, load_results(out / "results.csv")
+from .conftest import ATTACKS, BASELINE, DISTILLED, OVERRIDES, QUICK, STEPS, SUBJECTS, SWEEP, evaluation
 
 
 def _key(row):
-    return tuple(row[c] or "" if c in ("source_model", "loss") else row[c] for c in robustness_module.KEY_COLUMNS)
+    return tuple(row[c] or "" if c in ("source_model", "loss") else row[c] for c in KEY_COLUMNS)
 
 
 def _expected_keys():
@@ -186,13 +161,13 @@ def test_transfer_rows_reuse_the_source_inputs(finished):
 def test_source_is_attacked_once_per_subject(bundles, bundle_factory, tiny_datalist, tmp_path, monkeypatch):
     third = bundle_factory("tiny_third", seed=2)
     calls = []
-    run = robustness_module.AttackJob.run
+    run = AttackJob.run
 
     def counting(self, model, image, label, final_only=False):
         calls.append((id(model), self.name, final_only))
         return run(self, model, image, label, final_only)
 
-    monkeypatch.setattr(robustness_module.AttackJob, "run", counting)
+    monkeypatch.setattr(AttackJob, "run", counting)
     job = evaluation({**bundles, "tiny_third": third}, tiny_datalist, tmp_path / "out",
                      models=(BASELINE, DISTILLED, "tiny_third"), attacks=[{"name": "i-FGSM", "steps": 2}],
                      sweep_epsilons=[0.05], example_subject=False, tables=False)  # fmt: skip
@@ -214,7 +189,7 @@ def _without_seconds(rows):
 
 def test_resume_after_an_interruption_completes_the_same_rows(finished, bundles, tiny_datalist, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    original = robustness_module.RobustnessEvaluation.evaluate_subject
+    original = RobustnessEvaluation.evaluate_subject
     done = []
 
     def crash_after_first(self, entry):
@@ -223,7 +198,7 @@ def test_resume_after_an_interruption_completes_the_same_rows(finished, bundles,
         done.append(original(self, entry))
         return done[-1]
 
-    monkeypatch.setattr(robustness_module.RobustnessEvaluation, "evaluate_subject", crash_after_first)
+    monkeypatch.setattr(RobustnessEvaluation, "evaluate_subject", crash_after_first)
     with pytest.raises(RuntimeError, match="simulated interruption"):
         evaluation(bundles, tiny_datalist, out).run()
     first = load_results(out / "results.csv")
@@ -231,7 +206,7 @@ def test_resume_after_an_interruption_completes_the_same_rows(finished, bundles,
     monkeypatch.undo()
 
     written = []
-    monkeypatch.setattr(robustness_module.RobustnessEvaluation, "evaluate_subject",
+    monkeypatch.setattr(RobustnessEvaluation, "evaluate_subject",
                         lambda self, entry: written.append(original(self, entry)) or written[-1])  # fmt: skip
     evaluation(bundles, tiny_datalist, out).run()
     rows = load_results(out / "results.csv")
@@ -391,38 +366,6 @@ def test_errors_are_one_line_and_write_nothing(case, message, bundles, bundle_fa
         evaluation({**bundles, **extra}, datalist, out, **case)
     assert "\n" not in str(info.value)
     assert not out.exists()
-
-
-@pytest.mark.parametrize("items, world_size", [(7, 1), (7, 2), (7, 3), (2, 4), (0, 2)])
-def test_shards_cover_every_subject_once(items, world_size):
-    subjects = [f"s{i}" for i in range(items)]
-    shards = [shard_subjects(subjects, rank, world_size) for rank in range(world_size)]
-    assert sorted(s for shard in shards for s in shard) == sorted(subjects)
-    assert all(shard == sorted(shard, key=subjects.index) for shard in shards)
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
-
-
-def test_shard_rank_out_of_range_raises():
-    with pytest.raises(RobustsegError, match=r"rank must be in \[0, 2\), got 2"):
-        shard_subjects(["a"], 2, 2)
-
-
-def _write(path, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMN_NAMES)
-        writer.writerows([[r[c] for c in COLUMN_NAMES] for r in rows])
-
-
-def test_merge_joins_parts_in_subject_order_without_duplicates(finished, tmp_path):
-    with open(finished[0] / "results.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    by_subject = {s: [r for r in rows if r["subject"] == s] for s in SUBJECTS}
-    _write(tmp_path / "results.part1.csv", by_subject[SUBJECTS[1]] + by_subject[SUBJECTS[0]][:3])  # 3 rows twice
-    _write(tmp_path / "results.part0.csv", by_subject[SUBJECTS[0]] + by_subject[SUBJECTS[2]])
-    merged = merge_results(tmp_path, SUBJECTS)
-    assert merged.read_text() == (finished[0] / "results.csv").read_text()
-    assert not list(tmp_path.glob("results.part*"))
 
 
 def test_predictions_are_batched_in_order(bundles, tiny_datalist, tmp_path):

@@ -8,9 +8,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from common.errors import RobustsegError
-from common.report.examples import load_example_volumes, load_examples
+from common.report.examples import ExampleWriter, load_example_volumes, load_examples
 
 
 @pytest.fixture
@@ -119,3 +120,44 @@ def test_nan_voxels_raise_when_read(example):
     (subject,) = load_examples(example.parent)
     with pytest.raises(RobustsegError, match="NaN or Inf voxels"):
         load_example_volumes(subject)
+
+
+def test_written_examples_read_back(tmp_path):
+    """What the robustness evaluation writes (ExampleWriter) is what the report reads (load_examples)."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 4, 8, 8, 8, generator=generator)
+    label = torch.tensor([0, 1, 2, 4])[torch.randint(0, 4, (1, 1, 8, 8, 8), generator=generator)]
+    adversarial = (image + 0.05).clamp(0, 1)
+    folder = tmp_path / "examples" / "synth_000"
+    writer = ExampleWriter(folder, "synth_000", image, label, affine=torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0])))
+    writer.add("base", "none", "clean", 0.0, None, label[0], source=None)
+    writer.add("base", "FGSM", "white-box", 0.05, adversarial, label[0], source=None)
+    writer.add("other", "FGSM", "transfer", 0.05, adversarial, label[0], source="base")
+    index = writer.finish()
+    assert index == folder / "index.json"
+    entries = [
+        {"model": "base", "attack": "none", "threat": "clean", "epsilon": 0.0, "adversarial": None,
+         "prediction": "base__none__eps0_pred.nii.gz"},
+        {"model": "base", "attack": "FGSM", "threat": "white-box", "epsilon": 0.05,
+         "adversarial": "base__FGSM__eps0.05_adv.nii.gz", "prediction": "base__FGSM__eps0.05_pred.nii.gz"},
+        {"model": "other", "attack": "FGSM", "threat": "transfer", "epsilon": 0.05,
+         "adversarial": "base__FGSM__eps0.05_adv.nii.gz",  # the source's file, written once
+         "prediction": "other__FGSM__transfer-from-base__eps0.05_pred.nii.gz"},
+    ]  # fmt: skip
+    expected = {"subject": "synth_000", "image": "image.nii.gz", "label": "label.nii.gz", "entries": entries}
+    assert index.read_text() == json.dumps(expected, indent=1) + "\n"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["index.json", "image.nii.gz", "label.nii.gz", *{e["adversarial"] for e in entries[1:]},
+         *(e["prediction"] for e in entries)]
+    )  # fmt: skip
+    (subject,) = load_examples(tmp_path / "examples")
+    assert subject.subject == "synth_000" and subject.shape == (8, 8, 8)
+    assert [(e.model, e.threat, e.adversarial and e.adversarial.name) for e in subject.entries] == [
+        (e["model"], e["threat"], e["adversarial"]) for e in entries
+    ]
+    volumes = load_example_volumes(subject)
+    ras = label[0, 0].numpy()[::-1, ::-1, :]  # the affine flips the first two axes
+    np.testing.assert_array_equal(volumes.label, ras)
+    np.testing.assert_array_equal(volumes.prediction(subject.entries[2]), ras)
+    np.testing.assert_allclose(volumes.channel(volumes.adversarial(subject.entries[1]), "t2"),
+                               adversarial[0, 2].numpy()[::-1, ::-1, :])  # fmt: skip

@@ -1,0 +1,247 @@
+"""Attack jobs of the robustness evaluation: the paper's attacks as runs on one input, each scored at its iterates.
+
+An :class:`AttackJob` is one attack run on one input (Liu et al. 2021, Table 1 and Figs. 3-5): a *sweep* is FGSM at
+several epsilons from one gradient (:meth:`common.attacks.FGSM.sweep`), an *iterative* job is one attack whose every
+iterate is scored. :func:`build_jobs` turns the evaluation's attack specs into the jobs of one threat (white-box, or
+adaptive with a distillation temperature); :class:`~common.engines.robustness.RobustnessEvaluation` runs them.
+
+Example::
+
+    jobs = build_jobs(DEFAULT_ATTACKS, "FGSM", DEFAULT_SWEEP_EPSILONS, epsilon=0.05, loss="soft_dice")
+    adversarials = jobs[0].run(network, image, label)   # one Adversarial per sweep epsilon
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from common.attacks.base import Attack, AttackStep
+from common.attacks.fgsm import FGSM
+from common.attacks.registry import make_attack
+from common.errors import RobustsegError
+from common.utils.validation import check_number
+
+__all__ = ["DEFAULT_ATTACKS", "DEFAULT_SWEEP_EPSILONS", "Adversarial", "AttackJob", "build_jobs"]
+
+DEFAULT_ATTACKS: tuple[dict[str, Any], ...] = (
+    {"name": "FGSM"},
+    {"name": "i-FGSM", "steps": 10},
+    {"name": "ti-FGSM", "steps": 10, "target": 1},
+)
+"""The paper's Table 1 attacks (each takes ``epsilon`` and ``loss`` from the evaluation unless given)."""
+DEFAULT_SWEEP_EPSILONS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1)
+"""FGSM sweep of the defence figures and Tables 2-3 (0.05 and 0.1 included; epsilon 0 is the clean rows)."""
+
+
+@dataclass(frozen=True)
+class Adversarial:
+    """One scored adversarial input: which attack made it, at which epsilon and iterate, in how much time."""
+
+    attack: Attack
+    epsilon: float
+    iteration: int
+    image: Tensor
+    seconds: float
+    zero_grad_fraction: float
+
+    @property
+    def loss(self) -> str:
+        """The name of the attack's loss (the CSV's ``loss``)."""
+        return _loss_name(self.attack)
+
+
+def _loss_name(attack: Attack) -> str:
+    loss = attack.loss
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """One attack run on one input, scored at one or more adversarial inputs.
+
+    A *sweep* job is FGSM at several epsilons from one gradient (:meth:`FGSM.sweep`); an *iterative* job is one
+    attack whose every iterate is scored (the final one only for PGD with restarts, whose result is the best
+    restart rather than the last iterate).
+
+    Attributes:
+        attacks: a sweep's FGSM attacks, one per epsilon in ascending order (identical settings otherwise), or the
+            one attack of an iterative job.
+        sweep: whether this is a sweep.
+        table_epsilons: epsilons at which this job is a Table 1 attack (its examples are saved there).
+    """
+
+    attacks: tuple[Attack, ...]
+    sweep: bool
+    table_epsilons: tuple[float, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return type(self.attacks[0]).name
+
+    @property
+    def loss(self) -> str:
+        return _loss_name(self.attacks[0])
+
+    @property
+    def steps(self) -> int:
+        return self.attacks[0].steps
+
+    @property
+    def final_iteration(self) -> int:
+        """The iteration of the rows that score the attack's result (1 for a sweep)."""
+        return 1 if self.sweep else self.steps
+
+    @property
+    def per_iteration(self) -> bool:
+        """Whether every iterate gets a row (iterative attacks without restarts)."""
+        return not self.sweep and getattr(self.attacks[0], "restarts", 1) == 1
+
+    def slots(self, final_only: bool = False) -> list[tuple[Attack, float, int]]:
+        """The (attack, epsilon, iteration) of each row this job produces (``final_only`` for transfer rows)."""
+        if self.sweep:
+            return [(a, a.epsilon, 1) for a in self.attacks]
+        attack = self.attacks[0]
+        if self.per_iteration and not final_only:
+            return [(attack, attack.epsilon, k) for k in range(1, attack.steps + 1)]
+        return [(attack, attack.epsilon, attack.steps)]
+
+    def run(
+        self, model: Callable[..., Tensor], image: Tensor, label: Tensor, final_only: bool = False
+    ) -> list[Adversarial]:
+        """Run the attack on one input and return the adversarial inputs of :meth:`slots`, in that order.
+
+        Args:
+            model: the network attacked.
+            image: clean input (1, C, *spatial).
+            label: BraTS labels (1, 1, *spatial).
+            final_only: keep only the final iterate (transfer).
+
+        Returns:
+            One :class:`Adversarial` per slot, with the attack time up to it.
+        """
+        records: list[AttackStep] = []
+        times: list[float] = []
+        start = time.perf_counter()
+
+        def record(step: AttackStep) -> None:  # kept trivial: its time counts in the attack's
+            times.append(time.perf_counter() - start)
+            records.append(step)
+
+        if self.sweep:
+            epsilons = [a.epsilon for a in self.attacks]
+            sweep = self.attacks[0].sweep  # type: ignore[attr-defined]
+            adversarials = sweep(model, image, label, epsilons, callback=record)
+            zero = records[0].zero_grad_fraction
+            return [
+                Adversarial(a, a.epsilon, 1, adv, t, zero)
+                for a, adv, t in zip(self.attacks, adversarials, times, strict=True)
+            ]
+        attack = self.attacks[0]
+        final = attack(model, image, label, callback=record)
+        total = time.perf_counter() - start
+        zero = records[0].zero_grad_fraction
+        if self.per_iteration and not final_only:
+            return [
+                Adversarial(attack, attack.epsilon, r.step, r.adversarial, t, zero)
+                for r, t in zip(records, times, strict=True)
+            ]
+        return [Adversarial(attack, attack.epsilon, attack.steps, final, total, zero)]
+
+
+def _spec(item: Any, what: str) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"name": item}
+    if isinstance(item, Mapping):
+        return dict(item)
+    raise RobustsegError(f"{what}: each attack must be a spec {{'name': ..., settings}} or a name, got {item!r}.")
+
+
+def _fgsm_group(attack: Attack) -> str:
+    """An FGSM's settings without epsilon: FGSMs that agree on it share one gradient (one sweep)."""
+    return repr({k: v for k, v in attack.settings.items() if k != "epsilon"})
+
+
+def _check_epsilons(epsilons: Any, what: str) -> list[float]:
+    if isinstance(epsilons, (str, bytes)) or not isinstance(epsilons, Iterable):
+        raise RobustsegError(f"{what} must be a list of numbers, got {epsilons!r}.")
+    return [check_number(f"{what}: epsilon", eps) for eps in epsilons]
+
+
+def build_jobs(
+    attacks: Sequence[Mapping[str, Any] | str],
+    sweep: Mapping[str, Any] | str | None,
+    sweep_epsilons: Sequence[float],
+    epsilon: float,
+    loss: str,
+    attack_amp: bool = False,
+    temperature: float | None = None,
+) -> list[AttackJob]:
+    """The attack jobs of one threat: FGSMs grouped into sweeps, then the iterative attacks, in the given order.
+
+    Args:
+        attacks: the Table 1 attack specs (``epsilon``, ``loss`` and ``amp`` default to the arguments).
+        sweep: the FGSM spec of the epsilon sweep, or ``None`` for no sweep.
+        sweep_epsilons: the sweep's epsilons.
+        epsilon: the default epsilon of the attack specs.
+        loss: the default attack loss.
+        attack_amp: the default ``amp`` of the attacks (bf16 forward/backward).
+        temperature: divide the logits by this in every attack (the adaptive threat); ``None`` for white-box.
+
+    Returns:
+        The jobs.
+
+    Raises:
+        RobustsegError: for an unknown attack name or setting, a bad epsilon, a sweep that is not FGSM, or two
+            attacks that would write rows with the same key (name, loss, epsilon).
+    """
+    overrides = {} if temperature is None else {"temperature": temperature}
+    defaults = {"epsilon": epsilon, "loss": loss, "amp": attack_amp}
+    groups: dict[str, tuple[list[Attack], set[float]]] = {}
+    order: list[Any] = []
+    if sweep is not None:
+        spec = {**defaults, **_spec(sweep, "sweep")}
+        epsilons = _check_epsilons(sweep_epsilons, "sweep_epsilons")
+        if epsilons:
+            for eps in epsilons:
+                attack = make_attack({**spec, "epsilon": eps}, **overrides)
+                if not isinstance(attack, FGSM):
+                    raise RobustsegError(f"sweep must be an FGSM spec (one gradient for all epsilons), got {sweep!r}.")
+                group = groups.setdefault(_fgsm_group(attack), ([], set()))
+                if group not in order:
+                    order.append(group)
+                group[0].append(attack)
+    for item in attacks:
+        attack = make_attack({**defaults, **_spec(item, "attacks")}, **overrides)
+        if isinstance(attack, FGSM):
+            group = groups.setdefault(_fgsm_group(attack), ([], set()))
+            if group not in order:
+                order.append(group)
+            group[0].append(attack)
+            group[1].add(attack.epsilon)
+        else:
+            order.append(attack)
+    jobs: list[AttackJob] = []
+    for entry in order:
+        if isinstance(entry, Attack):
+            jobs.append(AttackJob((entry,), sweep=False, table_epsilons=(entry.epsilon,)))
+            continue
+        members, table = entry
+        unique = {a.epsilon: a for a in members}  # the Table 1 FGSM at a sweep epsilon is that sweep point
+        ordered = tuple(unique[e] for e in sorted(unique))
+        jobs.append(AttackJob(ordered, sweep=True, table_epsilons=tuple(sorted(table))))
+    seen: dict[tuple[str, str, float], str] = {}
+    for job in jobs:
+        for attack, eps, _ in job.slots():
+            key = (job.name, job.loss, eps)
+            if key in seen and seen[key] != repr(attack):
+                raise RobustsegError(
+                    f"attacks: {job.name} with loss {job.loss} at epsilon {eps} is configured twice ({seen[key]} and "
+                    f"{attack!r}); their CSV rows could not be told apart."
+                )
+            seen[key] = repr(attack)
+    return jobs

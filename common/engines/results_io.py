@@ -1,0 +1,224 @@
+"""The robustness CSV on disk: reading rows back, appending them, the key that identifies a row, and the ranks' part
+files merged into one ``results.csv``.
+
+A row is identified by :data:`KEY_COLUMNS` (model, subject, attack, threat, source model, epsilon, iteration, loss):
+a rerun of :class:`~common.engines.robustness.RobustnessEvaluation` skips every key already in the CSV, so an
+interrupted evaluation resumes. Under ``torchrun`` each rank appends to its own part file
+(``results.part<rank>.csv``) and rank 0 merges them (:func:`merge_results`) after the ranks' subjects were split by
+:func:`shard_subjects`. The columns are those of :mod:`common.report.schema`.
+
+The underscored helpers (row reading and writing, part-file names, the earlier-run check) serve
+:mod:`common.engines.robustness` only.
+
+Example::
+
+    shard = shard_subjects(entries, rank, world_size)
+    ...  # each rank appends the rows of its shard to its part file
+    merge_results(output_dir, subjects)   # rank 0, after a barrier
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from monai.data import partition_dataset
+
+from common.errors import RobustsegError
+from common.report.schema import COLUMN_NAMES, format_record
+from common.utils.files import atomic_write
+
+if TYPE_CHECKING:
+    from common.engines.model_bundle import ModelBundle
+
+__all__ = ["KEY_COLUMNS", "RESULTS_NAME", "SETTINGS_NAME", "Key", "merge_results", "shard_subjects"]
+
+KEY_COLUMNS: tuple[str, ...] = ("model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss")
+"""The columns that identify a row; a rerun skips rows whose key is already in the CSV."""
+RESULTS_NAME = "results.csv"
+"""The evaluation's results file in its output folder."""
+SETTINGS_NAME = "settings.json"
+"""The evaluation's settings file beside :data:`RESULTS_NAME` (what produced the rows; checked when resuming)."""
+_PART_PREFIX = "results.part"
+
+Key = tuple[str, str, str, str, str, float, int, str]
+"""A row's :data:`KEY_COLUMNS` values (empty strings for a clean row's source model and loss)."""
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a results file (a line cut short by an interruption is dropped)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        text = handle.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if header is None:
+        return []
+    if tuple(header) != COLUMN_NAMES:
+        raise RobustsegError(
+            f"{path}: its columns differ from this version's ({list(COLUMN_NAMES)}); choose another output_dir or "
+            "move the file away."
+        )
+    return [dict(zip(header, fields)) for fields in reader if len(fields) == len(header)]
+
+
+def _row_key(row: Mapping[str, Any]) -> Key:
+    return (
+        str(row["model"]), str(row["subject"]), str(row["attack"]), str(row["threat"]), str(row["source_model"] or ""),
+        float(row["epsilon"]), int(row["iteration"]), str(row["loss"] or ""),
+    )  # fmt: skip
+
+
+def _part_file(output_dir: Path, rank: int) -> Path:
+    """The part file that rank ``rank`` appends to under ``torchrun``."""
+    return output_dir / f"{_PART_PREFIX}{rank}.csv"
+
+
+def _part_files(output_dir: Path) -> list[Path]:
+    return sorted(output_dir.glob(f"{_PART_PREFIX}*.csv"))
+
+
+def _write_rows_atomic(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
+    """Replace ``path`` with the header and ``rows`` (raw string cells, as :func:`_read_rows` returns them)."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMN_NAMES)
+        for row in rows:
+            writer.writerow([row[c] for c in COLUMN_NAMES])
+
+
+def _earlier_rows(
+    output_dir: Path, models: Sequence[ModelBundle], datalist: str, planned: Iterable[tuple[Key, str]]
+) -> dict[Key, str]:
+    """The rows an earlier run left in ``output_dir`` (key -> attack config), checked against this run.
+
+    Args:
+        output_dir: the evaluation's output folder (``results.csv``, part files, ``settings.json``).
+        models: this run's model bundles.
+        datalist: this run's datalist (resolved path).
+        planned: every (key, attack config) of a row this run would write; read only if there are earlier rows.
+
+    Returns:
+        The earlier rows' keys, each with its ``attack_config`` cell.
+
+    Raises:
+        RobustsegError: if the earlier rows came from other weights, other data or preprocessing, or other attack
+            settings for the same key.
+    """
+    files = [output_dir / RESULTS_NAME, *_part_files(output_dir)]
+    rows = [row for path in files for row in _read_rows(path)]
+    done = {_row_key(row): row["attack_config"] for row in rows}
+    if not done:
+        return done
+    results = output_dir / RESULTS_NAME
+    settings_path = output_dir / SETTINGS_NAME
+    try:
+        earlier = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    except ValueError:
+        earlier = {}
+    earlier_models = {m.get("model"): m for m in earlier.get("models", []) if isinstance(m, dict)}
+    for model in models:
+        before = earlier_models.get(model.name)
+        if before is not None and before.get("weights_sha256") != model.weights_sha256:
+            raise RobustsegError(
+                f"{results}: holds rows of model {model.name} computed with other weights "
+                f"({before.get('weights')}); use another output_dir or delete the old results."
+            )
+    data = earlier.get("data", {})
+    preprocessing = models[0].preprocessing_hash
+    if data and (data.get("datalist") != datalist or data.get("preprocessing_hash") != preprocessing):
+        raise RobustsegError(
+            f"{results}: holds rows computed on other data or preprocessing "
+            f"({data.get('datalist')}); use another output_dir or delete the old results."
+        )
+    for key, config in planned:
+        if key in done and done[key] != config:
+            raise RobustsegError(
+                f"{results}: holds {key[2]} {key[3]} rows of {key[0]} at epsilon {key[5]} made by {done[key]}, but "
+                f"this run configures {config}; use another output_dir or delete the old results."
+            )
+    return done
+
+
+def merge_results(output_dir: str | os.PathLike, subjects: Sequence[str] | None = None) -> Path:
+    """Merge the ranks' part files into ``results.csv`` (rank 0, after all ranks finished) and remove them.
+
+    Rows already in ``results.csv`` come first; a key present twice keeps its first row. With ``subjects``, rows are
+    ordered by subject in that order (stable otherwise), so the merged file does not depend on the number of ranks.
+
+    Args:
+        output_dir: the evaluation's output folder.
+        subjects: the test subjects in datalist order.
+
+    Returns:
+        The path of ``results.csv``.
+    """
+    output_dir = Path(output_dir)
+    parts = _part_files(output_dir)
+    target = output_dir / RESULTS_NAME
+    if not parts:
+        return target
+    rows: dict[Key, dict[str, str]] = {}
+    for path in [target, *parts]:
+        for row in _read_rows(path):
+            rows.setdefault(_row_key(row), row)
+    ordered = list(rows.values())
+    if subjects is not None:
+        rank = {s: i for i, s in enumerate(subjects)}
+        ordered.sort(key=lambda r: rank.get(r["subject"], len(rank)))
+    _write_rows_atomic(target, ordered)
+    for path in parts:
+        path.unlink()
+    return target
+
+
+def shard_subjects(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """The subjects of one rank: every ``world_size``-th from ``rank`` on (no padding, so none is scored twice).
+
+    This is :func:`monai.data.partition_dataset` with ``shuffle=False, even_divisible=False``, which refuses fewer
+    items than ranks; here a rank may then get none.
+
+    Args:
+        items: all subjects, in order.
+        rank: this process's rank.
+        world_size: the number of processes.
+
+    Returns:
+        This rank's subjects, in order.
+    """
+    if not 0 <= rank < world_size:
+        raise RobustsegError(f"rank must be in [0, {world_size}), got {rank}.")
+    if len(items) < world_size:
+        return list(items[rank::world_size])
+    return list(partition_dataset(list(items), num_partitions=world_size, shuffle=False, even_divisible=False)[rank])
+
+
+class _RowWriter:
+    """Append rows to a results file, header first, flushing after each batch of rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n"):
+            # a line cut short by an interruption: drop it before appending after it
+            _write_rows_atomic(path, _read_rows(path))
+        self.handle = open(path, "a", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle)
+        if path.stat().st_size == 0:
+            self.writer.writerow(COLUMN_NAMES)
+            self.handle.flush()
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        for record in records:
+            self.writer.writerow(format_record(record))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()

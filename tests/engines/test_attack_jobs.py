@@ -1,0 +1,69 @@
+"""Attack jobs (common/engines/attack_jobs.py): FGSMs grouped into one-gradient sweeps, iterates scored, bad specs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from common.engines import DEFAULT_ATTACKS, build_jobs
+from common.errors import RobustsegError
+
+SWEEP = [0.01, 0.05, 0.1]
+
+
+def _jobs(**kwargs):
+    settings = {"attacks": DEFAULT_ATTACKS, "sweep": "FGSM", "sweep_epsilons": SWEEP, "epsilon": 0.05,
+                "loss": "soft_dice", **kwargs}  # fmt: skip
+    return build_jobs(**settings)
+
+
+def test_the_table1_fgsm_is_a_point_of_the_sweep():
+    sweep, ifgsm, tifgsm = _jobs()
+    assert sweep.sweep and sweep.name == "FGSM" and [a.epsilon for a in sweep.attacks] == SWEEP
+    assert sweep.table_epsilons == (0.05,) and sweep.final_iteration == 1
+    assert (ifgsm.name, ifgsm.steps, ifgsm.table_epsilons, ifgsm.per_iteration) == ("i-FGSM", 10, (0.05,), True)
+    assert (tifgsm.name, tifgsm.final_iteration, tifgsm.loss) == ("ti-FGSM", 10, "soft_dice")
+
+
+def test_slots_are_one_per_epsilon_or_iterate():
+    sweep, ifgsm, _ = _jobs()
+    assert [(eps, k) for _, eps, k in sweep.slots()] == [(eps, 1) for eps in SWEEP]
+    assert [k for _, _, k in ifgsm.slots()] == list(range(1, 11))
+    assert [k for _, _, k in ifgsm.slots(final_only=True)] == [10]
+
+
+def test_the_adaptive_jobs_divide_the_logits_by_the_temperature():
+    jobs = _jobs(temperature=5.0)
+    assert all("temperature=5.0" in repr(a) for job in jobs for a in job.attacks)
+
+
+def test_run_scores_every_iterate_and_every_sweep_epsilon():
+    torch.manual_seed(0)
+    network = nn.Conv3d(4, 4, 1)
+    image = torch.rand(1, 4, 6, 6, 6)
+    label = torch.tensor([0, 1, 2, 4])[torch.randint(0, 4, (1, 1, 6, 6, 6))]
+    sweep, ifgsm = _jobs(attacks=[{"name": "FGSM"}, {"name": "i-FGSM", "steps": 2}])
+    swept = sweep.run(network, image, label)
+    assert [(a.epsilon, a.iteration, a.loss) for a in swept] == [(eps, 1, "soft_dice") for eps in SWEEP]
+    assert all(a.image.shape == image.shape for a in swept)
+    iterates = ifgsm.run(network, image, label)
+    assert [a.iteration for a in iterates] == [1, 2] and iterates[0].seconds <= iterates[1].seconds
+    (final,) = ifgsm.run(network, image, label, final_only=True)
+    assert final.iteration == 2 and torch.equal(final.image, iterates[1].image)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sweep": {"name": "i-FGSM"}}, r"sweep must be an FGSM spec"),
+        ({"attacks": [{"name": "i-FGSM"}, {"name": "i-FGSM", "alpha": 0.01}]}, r"is configured twice"),
+        ({"attacks": [3]}, r"attacks: each attack must be a spec"),
+        ({"sweep_epsilons": "0.1"}, r"sweep_epsilons must be a list of numbers"),
+        ({"sweep_epsilons": [0.1, float("nan")]}, r"sweep_epsilons: epsilon must be a finite number, got nan"),
+        ({"sweep_epsilons": [0.1, True]}, r"sweep_epsilons: epsilon must be a finite number, got True"),
+    ],
+)
+def test_bad_specs_raise(change, message):
+    with pytest.raises(RobustsegError, match=message):
+        _jobs(**change)

@@ -1,0 +1,47 @@
+"""Results files (common/engines/results_io.py): subjects sharded across ranks, part files merged into one CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from common.engines import merge_results, shard_subjects
+from common.errors import RobustsegError
+from common.report.schema import COLUMN_NAMES
+
+from .conftest import SUBJECTS
+
+
+@pytest.mark.parametrize("items, world_size", [(7, 1), (7, 2), (7, 3), (2, 4), (0, 2)])
+def test_shards_cover_every_subject_once(items, world_size):
+    subjects = [f"s{i}" for i in range(items)]
+    shards = [shard_subjects(subjects, rank, world_size) for rank in range(world_size)]
+    assert sorted(s for shard in shards for s in shard) == sorted(subjects)
+    assert all(shard == sorted(shard, key=subjects.index) for shard in shards)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_shard_rank_out_of_range_raises():
+    with pytest.raises(RobustsegError, match=r"rank must be in \[0, 2\), got 2"):
+        shard_subjects(["a"], 2, 2)
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMN_NAMES)
+        writer.writerows([[r[c] for c in COLUMN_NAMES] for r in rows])
+
+
+def test_merge_joins_parts_in_subject_order_without_duplicates(finished, tmp_path):
+    with open(finished[0] / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_subject = {s: [r for r in rows if r["subject"] == s] for s in SUBJECTS}
+    _write(tmp_path / "results.part1.csv", by_subject[SUBJECTS[1]] + by_subject[SUBJECTS[0]][:3])  # 3 rows twice
+    _write(tmp_path / "results.part0.csv", by_subject[SUBJECTS[0]] + by_subject[SUBJECTS[2]])
+    merged = merge_results(tmp_path, SUBJECTS)
+    assert merged.read_text() == (finished[0] / "results.csv").read_text()
+    assert not list(tmp_path.glob("results.part*"))
+
+
