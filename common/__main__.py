@@ -7,11 +7,46 @@ exits with status 2; commands that find problems in the user's data (``data chec
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import sys
+from collections.abc import Callable
 
 import fire
 
 from common.errors import find_user_error, format_user_error
+from common.report.options import ReportOptions  # a dataclass only: the report package loads its parts lazily
+
+_FLAG_TYPES = {"baseline": "str | None"}  # the command line names one reference model
+
+
+def _report_options_as_flags(command: Callable[..., str]) -> Callable[..., str]:
+    """Give a command the fields of :class:`ReportOptions` as flags, after its own arguments.
+
+    fire reads the flags (names, types, defaults) from ``__signature__`` and their help from the command's docstring;
+    the command receives them checked, as one ``options`` argument.
+    """
+    own = [p for name, p in inspect.signature(command).parameters.items() if name != "options"]
+    flags = [
+        inspect.Parameter(
+            field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=field.default,
+            annotation=_FLAG_TYPES.get(field.name, field.type),
+        )
+        for field in dataclasses.fields(ReportOptions)
+    ]  # fmt: skip
+    signature = inspect.signature(command).replace(parameters=own + flags)
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> str:
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        values = dict(arguments.arguments)
+        options = ReportOptions(**{field.name: values.pop(field.name) for field in dataclasses.fields(ReportOptions)})
+        return command(**values, options=options)
+
+    run.__signature__ = signature  # type: ignore[attr-defined]
+    return run
 
 
 class Data:
@@ -91,17 +126,8 @@ class CLI:
 
         return f"wrote {segment(bundle, input, output, device=device)}"
 
-    def stats(
-        self,
-        csv: str,
-        out: str = "stats",
-        epsilon: float = 0.05,
-        epsilons: tuple[float, ...] = (0.0, 0.05, 0.1),
-        attack: str = "FGSM",
-        loss: str | None = None,
-        baseline: str | None = None,
-        alpha: float = 0.05,
-    ) -> str:
+    @_report_options_as_flags
+    def stats(self, csv: str, out: str = "stats", options: ReportOptions | None = None) -> str:
         """Tables like the paper's Tables 1-3 (mean +- sd, Wilcoxon, Bonferroni) from a robustness CSV.
 
         Args:
@@ -116,24 +142,17 @@ class CLI:
         """
         from common.report.tables import write_tables
 
-        written = write_tables(
-            csv, out, epsilon=epsilon, epsilons=tuple(epsilons), attack=attack, loss=loss, baseline=baseline,
-            alpha=alpha,
-        )
+        written = write_tables(csv, out, options)
         return "wrote " + ", ".join(str(p) for p in written)
 
+    @_report_options_as_flags
     def report(
         self,
         csv: str,
         out: str = "report",
         settings: str | None = None,
         examples: str | None = None,
-        epsilon: float = 0.05,
-        epsilons: tuple[float, ...] = (0.0, 0.05, 0.1),
-        attack: str = "FGSM",
-        loss: str | None = None,
-        baseline: str | None = None,
-        alpha: float = 0.05,
+        options: ReportOptions | None = None,
     ) -> str:
         """The full robustness report (tables, figures, self-contained report.html) from a robustness CSV.
 
@@ -151,10 +170,7 @@ class CLI:
         """
         from common.report.html import write_report
 
-        path = write_report(
-            csv, out, settings=settings, examples=examples, epsilon=epsilon, epsilons=tuple(epsilons), attack=attack,
-            loss=loss, baseline=baseline, alpha=alpha,
-        )
+        path = write_report(csv, out, settings=settings, examples=examples, options=options)
         return f"wrote {path}"
 
     def demo(self, out: str = "runs/demo", fresh: bool = False) -> str:

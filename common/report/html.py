@@ -19,9 +19,9 @@ The data count as synthetic when a subject id starts with ``synth_`` (the embedd
 say so (a true ``synthetic`` key at the top or under ``data``/``dataset``, or a ``data``/``dataset`` text that
 mentions "synthetic").
 
-Nothing is written unless everything could be built: the CSV, the settings and every example index are checked and
-all tables and figures are made in memory first; the files are then written into a temporary folder beside ``out``
-and moved into place (a rename of the whole folder when ``out`` does not exist or is empty).
+Nothing is written unless everything could be built: the options, the CSV, the settings and every example index are
+checked and all tables and figures are made in memory first; the files are then written all or nothing
+(:func:`common.report.writing.write_files`).
 
 Example::
 
@@ -38,18 +38,22 @@ import json
 import os
 import platform
 import re
-import shutil
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from common.errors import RobustsegError
 from common.report.examples import load_examples
-from common.report.figures import FIGURE_DPI, ReportFigure, SkippedFigure, build_figures
+from common.report.figure import FIGURE_DPI, ReportFigure, SkippedFigure
+from common.report.figures import build_figures
+from common.report.labels import NET_NAMES, defence_label, format_eps
+from common.report.options import ReportOptions
 from common.report.schema import Record, load_results
-from common.report.tables import NET_NAMES, Table, _defence_label, _format_eps, build_tables, table_files
+from common.report.table import Table
+from common.report.tables import build_tables, table_files
+from common.report.writing import write_files
+from common.utils.enums import Threat
 
 __all__ = ["PAPER_TABLE1", "SETTINGS_FILES", "is_synthetic", "load_settings", "render_report", "write_report"]
 
@@ -225,13 +229,13 @@ def _csv_summary(records: Sequence[Record]) -> str:
         entry["subjects"].add(r["subject"])
         entry["rows"] += 1
     model_rows = [
-        [m, NET_NAMES.get(str(e["net"]), str(e["net"])), _defence_label(str(e["defense"]), str(e["param"])),
+        [m, NET_NAMES.get(str(e["net"]), str(e["net"])), defence_label(str(e["defense"]), str(e["param"])),
          str(len(e["subjects"])), str(e["rows"])]
         for m, e in models.items()
     ]  # fmt: skip
     attacks: dict[tuple, dict] = {}
     for r in records:
-        if r["threat"] == "clean":
+        if r["threat"] == Threat.CLEAN:
             continue
         key = (str(r["attack"]), str(r["threat"]), str(r["loss"] or ""), int(r["steps"]))
         entry = attacks.setdefault(key, {"eps": set(), "models": set(), "configs": []})
@@ -248,7 +252,7 @@ def _csv_summary(records: Sequence[Record]) -> str:
     lines += [f"<th>{h}</th>" for h in ("attack", "threat", "loss", "steps", "ε", "models", "attack configurations")]
     lines.append("</tr></thead><tbody>")
     for (attack, threat, loss, steps), e in attacks.items():
-        eps = ", ".join(_format_eps(v) for v in sorted(e["eps"]))
+        eps = ", ".join(format_eps(v) for v in sorted(e["eps"]))
         configs = "<br>".join(f"<code>{html.escape(c)}</code>" for c in e["configs"][:12])
         if len(e["configs"]) > 12:
             configs += f"<br>... and {len(e['configs']) - 12} more"
@@ -410,18 +414,17 @@ def render_report(
 
 
 # -------------------------------------------------------------------------------------------------------- writing
-def _move_into_place(staging: Path, out: Path, names: Sequence[str]) -> None:
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-        return
-    # ``out`` holds other files (an earlier report, the user's notes): replace ours one by one, keep the rest.
-    for name in names:
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / name, target)
-    shutil.rmtree(staging, ignore_errors=True)
+def _options_shown(options: ReportOptions, examples: str | os.PathLike | None) -> dict[str, object]:
+    """The report options as the settings section shows them."""
+    return {
+        "Table 1 ε": format_eps(options.epsilon),
+        "Tables 2-3 ε": ", ".join(format_eps(e) for e in options.epsilons),
+        "Tables 2-3 and Dice-vs-ε attack": options.attack,
+        "attack loss": options.loss or "the only one in the CSV, else soft_dice",
+        "reference model": options.baseline or "each net's undefended model",
+        "significance level α (after Bonferroni)": f"{options.alpha:g}",
+        "example volumes": os.fspath(examples) if examples is not None else "examples/ beside the CSV",
+    }
 
 
 def write_report(
@@ -429,17 +432,13 @@ def write_report(
     out: str | os.PathLike,
     settings: Mapping | str | os.PathLike | None = None,
     examples: str | os.PathLike | None = None,
-    epsilon: float = 0.05,
-    epsilons: Sequence[float] = (0.0, 0.05, 0.1),
-    attack: str = "FGSM",
-    loss: str | None = None,
-    baseline: str | Sequence[str] | None = None,
-    alpha: float = 0.05,
+    options: ReportOptions | None = None,
+    **values: object,
 ) -> Path:
     """Write the robustness report (tables, figures, ``report.html``) for a results CSV into ``out``.
 
     ``robustseg report results.csv --out DIR`` calls this. Everything is checked and built in memory first, then
-    written into a temporary folder beside ``out`` and moved into place, so an error leaves ``out`` untouched.
+    written all or nothing, so an error leaves ``out`` as it was.
 
     Args:
         csv: the results CSV of ``brats_robustness_eval`` (see :mod:`common.report.schema`).
@@ -448,21 +447,20 @@ def write_report(
         settings: run settings to show: a mapping or JSON file; ``None`` reads ``settings.json`` /
             ``run_info.json`` beside the CSV if present.
         examples: the example-volume folder; ``None``: ``examples/`` beside the CSV if present.
-        epsilon: Table 1's attack radius, also preferred for the slice panels.
-        epsilons: the epsilon columns of Tables 2 and 3 (0 = clean).
-        attack: the attack of Tables 2-3 and of the Dice-vs-epsilon figures.
-        loss: the attack loss to tabulate and plot; ``None``: the only one, else ``soft_dice``.
-        baseline: the undefended reference model(s), one per net; ``None``: each net's only undefended model.
-        alpha: significance level after Bonferroni correction.
+        options: what to tabulate and plot (see :class:`~common.report.options.ReportOptions`): Table 1's epsilon,
+            also preferred for the slice panels; the epsilons and attack of Tables 2-3 and of the Dice-vs-epsilon
+            figures; the loss; the reference model(s); the significance level. ``None``: the paper's settings.
+        values: option fields given as keywords instead (``epsilon=0.1``), over ``options``.
 
     Returns:
         The path of ``report.html``.
 
     Raises:
-        RobustsegError: if the CSV is missing, lacks columns, has no rows or invalid ones; a table cannot be built;
-            a settings file or an example index is invalid or names a missing or unreadable file; ``out`` is a
-            file or cannot be written.
+        RobustsegError: for invalid options; if the CSV is missing, lacks columns, has no rows or invalid ones; a
+            table cannot be built; a settings file or an example index is invalid or names a missing or unreadable
+            file; ``out`` is a file or cannot be written.
     """
+    options = ReportOptions.resolve(options, **values)
     source = os.fspath(csv)
     out_path = Path(out)
     if out_path.exists() and not out_path.is_dir():
@@ -472,37 +470,15 @@ def write_report(
     if examples is not None and not Path(examples).is_dir():
         raise RobustsegError(f"examples: {examples} is not a folder; expected the examples/ folder of the evaluation.")
     example_subjects = load_examples(Path(source).parent / "examples" if examples is None else examples)
-    tables = build_tables(records, epsilon, epsilons, attack, loss, baseline, alpha, source)
-    figures, skipped = build_figures(records, example_subjects, attack, epsilon, loss, baseline, source=source)
-    options = {
-        "Table 1 ε": _format_eps(epsilon),
-        "Tables 2-3 ε": ", ".join(_format_eps(float(e)) for e in epsilons),
-        "Tables 2-3 and Dice-vs-ε attack": attack,
-        "attack loss": loss or "the only one in the CSV, else soft_dice",
-        "reference model": baseline or "each net's undefended model",
-        "significance level α (after Bonferroni)": f"{alpha:g}",
-        "example volumes": os.fspath(examples) if examples is not None else "examples/ beside the CSV",
-    }
-    page = render_report(records, tables, figures, skipped, sections, source, options)
+    tables = build_tables(records, options, source)
+    figures, skipped = build_figures(records, example_subjects, options, source=source)
+    page = render_report(records, tables, figures, skipped, sections, source, _options_shown(options, examples))
 
-    files: dict[str, bytes] = {name: text.encode("utf-8") for name, text in table_files(tables).items()}
+    files: dict[str, str | bytes] = dict(table_files(tables))
     for figure in figures:
         files[f"figures/{figure.name}.png"] = figure.png
         if figure.data:
-            files[f"figures/{figure.name}.csv"] = figure.to_csv().encode("utf-8")
-    files["report.html"] = page.encode("utf-8")
-    parent = out_path.resolve().parent
-    staging = None
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=parent))
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would become the report folder's mode
-        for name, data in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / name).write_bytes(data)
-        _move_into_place(staging, out_path, list(files))
-    except OSError as exc:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise RobustsegError(f"out: cannot write the report into {out_path} ({exc}).") from None
+            files[f"figures/{figure.name}.csv"] = figure.to_csv()
+    files["report.html"] = page
+    write_files(out_path, files, "report")
     return out_path / "report.html"

@@ -54,6 +54,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from common.errors import RobustsegError
+from common.utils.enums import Defense, Net, Threat
 
 __all__ = [
     "Column",
@@ -108,9 +109,12 @@ COLUMNS: tuple[Column, ...] = (
 """The columns of the results CSV, in file order."""
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
-NETS: tuple[str, ...] = ("3d", "2d")
-DEFENSES: tuple[str, ...] = ("none", "distillation", "adversarial_training", "noise_augmentation")
-THREATS: tuple[str, ...] = ("clean", "white-box", "adaptive", "transfer")
+NETS: tuple[str, ...] = Net.values()
+"""The values of the ``net`` column (:class:`~common.utils.enums.Net`)."""
+DEFENSES: tuple[str, ...] = Defense.values()
+"""The values of the ``defense`` column (:class:`~common.utils.enums.Defense`), in the tables' order."""
+THREATS: tuple[str, ...] = Threat.values()
+"""The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
 
 
@@ -165,7 +169,7 @@ def _check_record(record: Record, where: str) -> None:
     for name, allowed in _ALLOWED.items():
         if record[name] not in allowed:
             raise RobustsegError(f"{where}: column {name} holds {record[name]!r}; expected one of {list(allowed)}.")
-    if (record["threat"] == "clean") != (record["attack"] == "none"):
+    if (record["threat"] == Threat.CLEAN) != (record["attack"] == "none"):
         raise RobustsegError(
             f"{where}: attack {record['attack']!r} with threat {record['threat']!r}; "
             "expected attack 'none' exactly when threat is 'clean'."

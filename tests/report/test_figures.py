@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-import common.report.figures as figures_module
+import common.report.figure as figure_module
 from common.errors import RobustsegError
 from common.report.examples import load_examples
 from common.report.figures import DATA_COLUMNS, build_figures
@@ -34,7 +34,7 @@ REGIONS = {"WT": "dice_wt", "TC": "dice_tc", "ET": "dice_et"}
 @pytest.fixture
 def no_render(monkeypatch):
     """Skip the PNG encoding (the slow part) in tests about which figures are drawn; the full study renders."""
-    monkeypatch.setattr(figures_module, "_png", lambda figure: PNG_SIGNATURE)
+    monkeypatch.setattr(figure_module, "_png", lambda figure: PNG_SIGNATURE)
 
 
 @pytest.fixture(scope="module")

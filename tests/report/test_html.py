@@ -12,14 +12,14 @@ from html.parser import HTMLParser
 
 import pytest
 
-import common.report.figures as figures_module
-import common.report.html as html_module
+import common.report.figure as figure_module
 from common.__main__ import main
 from common.errors import RobustsegError
+from common.report.defence_tables import DAGGER, DAGGER_NOTE
 from common.report.figures import SkippedFigure
 from common.report.html import PAPER_TABLE1, is_synthetic, load_settings, render_report, write_report
 from common.report.schema import COLUMN_NAMES, load_results
-from common.report.tables import DAGGER, DAGGER_NOTE, build_tables
+from common.report.tables import build_tables
 
 BASELINE = "brats_unet3d_baseline"
 FIGURE_NAMES = {
@@ -90,7 +90,7 @@ def report(full_study, tmp_path_factory):
 def no_render(monkeypatch):
     """Skip the PNG encoding (the slow part) where the pixels do not matter: a PNG signature and IHDR size only."""
     stub = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 300, 200)
-    monkeypatch.setattr(figures_module, "_png", lambda figure: stub)
+    monkeypatch.setattr(figure_module, "_png", lambda figure: stub)
 
 
 def test_writes_tables_figures_and_one_page(report, full_study):
@@ -291,7 +291,7 @@ def test_failed_write_leaves_no_partial_report(no_render, tmp_path, make_study, 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(html_module, "_move_into_place", fail)
+    monkeypatch.setattr(os, "fsync", fail)  # the disk fills up while the files are flushed
     with pytest.raises(RobustsegError, match="cannot write the report into .*No space left on device"):
         write_report(csv, tmp_path / "out" / "report")
     assert os.listdir(tmp_path / "out") == []

@@ -11,8 +11,10 @@ from scipy.stats import wilcoxon
 
 from common.__main__ import main
 from common.errors import RobustsegError
+from common.report.defence_tables import build_defence_tables
 from common.report.schema import load_results
-from common.report.tables import build_defence_tables, build_tables, format_p, write_tables
+from common.report.table import format_p
+from common.report.tables import build_tables, write_tables
 
 N = 12  # with 6 subjects the smallest exact two-sided p (2/64) can never survive a Bonferroni correction
 SUBJECTS = [f"subj_{i:02d}" for i in range(N)]
