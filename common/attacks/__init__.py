@@ -5,7 +5,7 @@ Every attack is a callable ``adv = attack(model, images, labels)`` with the sett
 
 from __future__ import annotations
 
-from common.attacks.base import LOSSES, Attack, AttackStep
+from common.attacks.base import LOSSES, STOP_CRITERIA, Attack, AttackProbe, AttackStep, StopCriterion
 from common.attacks.fgsm import FGSM
 from common.attacks.ifgsm import IterativeFGSM
 from common.attacks.pgd import PGD
@@ -14,11 +14,14 @@ from common.attacks.tifgsm import TargetedIterativeFGSM
 
 __all__ = [
     "Attack",
+    "AttackProbe",
     "AttackStep",
     "FGSM",
     "IterativeFGSM",
     "LOSSES",
     "PGD",
+    "STOP_CRITERIA",
+    "StopCriterion",
     "TargetedIterativeFGSM",
     "ATTACKS",
     "make_attack",

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.data.labels import labels_to_indices
+from common.data.labels import labels_to_indices, logits_to_labels
 from common.errors import RobustsegError
 from common.losses.soft_dice import SoftDiceLoss
+from common.metrics.dice import region_dice
 from common.utils.validation import check_int, check_number
 
-__all__ = ["Attack", "AttackStep", "LOSSES"]
+__all__ = ["Attack", "AttackProbe", "AttackStep", "LOSSES", "STOP_CRITERIA", "StopCriterion"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,21 +41,84 @@ LOSSES: dict[str, Callable[[], LossFn]] = {"soft_dice": SoftDiceLoss, "ce": lamb
 class AttackStep:
     """What an attack reports after each step (paper Figs. 3-4 score every iterate of i-FGSM and ti-FGSM).
 
+    The per-sample fields are what a batched evaluation writes per subject; :attr:`loss` and
+    :attr:`zero_grad_fraction` are their batch means (what this record held before it became per-sample, kept so that
+    a caller of a one-sample attack reads a number).
+
     Attributes:
         step: 1-based step number.
         adversarial: the iterate after this step, detached (the attack's return value after the last step).
-        loss: the attack loss at the iterate the gradient was taken at (the clean input for step 1; for a targeted
-            attack, the loss towards the target).
-        zero_grad_fraction: fraction of input voxels whose loss gradient is exactly 0. Close to 1 means the sign step
-            moves almost nothing: the gradient-masking signature of a saturated softmax (defensive distillation).
+        losses: per-sample attack loss ``(B,)`` at the iterate the gradient was taken at (the clean input for step 1;
+            for a targeted attack, the loss towards the target), from the forward pass of that gradient.
+        zero_grad_fractions: per-sample fraction ``(B,)`` of input voxels whose loss gradient is exactly 0. Close to 1
+            means the sign step moves almost nothing: the gradient-masking signature of a saturated softmax
+            (defensive distillation).
         restart: 0-based restart number (PGD with ``restarts > 1``); 0 otherwise.
+        active: ``(B,)`` booleans, False for a sample that a stop criterion took out of the batch at an earlier step
+            (its iterate, loss and zero-gradient fraction are carried forward unchanged); ``None`` when every sample
+            was computed.
     """
 
     step: int
     adversarial: Tensor
-    loss: float
-    zero_grad_fraction: float
+    losses: Tensor
+    zero_grad_fractions: Tensor
     restart: int = 0
+    active: Tensor | None = None
+
+    @property
+    def loss(self) -> float:
+        """The batch mean of :attr:`losses` (the soft-Dice and cross-entropy losses of the whole batch)."""
+        return float(self.losses.mean())
+
+    @property
+    def zero_grad_fraction(self) -> float:
+        """The batch mean of :attr:`zero_grad_fractions` (every sample has the same number of voxels)."""
+        return float(self.zero_grad_fractions.mean())
+
+
+@dataclass(frozen=True)
+class AttackProbe:
+    """The samples still in the batch at the iterate a gradient was just taken at: what a stop criterion sees.
+
+    Attributes:
+        step: 1-based step number about to be taken.
+        restart: 0-based restart number.
+        images: the iterate ``(n, C, *spatial)`` of the ``n`` samples still in the batch.
+        logits: their logits as the loss saw them (divided by ``temperature``), detached.
+        labels: the labels the loss aims at (the ground truth; a targeted attack's target map).
+        losses: their attack losses ``(n,)``.
+        zero_grad_fractions: their fractions ``(n,)`` of exactly-zero input gradients.
+    """
+
+    step: int
+    restart: int
+    images: Tensor
+    logits: Tensor
+    labels: Tensor
+    losses: Tensor
+    zero_grad_fractions: Tensor
+
+
+StopCriterion = Callable[[AttackProbe], Tensor]
+"""``criterion(probe) -> (n,) bool``: True for a sample whose attack is over (see :class:`Attack`, ``stop``)."""
+
+
+def _gradient_vanished(probe: AttackProbe) -> Tensor:
+    """A sample whose input gradient is exactly 0 in every voxel: a sign step leaves it where it is, so every later
+    iterate of this run equals this one."""
+    return probe.zero_grad_fractions == 1.0
+
+
+def _dice_zero(probe: AttackProbe) -> Tensor:
+    """A sample whose prediction (argmax of the logits) has Dice 0 against ``probe.labels`` in every BraTS region."""
+    return (region_dice(logits_to_labels(probe.logits), probe.labels) == 0).all(dim=1)
+
+
+STOP_CRITERIA: dict[str, StopCriterion] = {"gradient_vanished": _gradient_vanished, "dice_zero": _dice_zero}
+"""Stop criteria by name (``stop="..."``): ``gradient_vanished`` (exact for attacks without restarts: the remaining
+iterates are identical) and ``dice_zero`` (every region already lost against the labels the loss aims at; for the
+worst-case ensembles, it changes the iterates reported after the stop)."""
 
 
 @contextmanager
@@ -118,6 +182,21 @@ def _check_inputs(images: Tensor, labels: Tensor) -> None:
     labels_to_indices(labels)  # raises if a value is not a BraTS label
 
 
+def _rows(value: Tensor | float, index: Tensor) -> Tensor | float:
+    """The rows ``index`` of a per-sample tensor; a number (or a 0-dim tensor) as it is."""
+    return value[index] if isinstance(value, Tensor) and value.ndim else value
+
+
+def _check_stop(stop: str | StopCriterion | None) -> StopCriterion | None:
+    if stop is None or (callable(stop) and not isinstance(stop, str)):
+        return stop
+    if isinstance(stop, str) and stop in STOP_CRITERIA:
+        return STOP_CRITERIA[stop]
+    raise RobustsegError(
+        f"stop must be None, one of {sorted(STOP_CRITERIA)} or a callable (AttackProbe) -> (n,) bool, got {stop!r}."
+    )
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, str) or obj is None:
         return repr(obj)
@@ -154,6 +233,19 @@ class Attack:
     at epsilon 0.05 reached the same soft-Dice loss to within 0.001, and ran in about 0.6 of the fp32 time on CPU.
     The default stays fp32, the reference for numbers in papers.
 
+    Batches: every sample is attacked on its own. The loss is taken per sample (``loss`` applied to each sample's
+    logits) and the gradient of their sum is each sample's own gradient, so a sample's result does not depend on the
+    other samples in its batch: attacking a batch equals attacking each sample alone, up to the float rounding of
+    batched convolutions (``tests/attacks/test_batching.py``). The per-step records hold per-sample losses and
+    zero-gradient fractions, from the same forward and backward pass as the step.
+
+    Early stopping (opt-in, as in the cascades of AutoAttack and ROG): with ``stop``, a criterion is evaluated per
+    sample at each iterate, on the loss, gradient and logits of that step's own pass (:class:`AttackProbe`). A
+    sample for which it holds keeps that iterate as its result and leaves the batch: its later steps (and PGD's later
+    restarts) are not computed, and the records carry its iterate forward. ``"gradient_vanished"`` (a gradient that is
+    exactly 0 everywhere) changes nothing for attacks without restarts: a sign step of a zero gradient does not move
+    the iterate, so every later iterate would be the same. The default is no stopping.
+
     Args:
         epsilon: radius of the L-inf ball, >= 0; a fraction of each sample's maximum absolute intensity (over all
             channels) when ``relative`` (so <= 1), else in intensity units. The paper uses 0.05 on [0, 1] images.
@@ -171,6 +263,8 @@ class Attack:
         inferer: e.g. a MONAI ``SlidingWindowInferer``; when given, logits are ``inferer(images, model)``, so the
             gradient flows through the window stitching and volumes larger than the network's patch can be attacked.
         amp: run forward and backward under bf16 autocast (see above).
+        stop: per-sample early stopping (see above): ``None`` (default), a name of :data:`STOP_CRITERIA` or a
+            callable ``(AttackProbe) -> (n,) bool``. Listed in ``repr`` only when set.
 
     Raises:
         RobustsegError: for a bad setting (each names the parameter), and when called with images that are not a
@@ -204,6 +298,7 @@ class Attack:
         logit_scale: float | None = None,
         inferer: Callable[..., Tensor] | None = None,
         amp: bool = False,
+        stop: str | StopCriterion | None = None,
     ) -> None:
         self.relative = bool(relative)
         self.epsilon = _check_epsilon(epsilon, self.relative)
@@ -231,6 +326,8 @@ class Attack:
             self.temperature = 1.0 / float(logit_scale)
         self.inferer = inferer
         self.amp = bool(amp)
+        self.stop = stop
+        self.stop_criterion = _check_stop(stop)
 
     def default_alpha(self, epsilon: float, steps: int) -> float:
         """Step size when ``alpha`` is not given: ``epsilon / steps`` (the paper's ``alpha * N = epsilon``)."""
@@ -238,8 +335,11 @@ class Attack:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The constructor settings, as listed by ``repr`` (and so in the CSV rows of an evaluation)."""
-        return {
+        """The constructor settings, as listed by ``repr`` (and so in the CSV rows of an evaluation).
+
+        ``stop`` is listed only when set, so the ``attack_config`` of rows written before it existed still matches.
+        """
+        settings = {
             "epsilon": self.epsilon,
             "steps": self.steps,
             "alpha": self.alpha,
@@ -250,9 +350,10 @@ class Attack:
             "inferer": self.inferer,
             "amp": self.amp,
         }
+        return settings if self.stop is None else {**settings, "stop": self.stop}
 
     def __repr__(self) -> str:
-        described = ("loss", "inferer")
+        described = ("loss", "inferer", "stop")
         items = ", ".join(
             f"{key}={_describe(value) if key in described else repr(value)}" for key, value in self.settings.items()
         )
@@ -323,15 +424,60 @@ class Attack:
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None = None,
         restart: int = 0,
+        active: Tensor | None = None,
     ) -> Tensor:
-        """``steps`` updates from ``start``, each projected onto the box ``[lower, upper]`` (ball and range)."""
+        """``steps`` updates from ``start``, each projected onto the box ``[lower, upper]`` (ball and range).
+
+        Args:
+            active: ``(B,)`` booleans, the samples still in the batch (``None``: all); a sample not active keeps its
+                ``start``. The samples that the stop criterion stops are set to False in this tensor.
+        """
         adversarial = start
+        batch = len(start)
+        records = callback is not None or self.stop_criterion is not None
+        if active is None and self.stop_criterion is not None:
+            active = torch.ones(batch, dtype=torch.bool, device=start.device)
+        losses = zero = None
         for step in range(1, self.steps + 1):
-            loss, grad = self.gradient(model, adversarial, labels)
-            adversarial = torch.clamp(self.step(adversarial, grad, step_size), lower, upper)
+            index = None if active is None or bool(active.all()) else active.nonzero()[:, 0]
+            images, target, size, low, high = (
+                (adversarial, labels, step_size, lower, upper)
+                if index is None
+                else (_rows(t, index) for t in (adversarial, labels, step_size, lower, upper))
+            )
+            if len(images):
+                loss, grad, logits = self._loss_and_gradient(model, images, target)
+                moved = torch.clamp(self.step(images, grad, size), low, high)
+                fraction = (grad == 0).flatten(1).float().mean(1) if records else loss  # unread without records
+                if self.stop_criterion is not None:
+                    stopped = self._stopped(AttackProbe(step, restart, images, logits, target, loss, fraction))
+                    moved = torch.where(stopped.view(-1, *[1] * (moved.ndim - 1)), images, moved)
+                    assert active is not None
+                    active[stopped if index is None else index[stopped]] = False
+                if index is None:
+                    adversarial, losses, zero = moved, loss, fraction
+                else:
+                    if losses is None or zero is None:  # samples left out of this whole run: not computed here
+                        losses, zero = loss.new_full((batch,), math.nan), fraction.new_full((batch,), math.nan)
+                    adversarial = adversarial.index_copy(0, index, moved)
+                    losses, zero = losses.index_copy(0, index, loss), zero.index_copy(0, index, fraction)
             if callback is not None:
-                callback(AttackStep(step, adversarial, loss.item(), (grad == 0).float().mean().item(), restart))
+                assert losses is not None and zero is not None
+                mask = None if active is None or bool(active.all()) else active.clone()
+                callback(AttackStep(step, adversarial, losses, zero, restart, mask))
         return adversarial
+
+    def _stopped(self, probe: AttackProbe) -> Tensor:
+        """The stop criterion's verdict for the samples of ``probe``, checked: a boolean tensor ``(n,)``."""
+        assert self.stop_criterion is not None
+        n = len(probe.images)
+        stopped = self.stop_criterion(probe)
+        if not isinstance(stopped, Tensor) or stopped.dtype != torch.bool or tuple(stopped.shape) != (n,):
+            got = f"{stopped.dtype} tensor of shape {tuple(stopped.shape)}" if isinstance(stopped, Tensor) else stopped
+            raise RobustsegError(
+                f"stop: the criterion must return a boolean tensor of shape ({n},), one per sample, got {got!r}."
+            )
+        return stopped.to(probe.images.device)
 
     def logits(self, model: Callable[..., Tensor], images: Tensor) -> Tensor:
         """The logits the loss sees: the model's (through the inferer, if any), divided by ``temperature``."""
@@ -340,12 +486,24 @@ class Attack:
         logits = logits.float()
         return logits if self.temperature == 1.0 else logits / self.temperature
 
+    def sample_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The attack loss of each sample ``(B,)``: the loss function applied to each sample's logits on its own."""
+        return torch.stack([self.loss_fn(logits[i : i + 1], labels[i : i + 1]) for i in range(len(logits))])
+
     def gradient(self, model: Callable[..., Tensor], images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The attack loss at ``images`` (detached scalar) and its gradient with respect to ``images``."""
+        """The per-sample attack losses ``(B,)`` at ``images`` (detached) and each sample's own loss gradient."""
+        loss, grad, _ = self._loss_and_gradient(model, images, labels)
+        return loss, grad
+
+    def _loss_and_gradient(
+        self, model: Callable[..., Tensor], images: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         images = images.detach().requires_grad_(True)
-        loss = self.loss_fn(self.logits(model, images), labels)
-        (grad,) = torch.autograd.grad(loss, images)
-        return loss.detach(), grad
+        logits = self.logits(model, images)
+        losses = self.sample_losses(logits, labels)
+        # the gradient of the sum is each sample's own: the batch mean would scale it by 1/B
+        (grad,) = torch.autograd.grad(losses.sum(), images)
+        return losses.detach(), grad, logits.detach()
 
     def _prepare(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
         """Check the inputs; return the detached images, the loss labels and the per-sample intensity scale."""

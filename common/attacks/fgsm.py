@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackStep, _check_epsilon, _eval_mode
+from common.attacks.base import Attack, AttackProbe, AttackStep, _check_epsilon, _eval_mode
 
 __all__ = ["FGSM"]
 
@@ -62,7 +62,7 @@ class FGSM(Attack):
             labels: BraTS labels (B, 1, *spatial).
             epsilons: perturbation sizes, each checked like ``epsilon``.
             callback: called once per epsilon, in order, with the step-1 record of that epsilon's adversarial batch
-                (the loss and zero-gradient fraction are those of the shared gradient).
+                (the per-sample losses and zero-gradient fractions are those of the shared gradient).
 
         Returns:
             One adversarial batch per epsilon.
@@ -70,14 +70,23 @@ class FGSM(Attack):
         epsilons = [_check_epsilon(epsilon, self.relative) for epsilon in epsilons]
         clean, labels, scale = self._prepare(images, labels)
         with _eval_mode(model), torch.enable_grad():
-            loss, grad = self.gradient(model, clean, labels)
-        zero_fraction = (grad == 0).float().mean().item() if callback is not None else 0.0
+            losses, grad, logits = self._loss_and_gradient(model, clean, labels)
+        records = callback is not None or self.stop_criterion is not None
+        zero = (grad == 0).flatten(1).float().mean(1) if records else losses
+        stopped, active = None, None
+        if self.stop_criterion is not None:
+            # as in __call__: a sample the criterion stops at the clean input keeps it, at every epsilon
+            stopped = self._stopped(AttackProbe(1, 0, clean, logits, labels, losses, zero))
+            stopped = stopped.view(-1, *[1] * (clean.ndim - 1))
+            active = None if not bool(stopped.any()) else ~stopped.flatten()
         adversarials = []
         for epsilon in epsilons:
             lower, upper = self._bounds(clean, epsilon * scale)
             # the same expressions as __call__ (where alpha = epsilon), so each result is bit-identical to FGSM(epsilon)
             adversarial = torch.clamp(self.step(clean, grad, epsilon * scale), lower, upper)
+            if stopped is not None:
+                adversarial = torch.where(stopped, clean, adversarial)
             adversarials.append(adversarial)
             if callback is not None:
-                callback(AttackStep(1, adversarial, loss.item(), zero_fraction))
+                callback(AttackStep(1, adversarial, losses, zero, 0, active))
         return adversarials

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,16 @@ class PGD(IterativeFGSM):
     is kept (scoring a restart costs one extra forward pass, only when ``restarts > 1``). The default step size is
     ``2.5 * epsilon / steps`` (Madry et al.'s choice): large enough that ``steps`` steps can cross the ball from any
     start, unlike the paper's ``epsilon / steps``. The random start uses its own ``torch.Generator`` seeded with
-    ``seed`` at every call, so the same seed gives the same result and the global RNG is left alone.
+    ``seed`` at every call, so the same seed gives the same result and the global RNG is left alone. Each restart
+    draws one uniform noise volume, shared by the samples of the batch (each scaled to its own box): a sample's start
+    does not depend on the other samples or its position in the batch, so a batch gives what each sample gives alone.
+
+    Early stopping (``stop``, off by default): a sample that the criterion stops keeps the iterate it stopped at as
+    its result and skips the later restarts. No criterion is safe for PGD with restarts: the kept restart is the one
+    with the highest loss, and a later restart may reach a higher loss even after an iterate with Dice 0 in every
+    region (a higher soft-Dice loss does not mean a lower hard Dice, nor the reverse), or after a vanished gradient
+    (another random start has another gradient). It is there for the worst-case ensembles, which keep per sample
+    the attack that hurt most and can stop a sample that is already lost.
 
     Args:
         epsilon: radius of the L-inf ball (relative to each sample's maximum absolute intensity by default).
@@ -75,24 +85,44 @@ class PGD(IterativeFGSM):
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
         generator = torch.Generator(device=clean.device).manual_seed(self.seed)
+        # a sample that a stop criterion stopped keeps that iterate and skips the later restarts
+        active = None
+        if self.stop_criterion is not None:
+            active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
         best, best_loss = clean, None
         for restart in range(self.restarts):
-            noise = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+            # one draw per restart, shared by every sample (scaled to its own box): a sample's start is the one it
+            # gets when attacked alone, whatever else is in the batch
+            noise = torch.rand((1, *clean.shape[1:]), generator=generator, device=clean.device, dtype=clean.dtype)
+            running = None if active is None else active.clone()
             start = lower + (upper - lower) * noise
-            adversarial = self.iterate(model, start, labels, lower, upper, step_size, callback, restart)
+            if running is not None:
+                start = torch.where(running.view(-1, *[1] * (clean.ndim - 1)), start, best)
+            adversarial = self.iterate(model, start, labels, lower, upper, step_size, callback, restart, active)
             if self.restarts == 1:
                 return adversarial
-            loss = self.sample_losses(model, adversarial, labels)
+            stopped = None if running is None or active is None else running & ~active
+            loss = self.restart_losses(model, adversarial, labels, running)
             if best_loss is None:
                 best, best_loss = adversarial, loss
                 continue
             better = loss > best_loss
+            if stopped is not None:
+                better = better | stopped
             best = torch.where(better.view(-1, *[1] * (clean.ndim - 1)), adversarial, best)
             best_loss = torch.where(better, loss, best_loss)
         return best
 
-    def sample_losses(self, model: Callable[..., Tensor], images: Tensor, labels: Tensor) -> Tensor:
-        """The attack loss of each sample of the batch (B,), from one forward pass without gradients."""
+    def restart_losses(
+        self, model: Callable[..., Tensor], images: Tensor, labels: Tensor, rows: Tensor | None = None
+    ) -> Tensor:
+        """The attack loss of each sample ``(B,)`` from one forward pass without gradients (``rows``: only those
+        samples are computed; the others get -inf, so a restart never replaces their best)."""
         with torch.no_grad():
-            logits = self.logits(model, images)
-            return torch.stack([self.loss_fn(logits[i : i + 1], labels[i : i + 1]) for i in range(len(logits))])
+            if rows is None or bool(rows.all()):
+                return self.sample_losses(self.logits(model, images), labels)
+            out = torch.full((len(images),), -math.inf, device=images.device)
+            index = rows.nonzero()[:, 0]
+            if len(index):
+                out[index] = self.sample_losses(self.logits(model, images[index]), labels[index]).to(out.dtype)
+            return out

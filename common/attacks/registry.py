@@ -24,7 +24,7 @@ ATTACKS: dict[str, type[Attack]] = {
 """Display name (the CSV's ``attack`` column) -> attack class: ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``."""
 
 # keyword settings every attack accepts through ``Attack.__init__`` (subclasses pass them on as ``**kwargs``)
-_COMMON = ("loss", "relative", "clip", "temperature", "logit_scale", "inferer", "amp")
+_COMMON = ("loss", "relative", "clip", "temperature", "logit_scale", "inferer", "amp", "stop")
 
 
 def _parameters(cls: type[Attack]) -> list[str]:
@@ -50,7 +50,7 @@ def make_attack(spec: Mapping[str, Any] | str, **overrides: Any) -> Attack:
     The names are the display names of the attack classes (:data:`ATTACKS`; matched without regard to case). The
     other keys are the class's constructor arguments (e.g. ``epsilon``, ``steps``, ``alpha``, ``target``,
     ``restarts``, ``seed``) and the settings common to every attack (``loss``, ``relative``, ``clip``,
-    ``temperature``, ``logit_scale``, ``inferer``, ``amp``); the constructor checks their values.
+    ``temperature``, ``logit_scale``, ``inferer``, ``amp``, ``stop``); the constructor checks their values.
 
     Args:
         spec: the spec, or just a name (then ``epsilon`` must come from ``overrides``).
