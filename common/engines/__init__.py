@@ -1,5 +1,5 @@
-"""Ignite/MONAI workflow pieces: mixed-precision inferer, checkpoints, progress, per-subject metrics, and the
-robustness evaluation with its attack jobs and results files."""
+"""Ignite/MONAI workflow pieces: mixed-precision and single-volume inferers, checkpoints, progress, per-subject
+metrics, and the robustness evaluation with its attack jobs and results files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from common.engines.checkpoint import (
     latest_checkpoint,
     load_weights,
 )
-from common.engines.inferers import AutocastInferer
+from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, find_model_bundle, load_model_bundle
 from common.engines.progress import ProgressBarHandler
 from common.engines.quality import InputQuality
@@ -23,6 +23,8 @@ from common.engines.validation import ValidateAtEnd
 __all__ = [
     "AtomicCheckpointSaver",
     "AutocastInferer",
+    "PairedForward",
+    "PairedForwardInferer",
     "ProgressBarHandler",
     "ResumeFromLatest",
     "SubjectDiceWriter",

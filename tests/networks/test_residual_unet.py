@@ -176,7 +176,7 @@ def test_bad_arguments_raise(kwargs, pattern):
 @pytest.mark.parametrize("head", [0, 1, 2])
 def test_output_is_sum_of_upsampled_segmentation_layers(head):
     net = _net(levels=4, segmentation_levels=3).eval()
-    x = torch.rand(2, 4, 16, 8, 16)  # batch 2: a CPU batch of one runs as two copies (see the test below)
+    x = torch.rand(2, 4, 16, 8, 16)
     seg = {}
     handles = [
         layer.register_forward_hook(lambda _m, _i, out, j=j: seg.__setitem__(j, out))
@@ -202,18 +202,3 @@ def test_output_is_sum_of_upsampled_segmentation_layers(head):
 def test_bundle_config_instantiates(target, spatial_dims):
     net = ConfigParser({"net": {"_target_": target, "base_filters": 2}}).get_parsed_content("net")
     assert isinstance(net, ResidualUNet) and net.spatial_dims == spatial_dims and net.size_divisor == 16
-
-
-@pytest.mark.parametrize("size", [32, 64])
-def test_cpu_batch_of_one_equals_the_plain_forward(size):
-    """A CPU batch of one small volume runs as two copies (faster kernel); result and input gradient are the same."""
-    torch.manual_seed(0)
-    net = UNet3D(base_filters=4).eval()
-    x = torch.randn(1, 4, size, size, size, requires_grad=True)
-    out = net(x)
-    grad = torch.autograd.grad(out.square().sum(), x)[0]
-    ref = net._forward(x)
-    ref_grad = torch.autograd.grad(ref.square().sum(), x)[0]
-    assert out.shape == ref.shape == (1, 4, size, size, size)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    assert ((grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-2
