@@ -1,6 +1,7 @@
-"""Attack jobs of the robustness evaluation: the paper's attacks as runs on one input, each scored at its iterates.
+"""Attack jobs of the robustness evaluation: the paper's attacks as runs on a batch of subjects, each scored at its
+iterates.
 
-An :class:`AttackJob` is one attack run on one input (Liu et al. 2021, Table 1 and Figs. 3-5): a *sweep* is FGSM at
+An :class:`AttackJob` is one attack run on a batch (Liu et al. 2021, Table 1 and Figs. 3-5): a *sweep* is FGSM at
 several epsilons from one gradient (:meth:`common.attacks.FGSM.sweep`), an *iterative* job is one attack whose every
 iterate is scored. :func:`build_jobs` turns the evaluation's attack specs into the jobs of one threat (white-box, or
 adaptive with a distillation temperature); :class:`~common.engines.robustness.RobustnessEvaluation` runs them.
@@ -8,14 +9,15 @@ adaptive with a distillation temperature); :class:`~common.engines.robustness.Ro
 Example::
 
     jobs = build_jobs(DEFAULT_ATTACKS, "FGSM", DEFAULT_SWEEP_EPSILONS, epsilon=0.05, loss="soft_dice")
-    adversarials = jobs[0].run(network, image, label)   # one Adversarial per sweep epsilon
+    adversarials = jobs[0].run(network, images, labels)   # one Adversarial per sweep epsilon, (B, C, *spatial)
+    first_subject = [a.sample(0) for a in adversarials]
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor
@@ -40,19 +42,41 @@ DEFAULT_SWEEP_EPSILONS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06,
 
 @dataclass(frozen=True)
 class Adversarial:
-    """One scored adversarial input: which attack made it, at which epsilon and iterate, in how much time."""
+    """Scored adversarial inputs of a batch: which attack made them, at which epsilon and iterate, in how much time.
+
+    Attributes:
+        attack: the attack.
+        epsilon: its epsilon.
+        iteration: the iterate (1 for FGSM).
+        image: the adversarial inputs ``(B, C, *spatial)``.
+        seconds: the attack's wall time up to this iterate per subject (the batch's time divided by ``B``).
+        zero_grad_fractions: each sample's fraction ``(B,)`` of exactly-zero input gradients at the first step.
+    """
 
     attack: Attack
     epsilon: float
     iteration: int
     image: Tensor
     seconds: float
-    zero_grad_fraction: float
+    zero_grad_fractions: Tensor
 
     @property
     def loss(self) -> str:
         """The name of the attack's loss (the CSV's ``loss``)."""
         return _loss_name(self.attack)
+
+    @property
+    def zero_grad_fraction(self) -> float:
+        """The zero-gradient fraction of a one-sample batch (the batch mean otherwise)."""
+        return float(self.zero_grad_fractions.mean())
+
+    def sample(self, index: int) -> Adversarial:
+        """The one-sample :class:`Adversarial` of sample ``index`` of the batch."""
+        return replace(
+            self,
+            image=self.image[index : index + 1],
+            zero_grad_fractions=self.zero_grad_fractions[index : index + 1],
+        )
 
 
 def _loss_name(attack: Attack) -> str:
@@ -62,7 +86,7 @@ def _loss_name(attack: Attack) -> str:
 
 @dataclass(frozen=True)
 class AttackJob:
-    """One attack run on one input, scored at one or more adversarial inputs.
+    """One attack run on a batch of inputs, scored at one or more adversarial inputs each.
 
     A *sweep* job is FGSM at several epsilons from one gradient (:meth:`FGSM.sweep`); an *iterative* job is one
     attack whose every iterate is scored (the final one only for PGD with restarts, whose result is the best
@@ -113,38 +137,42 @@ class AttackJob:
     def run(
         self, model: Callable[..., Tensor], image: Tensor, label: Tensor, final_only: bool = False
     ) -> list[Adversarial]:
-        """Run the attack on one input and return the adversarial inputs of :meth:`slots`, in that order.
+        """Run the attack on a batch and return the adversarial inputs of :meth:`slots`, in that order.
+
+        Each sample is attacked on its own (:class:`~common.attacks.Attack`): sample ``i`` of the result is what a
+        batch of sample ``i`` alone gives.
 
         Args:
             model: the network attacked.
-            image: clean input (1, C, *spatial).
-            label: BraTS labels (1, 1, *spatial).
+            image: clean inputs (B, C, *spatial).
+            label: BraTS labels (B, 1, *spatial).
             final_only: keep only the final iterate (transfer).
 
         Returns:
-            One :class:`Adversarial` per slot, with the attack time up to it.
+            One :class:`Adversarial` per slot, with the attack time up to it (per subject: divided by B).
         """
         records: list[AttackStep] = []
         times: list[float] = []
+        batch = len(image)
         start = time.perf_counter()
 
         def record(step: AttackStep) -> None:  # kept trivial: its time counts in the attack's
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start) / batch)
             records.append(step)
 
         if self.sweep:
             epsilons = [a.epsilon for a in self.attacks]
             sweep = self.attacks[0].sweep  # type: ignore[attr-defined]
             adversarials = sweep(model, image, label, epsilons, callback=record)
-            zero = records[0].zero_grad_fraction
+            zero = records[0].zero_grad_fractions
             return [
                 Adversarial(a, a.epsilon, 1, adv, t, zero)
                 for a, adv, t in zip(self.attacks, adversarials, times, strict=True)
             ]
         attack = self.attacks[0]
         final = attack(model, image, label, callback=record)
-        total = time.perf_counter() - start
-        zero = records[0].zero_grad_fraction
+        total = (time.perf_counter() - start) / batch
+        zero = records[0].zero_grad_fractions
         if self.per_iteration and not final_only:
             return [
                 Adversarial(attack, attack.epsilon, r.step, r.adversarial, t, zero)

@@ -8,7 +8,7 @@ interrupted evaluation resumes. Under ``torchrun`` each rank appends to its own 
 :func:`shard_subjects`. The columns are those of :mod:`common.report.schema`.
 
 The underscored helpers (row reading and writing, part-file names, the earlier-run check) serve
-:mod:`common.engines.robustness` only.
+:mod:`common.engines.robustness` only; :func:`package_versions` is what ``settings.json`` records beside the rows.
 
 Example::
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ from common.utils.files import atomic_write
 if TYPE_CHECKING:
     from common.engines.model_bundle import ModelBundle
 
-__all__ = ["KEY_COLUMNS", "RESULTS_NAME", "SETTINGS_NAME", "Key", "merge_results", "shard_subjects"]
+__all__ = ["KEY_COLUMNS", "RESULTS_NAME", "SETTINGS_NAME", "Key", "merge_results", "package_versions", "shard_subjects"]
 
 KEY_COLUMNS: tuple[str, ...] = ("model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss")
 """The columns that identify a row; a rerun skips rows whose key is already in the CSV."""
@@ -47,6 +48,28 @@ _PART_PREFIX = "results.part"
 
 Key = tuple[str, str, str, str, str, float, int, str]
 """A row's :data:`KEY_COLUMNS` values (empty strings for a clean row's source model and loss)."""
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that produced a run's rows (``settings.json``'s ``versions``): packages, Python, platform."""
+    import ignite
+    import monai
+    import nibabel
+    import numpy as np
+    import torch
+
+    import common
+
+    return {
+        "robustseg": common.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "pytorch-ignite": ignite.__version__,
+        "numpy": np.__version__,
+        "nibabel": nibabel.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

@@ -17,15 +17,21 @@ What is run, per test subject (the paper's settings are the defaults):
 
 Each row's Dice (WT, TC, ET) is that of the argmax of the model's logits (eval mode, the bundle's ``amp``), its input
 quality (PSNR, SSIM, RMSE, L-inf and L2 norms) is measured against the clean preprocessed input, ``seconds`` is the
-attack's wall time up to that iterate and ``zero_grad_fraction`` the share of exactly-zero input gradients at the
-first step. The columns are those of :mod:`common.report.schema`.
+attack's wall time up to that iterate per subject (the batch's time divided by its number of subjects) and
+``zero_grad_fraction`` the subject's share of exactly-zero input gradients at the first step. The columns are those of
+:mod:`common.report.schema`.
 
 The attacks run as the jobs of :mod:`common.engines.attack_jobs`. The work runs in an ignite
-:class:`~ignite.engine.Engine`, one subject per iteration, with a progress bar; rows are appended and flushed as they
-are computed, and a rerun skips every (model, subject, attack, threat, source, epsilon, iteration, loss) already in
-the CSV, so an interrupted evaluation resumes. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are sharded
-across ranks, each rank appends to its own part file, and rank 0 merges them into ``results.csv`` after a barrier
-(:mod:`common.engines.results_io`). Every setting, model and data file is checked before anything is written.
+:class:`~ignite.engine.Engine`, one batch of ``batch_size`` subjects per iteration
+(:mod:`common.engines.subject_batch`), with a progress bar: each unit (clean predictions, one attack job under one
+threat) runs on the whole batch, and since an attack treats every sample on its own, each subject gets the rows it gets
+alone (to the float rounding of batched convolutions; ``benchmarks/bench_evaluation.py``). Rows are appended and flushed
+as they are computed, one per subject as before, and a rerun skips every (model, subject, attack, threat, source,
+epsilon, iteration, loss) already in the CSV, so an interrupted evaluation resumes; in a batch whose subjects are partly
+done, a unit runs only on the subjects that miss rows of it. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are
+sharded across ranks (by subject, then batched), each rank appends to its own part file, and rank 0 merges them into
+``results.csv`` after a barrier (:mod:`common.engines.results_io`). Every setting, model and data file is checked before
+anything is written.
 
 Outputs in ``output_dir``: ``results.csv``, ``settings.json`` (models with their training settings, attacks, data,
 package versions), ``examples/<subject>/`` (NIfTI volumes of one subject and ``index.json``, for the report's figure
@@ -38,19 +44,15 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine
-from monai.data import MetaTensor
 from torch import Tensor
 
 from common.data.labels import logits_to_labels
@@ -63,10 +65,9 @@ from common.engines.attack_jobs import (
     _spec,
     build_jobs,
 )
-from common.engines.inferers import AutocastInferer
+from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, load_model_bundle
 from common.engines.progress import ProgressBarHandler
-from common.engines.quality import InputQuality
 from common.engines.results_io import (
     RESULTS_NAME,
     SETTINGS_NAME,
@@ -76,8 +77,10 @@ from common.engines.results_io import (
     _row_key,
     _RowWriter,
     merge_results,
+    package_versions,
     shard_subjects,
 )
+from common.engines.subject_batch import SubjectBatch, Unit, batches_of, files_of, load_subjects, subject_id
 from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.report.examples import INDEX_NAME, ExampleWriter
@@ -90,69 +93,12 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = "examples"
 TABLES_DIR = "tables"
+DEFAULT_BATCH_SIZE = 2
+"""Subjects per batch: the fastest of 1, 2 and 4 for the demo's evaluation on a 2-core CPU (48^3 grid, UNet3D base 8,
+4 channels; ``python benchmarks/bench_evaluation.py --batch-sizes 1 2 4``)."""
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _subject_id(entry: Mapping[str, Any]) -> str:
-    subject = entry.get("subject")
-    if isinstance(subject, str) and subject:
-        return subject
-    image = entry.get("image")
-    first = image[0] if isinstance(image, (list, tuple)) and image else image
-    if isinstance(first, str):
-        name = Path(first).name
-        for suffix in (".nii.gz", ".nii"):
-            name = name.removesuffix(suffix)
-        return name
-    raise RobustsegError(f"datalist entry {entry!r}: no 'subject' id and no image path to name it by.")
-
-
-def _files_of(entry: Mapping[str, Any]) -> list[str]:
-    out = []
-    for key in ("image", "label"):
-        value = entry.get(key)
-        out += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
-    return out
-
-
-def _versions() -> dict[str, str]:
-    import ignite
-    import monai
-    import nibabel
-
-    import common
-
-    return {
-        "robustseg": common.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "pytorch-ignite": ignite.__version__,
-        "numpy": np.__version__,
-        "nibabel": nibabel.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def _plain_tensor(value: Any) -> Tensor:
-    """A plain tensor (a MetaTensor's metadata would follow every attack step at a cost)."""
-    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """The rows of one model under one threat for one attack job (``job`` is ``None`` for the clean rows)."""
-
-    model: int
-    threat: str
-    source: int | None
-    job: AttackJob | None
-
-    @property
-    def transfer(self) -> bool:
-        return self.threat == "transfer"
-
-
 # -------------------------------------------------------------------------------------------------- evaluation
 class RobustnessEvaluation:
     """Attack trained model bundles on a test set and write the robustness CSV, settings, examples and tables.
@@ -180,6 +126,8 @@ class RobustnessEvaluation:
         example_subject: the subject whose volumes are saved for the figure panels; ``None``: the first test
             subject; ``False`` or ``""``: none.
         device: where the models run; ``None``: ``cuda:<local rank>`` if CUDA is available, else the CPU.
+        batch_size: test subjects attacked and scored together (each unit of the plan runs on the whole batch);
+            the default, :data:`DEFAULT_BATCH_SIZE`, was the fastest on a CPU at the demo's settings.
         score_batch_size: adversarial inputs per batched no-grad forward pass when scoring.
         progress: show a progress bar (rank 0).
         tables: write ``tables/`` and print Table 1 at the end.
@@ -212,6 +160,7 @@ class RobustnessEvaluation:
         transfer_source: str | None = "auto",
         example_subject: str | bool | None = None,
         device: str | torch.device | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         score_batch_size: int = 4,
         progress: bool = True,
         tables: bool = True,
@@ -223,6 +172,7 @@ class RobustnessEvaluation:
             model_bundles = [os.fspath(model_bundles)]
         if not model_bundles:
             raise RobustsegError("model_bundles is empty; expected at least one model bundle folder or name.")
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
         check_int("score_batch_size", score_batch_size, minimum=1)
         if isinstance(model_config_files, (str, os.PathLike)):
             model_config_files = [os.fspath(model_config_files)]
@@ -239,6 +189,7 @@ class RobustnessEvaluation:
             "loss": loss,
             "attack_amp": attack_amp,
             "adaptive": adaptive,
+            "batch_size": self.batch_size,
             "score_batch_size": score_batch_size,
         }
         self.progress = bool(progress)
@@ -269,16 +220,16 @@ class RobustnessEvaluation:
 
         self.datalist = str(Path(datalist if datalist is not None else self.models[0].datalist()).resolve())
         self.entries = load_split(self.datalist, "testing")
-        self.subjects = [_subject_id(e) for e in self.entries]
+        self.subjects = [subject_id(e) for e in self.entries]
         duplicate_subjects = sorted({s for s in self.subjects if self.subjects.count(s) > 1})
         if duplicate_subjects:
             raise RobustsegError(f"{self.datalist}: subject id(s) {duplicate_subjects} appear twice in 'testing'.")
         for entry in self.entries:
-            missing = [f for f in _files_of(entry) if not os.path.isfile(f)]
+            missing = [f for f in files_of(entry) if not os.path.isfile(f)]
             if missing:
-                raise RobustsegError(f"{missing[0]}: file of test subject {_subject_id(entry)} not found.")
+                raise RobustsegError(f"{missing[0]}: file of test subject {subject_id(entry)} not found.")
             if entry.get("label") is None:
-                raise RobustsegError(f"{self.datalist}: test subject {_subject_id(entry)} has no label to score with.")
+                raise RobustsegError(f"{self.datalist}: test subject {subject_id(entry)} has no label to score with.")
         if example_subject is None:
             self.example_subject: str | None = self.subjects[0]
         elif example_subject is False or example_subject == "":
@@ -313,7 +264,7 @@ class RobustnessEvaluation:
             raise RobustsegError(f"transfer_source {transfer_source!r} is not one of the models {names} (or 'auto').")
         return names.index(transfer_source)
 
-    def _plan(self) -> list[_Unit]:
+    def _plan(self) -> list[Unit]:
         """Every unit of rows per subject; the transfer source's first so its adversarial inputs can be reused."""
         order = list(range(len(self.models)))
         if self.source is not None:
@@ -321,15 +272,15 @@ class RobustnessEvaluation:
             order.insert(0, self.source)
         units = []
         for index in order:
-            units.append(_Unit(index, "clean", None, None))
-            units += [_Unit(index, "white-box", index, job) for job in self.white_box_jobs]
-            units += [_Unit(index, "adaptive", index, job) for job in self.adaptive_jobs.get(index, [])]
+            units.append(Unit(index, "clean", None, None))
+            units += [Unit(index, "white-box", index, job) for job in self.white_box_jobs]
+            units += [Unit(index, "adaptive", index, job) for job in self.adaptive_jobs.get(index, [])]
         if self.source is not None:
             for index in order[1:]:
-                units += [_Unit(index, "transfer", self.source, job) for job in self.white_box_jobs]
+                units += [Unit(index, "transfer", self.source, job) for job in self.white_box_jobs]
         return units
 
-    def _keys(self, unit: _Unit, subject: str) -> list[tuple[Key, str]]:
+    def _keys(self, unit: Unit, subject: str) -> list[tuple[Key, str]]:
         """The row keys of a unit for a subject, each with the attack config the row must carry."""
         model = self.models[unit.model].name
         if unit.job is None:
@@ -388,7 +339,7 @@ class RobustnessEvaluation:
                 "preprocessing": self.models[0].preprocessing_settings,
                 "preprocessing_hash": self.models[0].preprocessing_hash,
             },
-            "versions": _versions(),
+            "versions": package_versions(),
         }
 
     def _write_settings(self) -> None:
@@ -429,7 +380,7 @@ class RobustnessEvaluation:
                         ProgressBarHandler(
                             output_transform=lambda output: {"rows": output["rows"]}, desc="robustness ", persist=True
                         ).attach(engine)
-                    engine.run(shard, max_epochs=1)
+                    engine.run(batches_of(shard, self.batch_size), max_epochs=1)
             finally:
                 self._writer.close()
             if distributed:
@@ -461,66 +412,106 @@ class RobustnessEvaluation:
             print(path.read_text(encoding="utf-8"))
         print(f"results: {results}; tables: {self.output_dir / TABLES_DIR}", file=sys.stderr)
 
-    def _iteration(self, engine: Engine, entry: Mapping[str, Any]) -> dict[str, Any]:
-        subject = _subject_id(entry)
-        rows = self.evaluate_subject(entry)
-        return {"subject": subject, "rows": rows}
+    def _iteration(self, engine: Engine, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        rows = self.evaluate_batch(entries)
+        return {"subjects": [subject_id(e) for e in entries], "rows": rows}
 
-    def _missing(self, unit: _Unit, subject: str) -> bool:
+    def _missing(self, unit: Unit, subject: str) -> bool:
         return any(key not in self.done for key, _ in self._keys(unit, subject))
 
     def evaluate_subject(self, entry: Mapping[str, Any]) -> int:
         """Compute and append every missing row of one test subject (and its examples); return the rows written."""
-        subject = _subject_id(entry)
-        folder = self.output_dir / EXAMPLES_DIR / subject
-        examples = self.example_subject == subject and not (folder / INDEX_NAME).is_file()
-        units = [u for u in self.units if self._missing(u, subject) or (examples and self._has_examples(u))]
-        if not units:
-            return 0
-        item = self.models[0].preprocessing(dict(entry))
-        image_meta, label_meta = item["image"], item["label"]
-        image = _plain_tensor(image_meta).float()[None].to(self.device)
-        label = _plain_tensor(label_meta)[None].to(self.device)
-        quality = InputQuality(image)
-        saver = ExampleWriter(folder, subject, image, label, getattr(image_meta, "affine", None)) if examples else None
-        source_cache: dict[int, list[Adversarial]] = {}
+        return self.evaluate_batch([entry])
+
+    def evaluate_batch(self, entries: Sequence[Mapping[str, Any]]) -> int:
+        """Compute and append every missing row of a batch of test subjects (and examples); return the rows written.
+
+        Each unit of the plan runs once on the subjects of the batch that miss rows of it (or whose examples are not
+        written yet); the rows are written per subject, only those not already in the CSV.
+        """
+        subjects = [subject_id(e) for e in entries]
+        examples = {
+            s for s in subjects if s == self.example_subject and not (self._examples_dir(s) / INDEX_NAME).is_file()
+        }
+        plan = {
+            s: {k for k, u in enumerate(self.units) if self._missing(u, s) or (s in examples and self._has_examples(u))}
+            for s in subjects
+        }
+        todo = [e for e, s in zip(entries, subjects, strict=True) if plan[s]]
         written = 0
-        for unit in units:
+        if todo:
+            for batch in load_subjects(todo, self.models[0].preprocessing, self.device):
+                written += self._evaluate(batch, plan, examples)
+        logger.info("subjects %s: %d rows", ", ".join(subjects), written)
+        return written
+
+    def _examples_dir(self, subject: str) -> Path:
+        return self.output_dir / EXAMPLES_DIR / subject
+
+    def _evaluate(self, batch: SubjectBatch, plan: Mapping[str, set[int]], examples: set[str]) -> int:
+        savers = {}
+        for i, subject in enumerate(batch.subjects):
+            if subject in examples:
+                image, label = batch.images[i : i + 1], batch.labels[i : i + 1]
+                savers[subject] = ExampleWriter(self._examples_dir(subject), subject, image, label, batch.affines[i])
+        # (white-box job index, subject) -> the source model's final adversarial inputs of that subject (transfer)
+        source_cache: dict[tuple[int, str], list[Adversarial]] = {}
+        written = 0
+        for k, unit in enumerate(self.units):
+            rows = [i for i, s in enumerate(batch.subjects) if k in plan[s]]
+            if not rows:
+                continue
+            part = batch.select(rows)
             model = self.models[unit.model]
             if unit.job is None:
-                prediction = self._predict(model, image)
-                records = [self._record(unit, subject, None, prediction[:1], label, None)]
-                if saver is not None:
-                    saver.add(model.name, "none", "clean", 0.0, None, prediction[0], source=None)
+                predictions = self._predict(model, part.images)
+                records = []
+                for i, subject in enumerate(part.subjects):
+                    prediction, label = predictions[i : i + 1], part.labels[i : i + 1]
+                    records.append(self._record(unit, subject, None, prediction, label, None))
+                    if subject in savers:
+                        savers[subject].add(model.name, "none", "clean", 0.0, None, predictions[i], source=None)
             else:
                 if unit.transfer:
-                    key = self.white_box_jobs.index(unit.job)
-                    if key not in source_cache:
-                        source = self.models[unit.source].network
-                        source_cache[key] = unit.job.run(source, image, label, final_only=True)
-                    adversarials = source_cache[key]
+                    per_subject = self._transfer_inputs(unit, part, source_cache)
                 else:
-                    adversarials = unit.job.run(model.network, image, label)
+                    adversarials = unit.job.run(PairedForward(model.network), part.images, part.labels)
+                    per_subject = [[a.sample(i) for a in adversarials] for i in range(len(part))]
                     if unit.threat == "white-box" and unit.model == self.source:
                         key = self.white_box_jobs.index(unit.job)
-                        source_cache[key] = [a for a in adversarials if a.iteration == unit.job.final_iteration]
-                records = self._score(unit, subject, model, adversarials, image, label, quality, saver)
+                        for subject, own in zip(part.subjects, per_subject, strict=True):
+                            source_cache[(key, subject)] = [a for a in own if a.iteration == unit.job.final_iteration]
+                records = self._score(unit, model, part, per_subject, savers)
             new = [r for r in records if _row_key(r) not in self.done]
             self._writer.write(new)
             for record in new:
                 self.done[_row_key(record)] = str(record["attack_config"] or "")
             written += len(new)
-        if saver is not None:
+        for saver in savers.values():
             saver.finish()
-        logger.info("subject %s: %d rows", subject, written)
         return written
 
-    def _has_examples(self, unit: _Unit) -> bool:
+    def _transfer_inputs(
+        self, unit: Unit, part: SubjectBatch, source_cache: dict[tuple[int, str], list[Adversarial]]
+    ) -> list[list[Adversarial]]:
+        """The source model's final white-box inputs of each subject: from this batch's source run, else computed."""
+        assert unit.job is not None and unit.source is not None
+        key = self.white_box_jobs.index(unit.job)
+        missing = [i for i, s in enumerate(part.subjects) if (key, s) not in source_cache]
+        if missing:
+            rest = part.select(missing)
+            source = PairedForward(self.models[unit.source].network)
+            finals = unit.job.run(source, rest.images, rest.labels, final_only=True)
+            for i, subject in enumerate(rest.subjects):
+                source_cache[(key, subject)] = [a.sample(i) for a in finals]
+        return [source_cache[(key, s)] for s in part.subjects]
+
+    def _has_examples(self, unit: Unit) -> bool:
         return unit.job is None or bool(unit.job.table_epsilons)
 
     def _predict(self, model: ModelBundle, images: Tensor) -> Tensor:
         """BraTS label maps (B, 1, *spatial) of the model for a batch, in no-grad batches of ``score_batch_size``."""
-        inferer = AutocastInferer(enabled=model.amp)
+        inferer = AutocastInferer(PairedForwardInferer(), enabled=model.amp)
         out = []
         with torch.no_grad():
             for chunk in images.split(self.score_batch_size):
@@ -529,37 +520,43 @@ class RobustnessEvaluation:
 
     def _score(
         self,
-        unit: _Unit,
-        subject: str,
+        unit: Unit,
         model: ModelBundle,
-        adversarials: list[Adversarial],
-        image: Tensor,
-        label: Tensor,
-        quality: InputQuality,
-        saver: ExampleWriter | None,
+        part: SubjectBatch,
+        per_subject: list[list[Adversarial]],
+        savers: Mapping[str, ExampleWriter],
     ) -> list[dict[str, Any]]:
-        batch = torch.cat([a.image for a in adversarials])
-        predictions = self._predict(model, batch)
-        dice = region_dice(predictions, label.expand_as(predictions))
-        # in chunks: the float64 SSIM maps of ten 128^3 iterates would take gigabytes at once
-        chunks = [quality(chunk) for chunk in batch.split(self.score_batch_size)]
-        columns = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
-        records = []
-        for k, adversarial in enumerate(adversarials):
-            values = {name: column[k] for name, column in columns.items()}
-            records.append(self._record(unit, subject, adversarial, predictions[k : k + 1], label, values, dice[k]))
-            job = unit.job
-            assert job is not None
-            final = adversarial.iteration == adversarial.attack.steps
-            if saver is not None and final and any(math.isclose(adversarial.epsilon, e) for e in job.table_epsilons):
-                source = self.models[unit.source].name if unit.transfer and unit.source is not None else None
-                saver.add(model.name, job.name, unit.threat, adversarial.epsilon, adversarial.image, predictions[k],
-                          source=source)  # fmt: skip
+        """The rows of a unit's adversarial inputs (``per_subject[i]``: those of subject ``i`` of ``part``)."""
+        job = unit.job
+        assert job is not None
+        flat = [a for own in per_subject for a in own]
+        predictions = self._predict(model, torch.cat([a.image for a in flat]))
+        counts = [len(own) for own in per_subject]
+        labels = torch.cat([part.labels[i : i + 1].expand(n, *part.labels.shape[1:]) for i, n in enumerate(counts)])
+        dice = region_dice(predictions, labels)
+        records, offset = [], 0
+        for i, (subject, own) in enumerate(zip(part.subjects, per_subject, strict=True)):
+            images = torch.cat([a.image for a in own])
+            # in chunks: the float64 SSIM maps of ten 128^3 iterates would take gigabytes at once
+            chunks = [part.qualities[i](chunk) for chunk in images.split(self.score_batch_size)]
+            columns = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
+            for n, adversarial in enumerate(own):
+                k = offset + n
+                values = {name: column[n] for name, column in columns.items()}
+                records.append(self._record(unit, subject, adversarial, predictions[k : k + 1], labels[k : k + 1],
+                                            values, dice[k]))  # fmt: skip
+                final = adversarial.iteration == adversarial.attack.steps
+                table = any(math.isclose(adversarial.epsilon, e) for e in job.table_epsilons)
+                if subject in savers and final and table:
+                    source = self.models[unit.source].name if unit.transfer and unit.source is not None else None
+                    savers[subject].add(model.name, job.name, unit.threat, adversarial.epsilon, adversarial.image,
+                                        predictions[k], source=source)  # fmt: skip
+            offset += len(own)
         return records
 
     def _record(
         self,
-        unit: _Unit,
+        unit: Unit,
         subject: str,
         adversarial: Adversarial | None,
         prediction: Tensor,

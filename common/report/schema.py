@@ -33,7 +33,8 @@ linf                   float  L-inf norm of the perturbation (0 for clean)
 l2                     float  L2 norm of the perturbation (0 for clean)
 zero_grad_fraction     float  fraction of input voxels whose loss gradient was exactly 0 at the first step (gradient
                               masking indicator); empty for clean/transfer
-seconds                float  wall time to produce this row's adversarial input (attack time up to this iterate)
+seconds                float  wall time to produce this row's adversarial input (attack time up to this iterate; a
+                              batch's time divided by its subjects)
 =====================  =====  ==========================================================================================
 
 Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).

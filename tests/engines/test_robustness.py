@@ -158,27 +158,32 @@ def test_transfer_rows_reuse_the_source_inputs(finished):
             assert row[name] == source[name]
 
 
-def test_source_is_attacked_once_per_subject(bundles, bundle_factory, tiny_datalist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_source_is_attacked_once_per_subject(batch_size, bundles, bundle_factory, tiny_datalist, tmp_path, monkeypatch):
     third = bundle_factory("tiny_third", seed=2)
     calls = []
     run = AttackJob.run
 
     def counting(self, model, image, label, final_only=False):
-        calls.append((id(model), self.name, final_only))
+        calls.append((id(getattr(model, "network", model)), len(image), final_only))
         return run(self, model, image, label, final_only)
 
     monkeypatch.setattr(AttackJob, "run", counting)
     job = evaluation({**bundles, "tiny_third": third}, tiny_datalist, tmp_path / "out",
                      models=(BASELINE, DISTILLED, "tiny_third"), attacks=[{"name": "i-FGSM", "steps": 2}],
-                     sweep_epsilons=[0.05], example_subject=False, tables=False)  # fmt: skip
+                     sweep_epsilons=[0.05], example_subject=False, tables=False, batch_size=batch_size)  # fmt: skip
     job.run()
-    per_network = Counter(network for network, _, _ in calls)
+    attacked = Counter()  # subjects attacked per network
+    for network, subjects, _ in calls:
+        attacked[network] += subjects
     networks = {m.name: id(m.network) for m in job.models}
     jobs = 2  # the sweep and i-FGSM
-    assert per_network[networks[BASELINE]] == jobs * len(SUBJECTS)  # its white-box runs serve both targets
-    assert per_network[networks[DISTILLED]] == 2 * jobs * len(SUBJECTS)  # white-box and adaptive
-    assert per_network[networks["tiny_third"]] == jobs * len(SUBJECTS)
+    assert attacked[networks[BASELINE]] == jobs * len(SUBJECTS)  # its white-box runs serve both targets
+    assert attacked[networks[DISTILLED]] == 2 * jobs * len(SUBJECTS)  # white-box and adaptive
+    assert attacked[networks["tiny_third"]] == jobs * len(SUBJECTS)
     assert not any(final_only for _, _, final_only in calls)
+    assert {subjects for _, subjects, _ in calls} == {min(batch_size, len(SUBJECTS)), len(SUBJECTS) % batch_size or
+                                                      batch_size}  # fmt: skip
     transfer = _rows(load_results(tmp_path / "out" / "results.csv"), threat="transfer")
     assert Counter(r["model"] for r in transfer) == {DISTILLED: 2 * len(SUBJECTS), "tiny_third": 2 * len(SUBJECTS)}
 
@@ -187,32 +192,45 @@ def _without_seconds(rows):
     return sorted(tuple((k, v) for k, v in r.items() if k != "seconds") for r in rows)
 
 
-def test_resume_after_an_interruption_completes_the_same_rows(finished, bundles, tiny_datalist, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("first", "second", "written"), [(1, 1, [0, 34, 34]), (1, 3, [68]), (2, 2, [0, 34])])
+def test_resume_after_an_interruption_completes_the_same_rows(
+    first, second, written, finished, bundles, tiny_datalist, tmp_path, monkeypatch
+):
+    """Interrupted after the first batch of ``first`` subjects, resumed in batches of ``second``: the subjects done
+    are not attacked again (also inside a batch that mixes done and new subjects), and the rows are the same."""
     out = tmp_path / "out"
-    original = RobustnessEvaluation.evaluate_subject
+    original = RobustnessEvaluation.evaluate_batch
     done = []
 
-    def crash_after_first(self, entry):
+    def crash_after_first(self, entries):
         if done:
             raise RuntimeError("simulated interruption")
-        done.append(original(self, entry))
+        done.append(original(self, entries))
         return done[-1]
 
-    monkeypatch.setattr(RobustnessEvaluation, "evaluate_subject", crash_after_first)
+    monkeypatch.setattr(RobustnessEvaluation, "evaluate_batch", crash_after_first)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        evaluation(bundles, tiny_datalist, out).run()
-    first = load_results(out / "results.csv")
-    assert {r["subject"] for r in first} == {SUBJECTS[0]} and len(first) == done[0] == 34
+        evaluation(bundles, tiny_datalist, out, batch_size=first).run()
+    first_rows = load_results(out / "results.csv")
+    assert {r["subject"] for r in first_rows} == set(SUBJECTS[:first]) and len(first_rows) == done[0] == 34 * first
     monkeypatch.undo()
 
-    written = []
-    monkeypatch.setattr(RobustnessEvaluation, "evaluate_subject",
-                        lambda self, entry: written.append(original(self, entry)) or written[-1])  # fmt: skip
-    evaluation(bundles, tiny_datalist, out).run()
+    counts, attacked = [], []
+    run = AttackJob.run
+
+    def counting(self, model, image, label, final_only=False):
+        attacked.append(len(image))
+        return run(self, model, image, label, final_only)
+
+    monkeypatch.setattr(AttackJob, "run", counting)
+    monkeypatch.setattr(RobustnessEvaluation, "evaluate_batch",
+                        lambda self, entries: counts.append(original(self, entries)) or counts[-1])  # fmt: skip
+    evaluation(bundles, tiny_datalist, out, batch_size=second).run()
     rows = load_results(out / "results.csv")
-    assert written == [0, 34, 34]  # the first subject is not recomputed
+    assert counts == written  # the subjects of the first run are not recomputed
+    assert max(attacked) == min(second, len(SUBJECTS) - first)  # a mixed batch attacks only those missing rows
     assert _without_seconds(rows) == _without_seconds(finished[1])
-    assert rows[: len(first)] == first  # its rows, seconds included, are the ones written before
+    assert rows[: len(first_rows)] == first_rows  # its rows, seconds included, are the ones written before
 
 
 def test_a_line_cut_short_is_dropped_and_redone(finished, bundles, tiny_datalist, tmp_path):
@@ -307,6 +325,7 @@ def test_settings_describe_models_attacks_and_data(finished, bundles):
     assert settings["data"]["test_subjects"] == 3 and settings["data"]["synthetic"] is False
     assert settings["evaluation"]["transfer_source"] == BASELINE
     assert settings["evaluation"]["sweep_epsilons"] == SWEEP
+    assert settings["evaluation"]["batch_size"] == 2 and settings["evaluation"]["score_batch_size"] == 1
     threats = Counter(a["threat"] for a in settings["attacks"])
     assert threats == {"white-box": 3, f"adaptive ({DISTILLED})": 3}
     assert {"torch", "monai", "robustseg", "numpy"} <= set(settings["versions"])
@@ -348,6 +367,8 @@ def _datalist_with_missing_file(tmp_path, datalist):
         ({"transfer_source": "tiny_nobody"}, r"transfer_source 'tiny_nobody' is not one of the models"),
         ({"example_subject": "tiny_999"}, r"example_subject 'tiny_999' is not a test subject"),
         ({"score_batch_size": 0}, r"score_batch_size must be an integer >= 1"),
+        ({"batch_size": 0}, r"batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": 1.5}, r"batch_size must be an integer >= 1, got 1.5"),
         ({"datalist": "empty"}, r"the 'testing' split is empty"),
         ({"datalist": "missing_file"}, r"gone_seg.nii.gz: file of test subject tiny_001 not found"),
     ],
@@ -403,3 +424,22 @@ def test_two_processes_give_the_rows_of_one(finished, bundles, tiny_datalist, tm
     assert [r["subject"] for r in rows] == sorted((r["subject"] for r in rows), key=SUBJECTS.index)
     assert not list((tmp_path / "out").glob("results.part*"))
     assert math.isclose(len(rows), len(finished[1]))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batches_give_the_rows_of_other_batches(batch_size, finished, bundles, tiny_datalist, tmp_path):
+    """The rows do not depend on the batch size (the shared run uses 2: batches of 2 and 1 subjects): clean rows
+    equal, attacked Dice and input quality to the float rounding of batched convolutions."""
+    out = tmp_path / "out"
+    evaluation(bundles, tiny_datalist, out, batch_size=batch_size, tables=False).run()
+    rows = {_key(r): r for r in load_results(out / "results.csv")}
+    reference = {_key(r): r for r in finished[1]}
+    assert set(rows) == set(reference)
+    for key, row in rows.items():
+        for name in ("dice_wt", "dice_tc", "dice_et"):
+            tolerance = 1e-12 if row["threat"] == "clean" else 0.005
+            assert row[name] == pytest.approx(reference[key][name], abs=tolerance), (key, name)
+        for name in ("psnr", "ssim", "rmse", "linf", "l2", "zero_grad_fraction"):
+            if row[name] is not None:
+                assert row[name] == pytest.approx(reference[key][name], rel=1e-3, abs=1e-3), (key, name)
+        assert row["attack_config"] == reference[key]["attack_config"]

@@ -1,0 +1,165 @@
+"""Batches of test subjects for the robustness evaluation: datalist entries preprocessed and stacked into one tensor.
+
+:class:`~common.engines.robustness.RobustnessEvaluation` runs every unit of its plan (the clean predictions, each
+attack job under each threat) on a whole batch of subjects at once: the attacks treat each sample on its own
+(:class:`common.attacks.Attack`), so a batch gives each subject the rows it gets alone, with the convolutions of
+several volumes in one call (faster on a CPU and a GPU alike). This module holds what that needs beside the
+evaluation: the subject id of an entry, the batches of a shard (:func:`batches_of`) and a preprocessed batch
+(:class:`SubjectBatch`, :func:`load_subjects`) with what is computed once per subject (its input-quality reference
+and its example writer).
+
+Example::
+
+    for entries in batches_of(shard, batch_size=2):
+        for batch in load_subjects(entries, bundle.preprocessing, device):
+            logits = network(batch.images)   # (n, 4, *spatial)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from torch import Tensor
+
+from common.engines.attack_jobs import AttackJob
+from common.engines.quality import InputQuality
+from common.errors import RobustsegError
+from common.utils.validation import check_int
+
+__all__ = ["SubjectBatch", "Unit", "batches_of", "load_subjects", "subject_id"]
+
+
+def subject_id(entry: Mapping[str, Any]) -> str:
+    """A datalist entry's subject id: its ``subject``, else the name of its first image without the extension."""
+    subject = entry.get("subject")
+    if isinstance(subject, str) and subject:
+        return subject
+    image = entry.get("image")
+    first = image[0] if isinstance(image, (list, tuple)) and image else image
+    if isinstance(first, str):
+        name = Path(first).name
+        for suffix in (".nii.gz", ".nii"):
+            name = name.removesuffix(suffix)
+        return name
+    raise RobustsegError(f"datalist entry {entry!r}: no 'subject' id and no image path to name it by.")
+
+
+def files_of(entry: Mapping[str, Any]) -> list[str]:
+    """The image and label file paths of a datalist entry."""
+    out = []
+    for key in ("image", "label"):
+        value = entry.get(key)
+        out += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
+    return out
+
+
+def _plain_tensor(value: Any) -> Tensor:
+    """A plain tensor (a MetaTensor's metadata would follow every attack step at a cost)."""
+    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The rows of one model under one threat for one attack job (``job`` is ``None`` for the clean rows)."""
+
+    model: int
+    threat: str
+    source: int | None
+    job: AttackJob | None
+
+    @property
+    def transfer(self) -> bool:
+        return self.threat == "transfer"
+
+
+@dataclass(frozen=True)
+class SubjectBatch:
+    """Preprocessed test subjects on one grid, stacked, with what each subject needs once.
+
+    Attributes:
+        subjects: the subject ids, in batch order.
+        images: the preprocessed inputs ``(n, C, *spatial)``, float32, on the evaluation's device.
+        labels: the ground truth ``(n, 1, *spatial)`` with BraTS values.
+        affines: each subject's affine of the preprocessed grid (``None`` where the transform gave none).
+        qualities: each subject's :class:`~common.engines.quality.InputQuality` against its clean input.
+    """
+
+    subjects: tuple[str, ...]
+    images: Tensor
+    labels: Tensor
+    affines: tuple[Any, ...]
+    qualities: tuple[InputQuality, ...]
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def select(self, rows: Sequence[int]) -> SubjectBatch:
+        """The sub-batch of the subjects at ``rows`` (all of them: this batch itself)."""
+        rows = list(rows)
+        if rows == list(range(len(self))):
+            return self
+        index = torch.tensor(rows, dtype=torch.long, device=self.images.device)
+        return SubjectBatch(
+            tuple(self.subjects[i] for i in rows),
+            self.images.index_select(0, index),
+            self.labels.index_select(0, index),
+            tuple(self.affines[i] for i in rows),
+            tuple(self.qualities[i] for i in rows),
+        )
+
+
+def batches_of(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
+    """``items`` in order, cut into lists of ``batch_size`` (the last one may be shorter).
+
+    Raises:
+        RobustsegError: if ``batch_size`` is not an integer >= 1.
+    """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    return [list(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
+
+
+def load_subjects(
+    entries: Sequence[Mapping[str, Any]],
+    preprocessing: Callable[[dict[str, Any]], Mapping[str, Any]],
+    device: torch.device,
+) -> list[SubjectBatch]:
+    """Preprocess datalist entries and stack them: one :class:`SubjectBatch` per spatial shape, in first-seen order.
+
+    The model bundles' preprocessing usually resizes every subject to one grid, so a batch stays one batch; entries
+    whose preprocessed shapes differ cannot share a tensor and go into separate batches.
+
+    Args:
+        entries: datalist entries with ``image`` and ``label``.
+        preprocessing: the model bundles' preprocessing (a MONAI dictionary transform).
+        device: where the tensors go.
+
+    Returns:
+        The batches.
+    """
+    groups: dict[tuple[int, ...], list[tuple[str, Tensor, Tensor, Any]]] = {}
+    for entry in entries:
+        item = preprocessing(dict(entry))
+        image_meta, label_meta = item["image"], item["label"]
+        image = _plain_tensor(image_meta).float().to(device)
+        label = _plain_tensor(label_meta).to(device)
+        groups.setdefault(tuple(image.shape), []).append(
+            (subject_id(entry), image, label, getattr(image_meta, "affine", None))
+        )
+    out = []
+    for members in groups.values():
+        images = torch.stack([m[1] for m in members])
+        out.append(
+            SubjectBatch(
+                tuple(m[0] for m in members),
+                images,
+                torch.stack([m[2] for m in members]),
+                tuple(m[3] for m in members),
+                tuple(InputQuality(images[i : i + 1]) for i in range(len(members))),
+            )
+        )
+    return out
