@@ -54,9 +54,14 @@ class AttackStep:
             means the sign step moves almost nothing: the gradient-masking signature of a saturated softmax
             (defensive distillation).
         restart: 0-based restart number (PGD with ``restarts > 1``); 0 otherwise.
-        active: ``(B,)`` booleans, False for a sample that a stop criterion took out of the batch at an earlier step
-            (its iterate, loss and zero-gradient fraction are carried forward unchanged); ``None`` when every sample
-            was computed.
+        active: ``(B,)`` booleans, False for a sample that a stop criterion took out of the batch (its iterate, loss,
+            zero-gradient fraction and prediction are carried forward unchanged); ``None`` when every sample was
+            computed.
+        predictions: BraTS label maps ``(B, 1, *spatial)``, the argmax of the logits of the same pass as
+            :attr:`losses` (so at the iterate the gradient was taken at: the previous step's :attr:`adversarial`, the
+            clean input for step 1); ``None`` without a callback, or while a sample left out of the whole run has
+            none. A robustness evaluation scores iterate ``k`` with the predictions of record ``k + 1`` instead of one
+            more forward pass.
     """
 
     step: int
@@ -65,6 +70,7 @@ class AttackStep:
     zero_grad_fractions: Tensor
     restart: int = 0
     active: Tensor | None = None
+    predictions: Tensor | None = None
 
     @property
     def loss(self) -> float:
@@ -437,7 +443,7 @@ class Attack:
         records = callback is not None or self.stop_criterion is not None
         if active is None and self.stop_criterion is not None:
             active = torch.ones(batch, dtype=torch.bool, device=start.device)
-        losses = zero = None
+        losses = zero = predictions = None
         for step in range(1, self.steps + 1):
             index = None if active is None or bool(active.all()) else active.nonzero()[:, 0]
             images, target, size, low, high = (
@@ -454,17 +460,21 @@ class Attack:
                     moved = torch.where(stopped.view(-1, *[1] * (moved.ndim - 1)), images, moved)
                     assert active is not None
                     active[stopped if index is None else index[stopped]] = False
+                predicted = logits_to_labels(logits) if callback is not None else None
                 if index is None:
-                    adversarial, losses, zero = moved, loss, fraction
+                    adversarial, losses, zero, predictions = moved, loss, fraction, predicted
                 else:
                     if losses is None or zero is None:  # samples left out of this whole run: not computed here
                         losses, zero = loss.new_full((batch,), math.nan), fraction.new_full((batch,), math.nan)
                     adversarial = adversarial.index_copy(0, index, moved)
                     losses, zero = losses.index_copy(0, index, loss), zero.index_copy(0, index, fraction)
+                    # unknown (None) while a sample left out of this whole run has no prediction here
+                    if predictions is not None and predicted is not None:
+                        predictions = predictions.index_copy(0, index, predicted)
             if callback is not None:
                 assert losses is not None and zero is not None
                 mask = None if active is None or bool(active.all()) else active.clone()
-                callback(AttackStep(step, adversarial, losses, zero, restart, mask))
+                callback(AttackStep(step, adversarial, losses, zero, restart, mask, predictions))
         return adversarial
 
     def _stopped(self, probe: AttackProbe) -> Tensor:

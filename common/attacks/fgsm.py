@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackProbe, AttackStep, _check_epsilon, _eval_mode
+from common.data.labels import logits_to_labels
 
 __all__ = ["FGSM"]
 
@@ -79,6 +80,7 @@ class FGSM(Attack):
             stopped = self._stopped(AttackProbe(1, 0, clean, logits, labels, losses, zero))
             stopped = stopped.view(-1, *[1] * (clean.ndim - 1))
             active = None if not bool(stopped.any()) else ~stopped.flatten()
+        predictions = logits_to_labels(logits) if callback is not None else None
         adversarials = []
         for epsilon in epsilons:
             lower, upper = self._bounds(clean, epsilon * scale)
@@ -88,5 +90,5 @@ class FGSM(Attack):
                 adversarial = torch.where(stopped, clean, adversarial)
             adversarials.append(adversarial)
             if callback is not None:
-                callback(AttackStep(1, adversarial, losses, zero, 0, active))
+                callback(AttackStep(1, adversarial, losses, zero, 0, active, predictions))
         return adversarials

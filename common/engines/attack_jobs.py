@@ -28,7 +28,14 @@ from common.attacks.registry import make_attack
 from common.errors import RobustsegError
 from common.utils.validation import check_number
 
-__all__ = ["DEFAULT_ATTACKS", "DEFAULT_SWEEP_EPSILONS", "Adversarial", "AttackJob", "build_jobs"]
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "DEFAULT_SWEEP_EPSILONS",
+    "Adversarial",
+    "AttackJob",
+    "build_jobs",
+    "reusable_predictions",
+]
 
 DEFAULT_ATTACKS: tuple[dict[str, Any], ...] = (
     {"name": "FGSM"},
@@ -51,6 +58,9 @@ class Adversarial:
         image: the adversarial inputs ``(B, C, *spatial)``.
         seconds: the attack's wall time up to this iterate per subject (the batch's time divided by ``B``).
         zero_grad_fractions: each sample's fraction ``(B,)`` of exactly-zero input gradients at the first step.
+        predictions: the attacked model's BraTS label maps ``(B, 1, *spatial)`` of :attr:`image`, from the attack's
+            own forward pass at the next step (the argmax of the logits it took the next gradient of), or ``None``
+            (the final iterate, a sweep, a restart's best).
     """
 
     attack: Attack
@@ -59,6 +69,7 @@ class Adversarial:
     image: Tensor
     seconds: float
     zero_grad_fractions: Tensor
+    predictions: Tensor | None = None
 
     @property
     def loss(self) -> str:
@@ -76,7 +87,27 @@ class Adversarial:
             self,
             image=self.image[index : index + 1],
             zero_grad_fractions=self.zero_grad_fractions[index : index + 1],
+            predictions=None if self.predictions is None else self.predictions[index : index + 1],
         )
+
+
+def reusable_predictions(adversarials: Sequence[Adversarial], amp: bool) -> list[Tensor | None]:
+    """The attacked model's predictions of each adversarial input where its attack's own forward pass gave them.
+
+    They score an iterate without another forward pass when the attack saw the model as scoring does: the same
+    precision (``amp``, the scoring's autocast) and no inferer of its own (a temperature does not move the argmax).
+    Equal to a separate pass up to the float rounding of another batch composition.
+
+    Args:
+        adversarials: the inputs to score (of the model the attacks ran on: not transfer inputs).
+        amp: whether scoring runs the model under bf16 autocast.
+
+    Returns:
+        Per input, its label map ``(1 or B, 1, *spatial)``, or ``None`` where a forward pass is needed.
+    """
+    if not all(a.attack.amp == amp and a.attack.inferer is None for a in adversarials):
+        return [None] * len(adversarials)
+    return [a.predictions for a in adversarials]
 
 
 def _loss_name(attack: Attack) -> str:
@@ -174,9 +205,11 @@ class AttackJob:
         total = (time.perf_counter() - start) / batch
         zero = records[0].zero_grad_fractions
         if self.per_iteration and not final_only:
+            # iterate k was the input of step k + 1, whose forward pass predicted it
+            seen = [r.predictions for r in records[1:]] + [None]
             return [
-                Adversarial(attack, attack.epsilon, r.step, r.adversarial, t, zero)
-                for r, t in zip(records, times, strict=True)
+                Adversarial(attack, attack.epsilon, r.step, r.adversarial, t, zero, predicted)
+                for r, t, predicted in zip(records, times, seen, strict=True)
             ]
         return [Adversarial(attack, attack.epsilon, attack.steps, final, total, zero)]
 

@@ -46,6 +46,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ from common.engines.attack_jobs import (
     AttackJob,
     _spec,
     build_jobs,
+    reusable_predictions,
 )
 from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, load_model_bundle
@@ -434,7 +436,7 @@ class RobustnessEvaluation:
             s for s in subjects if s == self.example_subject and not (self._examples_dir(s) / INDEX_NAME).is_file()
         }
         plan = {
-            s: {k for k, u in enumerate(self.units) if self._missing(u, s) or (s in examples and self._has_examples(u))}
+            s: {k for k, u in enumerate(self.units) if self._missing(u, s) or (s in examples and u.has_examples)}
             for s in subjects
         }
         todo = [e for e, s in zip(entries, subjects, strict=True) if plan[s]]
@@ -480,7 +482,9 @@ class RobustnessEvaluation:
                     if unit.threat == "white-box" and unit.model == self.source:
                         key = self.white_box_jobs.index(unit.job)
                         for subject, own in zip(part.subjects, per_subject, strict=True):
-                            source_cache[(key, subject)] = [a for a in own if a.iteration == unit.job.final_iteration]
+                            # the source's predictions are not the target's
+                            finals = [a for a in own if a.iteration == unit.job.final_iteration]
+                            source_cache[(key, subject)] = [replace(a, predictions=None) for a in finals]
                 records = self._score(unit, model, part, per_subject, savers)
             new = [r for r in records if _row_key(r) not in self.done]
             self._writer.write(new)
@@ -503,11 +507,8 @@ class RobustnessEvaluation:
             source = PairedForward(self.models[unit.source].network)
             finals = unit.job.run(source, rest.images, rest.labels, final_only=True)
             for i, subject in enumerate(rest.subjects):
-                source_cache[(key, subject)] = [a.sample(i) for a in finals]
+                source_cache[(key, subject)] = [replace(a.sample(i), predictions=None) for a in finals]
         return [source_cache[(key, s)] for s in part.subjects]
-
-    def _has_examples(self, unit: Unit) -> bool:
-        return unit.job is None or bool(unit.job.table_epsilons)
 
     def _predict(self, model: ModelBundle, images: Tensor) -> Tensor:
         """BraTS label maps (B, 1, *spatial) of the model for a batch, in no-grad batches of ``score_batch_size``."""
@@ -530,7 +531,12 @@ class RobustnessEvaluation:
         job = unit.job
         assert job is not None
         flat = [a for own in per_subject for a in own]
-        predictions = self._predict(model, torch.cat([a.image for a in flat]))
+        known = [None] * len(flat) if unit.transfer else reusable_predictions(flat, model.amp)
+        unknown = [k for k, p in enumerate(known) if p is None]
+        if unknown:
+            computed = self._predict(model, torch.cat([flat[k].image for k in unknown]))
+            known = [computed[unknown.index(k)][None] if p is None else p for k, p in enumerate(known)]
+        predictions = torch.cat(known)  # type: ignore[arg-type]
         counts = [len(own) for own in per_subject]
         labels = torch.cat([part.labels[i : i + 1].expand(n, *part.labels.shape[1:]) for i, n in enumerate(counts)])
         dice = region_dice(predictions, labels)

@@ -76,6 +76,11 @@ class Unit:
     def transfer(self) -> bool:
         return self.threat == "transfer"
 
+    @property
+    def has_examples(self) -> bool:
+        """Whether some of its inputs are saved as examples (clean, and the Table 1 epsilons of a job)."""
+        return self.job is None or bool(self.job.table_epsilons)
+
 
 @dataclass(frozen=True)
 class SubjectBatch:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from common.attacks import FGSM, PGD, STOP_CRITERIA, AttackProbe, IterativeFGSM, TargetedIterativeFGSM
+from common.data.labels import logits_to_labels
 from common.errors import RobustsegError
 
 from .conftest import build_attack, make_tumours, registered_attacks
@@ -63,6 +64,22 @@ def test_records_are_per_sample_with_the_batch_mean_beside(name, trained_net, th
         assert record.loss == pytest.approx(float(record.losses.mean()))
         assert record.zero_grad_fraction == pytest.approx(float(record.zero_grad_fractions.mean()))
         assert record.active is None  # no stop criterion: every sample computed at every step
+
+
+@pytest.mark.parametrize("name", registered_attacks())
+def test_records_carry_the_prediction_of_their_pass(name, trained_net, three):
+    """Record k predicts the iterate its gradient was taken at: the clean input, then record k - 1's iterate."""
+    images, labels = three
+    records = []
+    build_attack(name, 0.05)(trained_net, images, labels, callback=records.append)
+    inputs = [images] + [r.adversarial for r in records[:-1]]
+    if name == "PGD":
+        inputs = inputs[1:]  # its first gradient is taken at the random start, not at the clean input
+        records = records[1:]
+    with torch.no_grad():
+        for record, seen in zip(records, inputs, strict=True):
+            assert record.predictions is not None and record.predictions.shape == labels.shape
+            assert (record.predictions != logits_to_labels(trained_net(seen))).float().mean() < 1e-3
 
 
 def test_sweep_records_are_per_sample(trained_net, three):

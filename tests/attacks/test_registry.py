@@ -17,6 +17,7 @@ from common.errors import RobustsegError
         ({"name": "PGD", "epsilon": 0.1, "steps": 5, "restarts": 2, "seed": 3}, PGD, {"restarts": 2, "seed": 3}),
         ({"name": "fgsm", "epsilon": 0.01, "loss": "ce"}, FGSM, {"loss": "ce"}),
         ({"name": "FGSM", "epsilon": 0.05, "clip": [0, 1]}, FGSM, {"clip": (0.0, 1.0)}),
+        ({"name": "i-FGSM", "epsilon": 0.05, "stop": "dice_zero"}, IterativeFGSM, {"stop": "dice_zero"}),
     ],
 )
 def test_spec_builds_the_named_attack(spec, cls, settings):

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from common.data.labels import logits_to_labels
 from common.engines import DEFAULT_ATTACKS, build_jobs
+from common.engines.attack_jobs import reusable_predictions
 from common.errors import RobustsegError
 
 SWEEP = [0.01, 0.05, 0.1]
@@ -51,6 +53,25 @@ def test_run_scores_every_iterate_and_every_sweep_epsilon():
     assert [a.iteration for a in iterates] == [1, 2] and iterates[0].seconds <= iterates[1].seconds
     (final,) = ifgsm.run(network, image, label, final_only=True)
     assert final.iteration == 2 and torch.equal(final.image, iterates[1].image)
+
+
+def test_iterates_carry_the_prediction_of_the_next_step_per_sample():
+    """Iterate k was the input of step k + 1: its prediction comes from that pass; the last one has none."""
+    torch.manual_seed(0)
+    network = nn.Conv3d(4, 4, 1)
+    images = torch.rand(2, 4, 6, 6, 6)
+    labels = torch.tensor([0, 1, 2, 4])[torch.randint(0, 4, (2, 1, 6, 6, 6))]
+    _, ifgsm = _jobs(attacks=[{"name": "FGSM"}, {"name": "i-FGSM", "steps": 3}])
+    iterates = ifgsm.run(network, images, labels)
+    assert [a.predictions is None for a in iterates] == [False, False, True]
+    with torch.no_grad():
+        for a in iterates[:2]:
+            assert torch.equal(a.predictions, logits_to_labels(network(a.image)))
+            one = a.sample(1)
+            assert torch.equal(one.predictions, a.predictions[1:]) and torch.equal(one.image, a.image[1:])
+            assert one.zero_grad_fraction == float(a.zero_grad_fractions[1])
+    assert reusable_predictions(iterates, amp=False) == [a.predictions for a in iterates]
+    assert reusable_predictions(iterates, amp=True) == [None] * 3  # the attack ran in fp32, scoring would not
 
 
 @pytest.mark.parametrize(

@@ -443,3 +443,35 @@ def test_batches_give_the_rows_of_other_batches(batch_size, finished, bundles, t
             if row[name] is not None:
                 assert row[name] == pytest.approx(reference[key][name], rel=1e-3, abs=1e-3), (key, name)
         assert row["attack_config"] == reference[key]["attack_config"]
+
+
+@pytest.mark.parametrize(("attack_amp", "predicted"), [(False, 6), (True, 10)])
+def test_iterates_are_scored_from_the_attacks_own_passes(attack_amp, predicted, bundles, tiny_datalist, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    """One subject, one model: the clean input, 3 sweep points and the final iterates of i-FGSM and ti-FGSM take a
+    pass of their own; iterates 1 and 2 were predicted by the attack's next step (unless it ran in another
+    precision), and their rows equal those of a separate pass."""
+    seen = []
+    original = RobustnessEvaluation._predict
+    monkeypatch.setattr(RobustnessEvaluation, "_predict",
+                        lambda self, model, images: seen.append(len(images)) or original(self, model, images))
+    datalist = tmp_path / "one.json"
+    data = json.loads(Path(tiny_datalist).read_text())
+    entry = {**data["testing"][0], "image": [str(Path(tiny_datalist).parent / f) for f in data["testing"][0]["image"]],
+             "label": str(Path(tiny_datalist).parent / data["testing"][0]["label"])}  # fmt: skip
+    datalist.write_text(json.dumps({"training": [entry], "testing": [entry]}))
+    out = tmp_path / "out"
+    evaluation(bundles, str(datalist), out, models=(BASELINE,), attack_amp=attack_amp, tables=False,
+               example_subject=False).run()  # fmt: skip
+    assert sum(seen) == predicted
+    bundle, image, label = _subject_input(bundles, str(datalist))
+    rows = load_results(out / "results.csv")
+    for name, make in (("i-FGSM", IterativeFGSM), ("ti-FGSM", TargetedIterativeFGSM)):
+        records = []
+        make(0.05, steps=STEPS, amp=attack_amp)(bundle.network, image, label, callback=records.append)
+        for record in records:
+            with torch.no_grad():
+                prediction = logits_to_labels(AutocastInferer(enabled=bundle.amp)(record.adversarial, bundle.network))
+            (row,) = _rows(rows, attack=name, threat="white-box", iteration=record.step)
+            dice = region_dice(prediction, label)[0].tolist()
+            assert [row["dice_wt"], row["dice_tc"], row["dice_et"]] == pytest.approx(dice, abs=0.005)
