@@ -95,9 +95,11 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = "examples"
 TABLES_DIR = "tables"
-DEFAULT_BATCH_SIZE = 2
-"""Subjects per batch: the fastest of 1, 2 and 4 for the demo's evaluation on a 2-core CPU (48^3 grid, UNet3D base 8,
-4 channels; ``python benchmarks/bench_evaluation.py --batch-sizes 1 2 4``)."""
+DEFAULT_BATCH_SIZE = 4
+"""Subjects per batch: the fastest of 1, 2 and 4 for the demo's settings on a 2-core CPU (48^3 grid, UNet3D base 8, 4
+channels): 0.56 of the time of batches of one, 2 at 0.63 (``python benchmarks/bench_evaluation.py --steps 5 --repeats
+2``, 2 threads). Memory grows with it: at the paper's 128^3 grid with base 16, one subject's forward and backward pass
+takes about 4 GiB on a CPU."""
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
