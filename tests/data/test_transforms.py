@@ -315,11 +315,17 @@ def test_n4_input_errors_name_the_subject(image, kwargs, match):
 
 def test_n4_itk_failure_is_one_line(monkeypatch):
     def fail(self, volume, spacing):
-        raise RuntimeError("itk::ExceptionObject (0x1)\nLocation: N4\nDescription: too few voxels")
+        raise RuntimeError("Exception thrown in SimpleITK N4BiasFieldCorrectionImageFilter_Execute:\ntoo few voxels")
 
     monkeypatch.setattr(N4BiasFieldCorrection, "log_bias_field", fail)
-    with pytest.raises(RobustsegError, match=r"channel 0: ITK's N4 failed \(.*Description: too few voxels\)\.$"):
+    with pytest.raises(RobustsegError, match=r"channel 0: ITK's N4 failed \(.*Execute: too few voxels\)\.$"):
         N4BiasFieldCorrection()(np.ones((1, 4, 4, 4), np.float32))
+
+
+def test_n4_failure_inside_itk_is_one_line():
+    # a one-voxel volume: N4's B-spline domain has zero width, and ITK refuses the zero spacing it would need
+    with pytest.raises(RobustsegError, match=r"^N4BiasFieldCorrection: channel 0: ITK's N4 failed \([^\n]+\)\.$"):
+        N4BiasFieldCorrection()(np.ones((1, 1, 1, 1), np.float32))
 
 
 @pytest.mark.parametrize(
