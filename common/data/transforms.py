@@ -14,7 +14,10 @@ MONAI's ``Invertd`` can bring a prediction back to the input grid.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import threading
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -41,6 +44,25 @@ NORMALIZE_MODES: tuple[str, ...] = ("minmax", "standardize")
 N4_MASKS: tuple[str, ...] = ("nonzero", "none")
 
 _MSD_TO_BRATS_CHANNELS = [MSD_MODALITIES.index(m) for m in MODALITIES]  # [1, 2, 3, 0]
+_ITK_THREADS_LOCK = threading.Lock()  # ITK's default thread count is process-wide: one N4 call changes it at a time
+
+
+@contextmanager
+def _single_threaded_itk(sitk: ModuleType) -> Iterator[None]:
+    """Run ITK filters created meanwhile with one thread and one work unit, then restore the process default.
+
+    N4's own loop is sequential (its ``SetNumberOfWorkUnits`` changes nothing), but each iteration's B-spline fit is
+    a filter N4 creates inside, which takes ITK's global default thread count (the number of cores) and sums
+    per-thread lattices in that order. The fit's histogram sharpening amplifies the rounding: from 1 to 2 threads
+    the corrected synthetic volumes change by up to 1 % in some voxels (``benchmarks/bench_n4.py``).
+    """
+    with _ITK_THREADS_LOCK:
+        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def _source_name(data: Mapping, value: object) -> str:
@@ -137,9 +159,9 @@ class N4BiasFieldCorrection(Transform):
     exact positions of the full-resolution voxels, and the image is divided by its exponential. The fit uses the
     voxel spacing from the affine (``MetaTensor.pixdim``; 1 mm for plain tensors), in voxel-aligned axes.
 
-    ITK runs with one work unit, so the result does not depend on the number of cores (MONAI's
-    ``PersistentDataset`` caches it); expect a few seconds per channel for a 240 x 240 x 155 BraTS volume at
-    ``shrink_factor=4``.
+    ITK runs the fit on one thread (its process-wide default is set to 1 for the call), so the result does not
+    depend on the number of cores (MONAI's ``PersistentDataset`` caches it); expect a few seconds per channel for a
+    240 x 240 x 155 BraTS volume at ``shrink_factor=4``.
 
     Args:
         shrink_factor: integer shrink factor per axis for the estimation (capped at each axis's size); 1 fits at
@@ -199,10 +221,10 @@ class N4BiasFieldCorrection(Transform):
 
         shrunk = to_sitk(volume, np.float32)
         n4 = sitk.N4BiasFieldCorrectionImageFilter()
-        n4.SetNumberOfWorkUnits(1)  # a fixed summation order: identical fields on any number of cores
         n4.SetMaximumNumberOfIterations([int(i) for i in self.iterations])  # length = fitting levels
         n4.SetConvergenceThreshold(self.convergence_threshold)
-        n4.Execute(shrunk, to_sitk(keep, np.uint8))
+        with _single_threaded_itk(sitk):  # a fixed summation order: identical fields on any number of cores
+            n4.Execute(shrunk, to_sitk(keep, np.uint8))
         # the fitted B-spline on the shrunk grid (ITK's BSplineControlPointImageFilter maps output *indices* onto
         # the spline's domain, so asking it for the full grid would stretch the field by up to a voxel)
         field = n4.GetLogBiasFieldAsImage(shrunk)
