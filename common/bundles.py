@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import RobustsegError
+from common.utils.enums import Defense
 from common.utils.files import atomic_write, write_atomic
 
 __all__ = [
@@ -170,26 +171,27 @@ def bundle_specs() -> list[BundleSpec]:
     for net, net_vars in _NETS.items():
         prefix = f"brats_unet{net}"
         baseline = f"{prefix}_baseline"
-        base_vars = {**net_vars, "name": baseline, "defense": "none", "defense_param": ""}
+        base_vars = {**net_vars, "name": baseline, "defense": Defense.NONE.value, "defense_param": ""}
         specs.append(BundleSpec(baseline, "baseline", net, base_vars))
         for temperature in (20, 100, 500, 5000):
             name = f"{prefix}_distill_t{temperature}"
             # the paper: distillation 400 epochs at lr 5e-4 (3D); the 2D nets use lr 1e-5 "throughout all experiments"
             specs.append(BundleSpec(name, "distill", net, {
-                **net_vars, "name": name, "defense": "distillation", "defense_param": f"T={temperature}",
+                **net_vars, "name": name, "defense": Defense.DISTILLATION.value, "defense_param": f"T={temperature}",
                 "temperature": temperature, "teacher": baseline, "epochs": 400,
                 "learning_rate": 5e-4 if net == "3d" else 1e-5, "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
             }))
         for epsilon in (0.01, 0.05, 0.1):
             name = f"{prefix}_advtrain_eps{epsilon}"
             specs.append(BundleSpec(name, "advtrain", net, {
-                **net_vars, "name": name, "defense": "adversarial_training", "defense_param": f"eps={epsilon}",
-                "epsilon": epsilon, "baseline": baseline, "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
+                **net_vars, "name": name, "defense": Defense.ADVERSARIAL_TRAINING.value,
+                "defense_param": f"eps={epsilon}", "epsilon": epsilon, "baseline": baseline,
+                "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
             }))
         name = f"{prefix}_noiseaug"
         specs.append(BundleSpec(name, "noiseaug", net, {
-            **net_vars, "name": name, "defense": "noise_augmentation", "defense_param": "r=0.01", "radius": 0.01,
-            "baseline": baseline, "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
+            **net_vars, "name": name, "defense": Defense.NOISE_AUGMENTATION.value, "defense_param": "r=0.01",
+            "radius": 0.01, "baseline": baseline, "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
         }))
     specs.append(BundleSpec("brats_robustness_eval", "robustness_eval", None, {"name": "brats_robustness_eval"}))
     return specs

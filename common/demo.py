@@ -107,6 +107,18 @@ def _train_stage(
     return Stage(f"train-{bundle.name}", f"train {bundle.name}", work, estimate=estimate)
 
 
+def _shared_cache(out: Path) -> dict[str, str]:
+    """One preprocessing cache for every bundle of a run (the ``cache_dir`` override).
+
+    MONAI's ``PersistentDataset`` keys each cached item by the datalist entry with its files' size and time
+    (:func:`common.data.caching.stat_hashing`) and by the settings of the deterministic transforms
+    (:func:`common.data.caching.transform_hashing`), so bundles that preprocess alike share their items and bundles
+    that do not get items of their own: the defences reuse the baseline's N4-corrected volumes instead of keeping a
+    copy each.
+    """
+    return {"cache_dir": str(out / "cache")}
+
+
 def _test_dice(bundle: Path) -> str:
     summary = json.loads((bundle / "eval" / "test_dice_summary.json").read_text())
     return "test Dice " + " / ".join(f"{r} {summary[f'dice_{r.lower()}_mean']:.3f}" for r in ("WT", "TC", "ET"))
@@ -123,13 +135,14 @@ def plan_demo(out: str | os.PathLike = "runs/demo") -> list[Stage]:
     quick = ["train.json", "quick.json"]
     baseline = bundles / DEMO_MODELS[0]
     results = out / "results"
+    shared = _shared_cache(out)
 
     def data() -> str:
         ensure_synthetic_dataset(data_dir, subjects=DEMO_SUBJECTS, seed=0, shape=DEMO_SHAPE)
         return f"{DEMO_SUBJECTS} subjects at {DEMO_SHAPE}^3 in {data_dir.relative_to(out)}"
 
     def test_baseline() -> str:
-        _run_bundle("evaluating", baseline, ["evaluate.json", "quick.json"], {"datalist": datalist})
+        _run_bundle("evaluating", baseline, ["evaluate.json", "quick.json"], {"datalist": datalist, **shared})
         return _test_dice(baseline)
 
     def evaluate() -> str:
@@ -146,9 +159,9 @@ def plan_demo(out: str | os.PathLike = "runs/demo") -> list[Stage]:
         return str(write_report(results / "results.csv", out / "report").relative_to(out))
 
     stages = [Stage("data", "generate the embedded synthetic data", data, "~30 s")]
-    stages.append(_train_stage(baseline, datalist, None, quick, "quick overlay"))
+    stages.append(_train_stage(baseline, datalist, None, quick, "quick overlay", shared))
     stages.append(Stage("test-baseline", f"score {baseline.name} on the test split", test_baseline, "~10 s"))
-    stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune") for m in DEMO_MODELS[1:]]
+    stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune", shared) for m in DEMO_MODELS[1:]]
     stages.append(Stage("evaluate", "attack the four models (brats_robustness_eval)", evaluate, "~3 min"))
     stages.append(Stage("report", "write the report", report, "~10 s"))
     return stages
@@ -236,7 +249,7 @@ def plan_reproduce(
     specs = [s for s in bundle_specs() if s.net is not None]
     order = sorted(specs, key=lambda s: (s.family != "baseline", s.net, s.name))  # teachers (baselines) first
     configs = ["train.json", "quick.json"] if quick else ["train.json"]
-    training = {"device": f"$torch.device('{device}')", **(overrides or {})}
+    training = {"device": f"$torch.device('{device}')", **_shared_cache(out), **(overrides or {})}
 
     def make_datalist() -> str:
         from common.data.datalist import write_datalist

@@ -61,3 +61,6 @@ def test_reproduce_quick_on_tiny_data(tiny_brats, tmp_path):
     settings = json.loads((tmp_path / "out" / "results" / "settings.json").read_text())
     assert len(settings["models"]) == 18
     assert (tmp_path / "out" / "report" / "report.html").is_file()
+    # one preprocessing cache for the whole run: items shared by bundles that preprocess alike, none per bundle
+    assert list((tmp_path / "out" / "cache").glob("*.pt"))
+    assert not list((tmp_path / "out" / "bundles").glob("*/cache"))

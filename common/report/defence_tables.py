@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import RobustsegError
 from common.metrics.stats import bonferroni, mean_sd, wilcoxon_p
@@ -32,6 +33,7 @@ from common.report.labels import (
     format_eps,
     steps_text,
 )
+from common.report.options import ReportOptions
 from common.report.schema import Record
 from common.report.selection import (
     by_subject,
@@ -339,24 +341,21 @@ def _render_defence_table(data: _DefenceData, daggers: set[tuple[str, str, int]]
 def build_defence_tables(
     records: Sequence[Record],
     net: str,
-    attack: str = "FGSM",
-    epsilons: Sequence[float] = (0.0, 0.05, 0.1),
-    baseline: Sequence[str] = (),
-    loss: str | None = None,
-    alpha: float = 0.05,
+    options: ReportOptions | None = None,
     source: str = "results",
+    **values: Any,
 ) -> list[Table]:
     """The paper's Table 2 (``net="3d"``) or Table 3 (``"2d"``), plus its adaptive and transfer variants.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
         net: ``"3d"`` or ``"2d"``.
-        attack: the attack's display name (the paper's FGSM).
-        epsilons: the columns; 0 means the clean rows.
-        baseline: model names; the one of this net is the reference. Empty: the net's only undefended model.
-        loss: the attack loss to tabulate; ``None``: the only one present, else ``soft_dice`` (the paper's).
-        alpha: significance level after Bonferroni correction.
+        options: what to show (:class:`~common.report.options.ReportOptions`): its ``attack`` (display name, the
+            paper's FGSM), ``epsilons`` (the columns; 0 means the clean rows), ``baseline`` (model names; the one of
+            this net is the reference; none: the net's only undefended model), ``loss`` (``None``: the only one
+            present, else ``soft_dice``, the paper's) and ``alpha`` (significance level after Bonferroni correction).
         source: name of the CSV, for error messages.
+        values: option fields to set instead of (or on top of) ``options``, e.g. ``loss="ce"``.
 
     Returns:
         The white-box table, then one per extra threat present (adaptive, transfer per source model); an empty list
@@ -366,11 +365,13 @@ def build_defence_tables(
         RobustsegError: if there is no (or no unique) undefended model, it has no clean rows or no rows at an
             epsilon where another model has some, subjects do not pair, or rows are duplicated or ambiguous.
     """
+    options = ReportOptions.resolve(options, **values)
+    attack, loss, alpha, baseline = options.attack, options.loss, options.alpha, options.baselines
     info = _defences(records, net)
     if not info:
         return []
     reference = _resolve_baseline(info, net, baseline, source)
-    eps = tuple(float(e) for e in epsilons)
+    eps = options.epsilons
 
     def data(threat: str, transfer_source: str | None = None) -> _DefenceData | None:
         return _defence_data(records, net, threat, attack, eps, reference, loss, alpha, source, transfer_source)

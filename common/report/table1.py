@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from common.errors import RobustsegError
 from common.metrics.stats import bonferroni, mean_sd, wilcoxon_p
 from common.report.labels import DICE_COLUMNS, NET_NAMES, REGION_NAMES, file_stem, format_eps, steps_text
+from common.report.options import ReportOptions
 from common.report.schema import Record
 from common.report.selection import (
     attack_order,
@@ -47,20 +49,20 @@ TABLE1_CSV_COLUMNS: tuple[str, ...] = (
 def build_table1(
     records: Sequence[Record],
     model: str,
-    epsilon: float = 0.05,
-    loss: str | None = None,
-    alpha: float = 0.05,
+    options: ReportOptions | None = None,
     source: str = "results",
+    **values: Any,
 ) -> Table:
     """The paper's Table 1 for one (undefended) model: clean vs each white-box attack at ``epsilon``.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
         model: the model to tabulate.
-        epsilon: the attacks' L-inf radius (the paper's 0.05).
-        loss: keep only attacks with this loss; ``None`` keeps all (an attack with several losses gets a row each).
-        alpha: significance level after Bonferroni correction.
+        options: what to show (:class:`~common.report.options.ReportOptions`): its ``epsilon`` (the attacks' L-inf
+            radius, the paper's 0.05), ``loss`` (keep only attacks with this loss; ``None`` keeps all, an attack with
+            several losses gets a row each) and ``alpha`` (significance level after Bonferroni correction).
         source: name of the CSV, for error messages.
+        values: option fields to set instead of (or on top of) ``options``, e.g. ``epsilon=0.1``.
 
     Returns:
         The table (Dice TC/ET/WT, input PSNR/SSIM/RMSE, and raw/corrected p-values).
@@ -69,6 +71,8 @@ def build_table1(
         RobustsegError: if the model has no clean rows, an attack's subjects do not pair with the clean ones, or a
             subject has duplicate rows.
     """
+    options = ReportOptions.resolve(options, **values)
+    epsilon, loss, alpha = options.epsilon, options.loss, options.alpha
     model_clean_rows = clean_rows(records, model)
     if not model_clean_rows:
         raise RobustsegError(

@@ -77,11 +77,9 @@ def build_tables(
     tables = []
     for net in Net:
         undefended = sorted({str(r["model"]) for r in records if r["net"] == net and r["defense"] == Defense.NONE})
-        tables += [build_table1(records, m, options.epsilon, options.loss, options.alpha, source) for m in undefended]
+        tables += [build_table1(records, m, options, source) for m in undefended]
     for net in Net:
-        tables += build_defence_tables(
-            records, net, options.attack, options.epsilons, baselines, options.loss, options.alpha, source
-        )
+        tables += build_defence_tables(records, net, options, source)
     return tables
 
 

@@ -286,6 +286,22 @@ def test_n4_is_deterministic_and_picklable(biased_phantom):
     assert torch.equal(image[0], torch.from_numpy(observed))  # input untouched
 
 
+def test_n4_does_not_depend_on_the_thread_count(biased_phantom):
+    # N4's B-spline fits take ITK's process-wide default thread count, which SimpleITK sets to the number of cores
+    sitk = pytest.importorskip("SimpleITK")
+    transform = N4BiasFieldCorrection(shrink_factor=2, iterations=[20, 10])
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    fields = []
+    try:
+        for threads in (1, 4):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            fields.append(transform.log_bias_field(biased_phantom[0]))
+            assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # restored after the fit
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    assert np.array_equal(fields[0], fields[1])
+
+
 def test_n4_mask_none_uses_every_voxel(biased_phantom):
     observed, _, _, white = biased_phantom
     corrected = N4BiasFieldCorrection(shrink_factor=4, mask="none")(observed[None])
@@ -315,11 +331,17 @@ def test_n4_input_errors_name_the_subject(image, kwargs, match):
 
 def test_n4_itk_failure_is_one_line(monkeypatch):
     def fail(self, volume, spacing):
-        raise RuntimeError("itk::ExceptionObject (0x1)\nLocation: N4\nDescription: too few voxels")
+        raise RuntimeError("Exception thrown in SimpleITK N4BiasFieldCorrectionImageFilter_Execute:\ntoo few voxels")
 
     monkeypatch.setattr(N4BiasFieldCorrection, "log_bias_field", fail)
-    with pytest.raises(RobustsegError, match=r"channel 0: ITK's N4 failed \(.*Description: too few voxels\)\.$"):
+    with pytest.raises(RobustsegError, match=r"channel 0: ITK's N4 failed \(.*Execute: too few voxels\)\.$"):
         N4BiasFieldCorrection()(np.ones((1, 4, 4, 4), np.float32))
+
+
+def test_n4_failure_inside_itk_is_one_line():
+    # a one-voxel volume: N4's B-spline domain has zero width, and ITK refuses the zero spacing it would need
+    with pytest.raises(RobustsegError, match=r"^N4BiasFieldCorrection: channel 0: ITK's N4 failed \([^\n]+\)\.$"):
+        N4BiasFieldCorrection()(np.ones((1, 1, 1, 1), np.float32))
 
 
 @pytest.mark.parametrize(
