@@ -25,8 +25,8 @@ The attacks run as the jobs of :mod:`common.engines.attack_jobs`. The work runs 
 :class:`~ignite.engine.Engine`, one batch of ``batch_size`` subjects per iteration
 (:mod:`common.engines.subject_batch`), with a progress bar: each unit (clean predictions, one attack job under one
 threat) runs on the whole batch, and since an attack treats every sample on its own, each subject gets the rows it gets
-alone (to the float rounding of batched convolutions; ``benchmarks/bench_evaluation.py``). Rows are appended and flushed
-as they are computed, one per subject as before, and a rerun skips every (model, subject, attack, threat, source,
+alone (to the float rounding of batched convolutions; ``benchmarks/bench_evaluation.py``). Each batch's rows are appended and
+flushed when the batch is done, one per subject and grouped by subject as a batch of one writes them, and a rerun skips every (model, subject, attack, threat, source,
 epsilon, iteration, loss) already in the CSV, so an interrupted evaluation resumes; in a batch whose subjects are partly
 done, a unit runs only on the subjects that miss rows of it. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are
 sharded across ranks (by subject, then batched), each rank appends to its own part file, and rank 0 merges them into
@@ -460,7 +460,7 @@ class RobustnessEvaluation:
                 savers[subject] = ExampleWriter(self._examples_dir(subject), subject, image, label, batch.affines[i])
         # (white-box job index, subject) -> the source model's final adversarial inputs of that subject (transfer)
         source_cache: dict[tuple[int, str], list[Adversarial]] = {}
-        written = 0
+        pending: list[dict[str, Any]] = []
         for k, unit in enumerate(self.units):
             rows = [i for i, s in enumerate(batch.subjects) if k in plan[s]]
             if not rows:
@@ -488,14 +488,16 @@ class RobustnessEvaluation:
                             finals = [a for a in own if a.iteration == unit.job.final_iteration]
                             source_cache[(key, subject)] = [replace(a, predictions=None) for a in finals]
                 records = self._score(unit, model, part, per_subject, savers)
-            new = [r for r in records if _row_key(r) not in self.done]
-            self._writer.write(new)
-            for record in new:
-                self.done[_row_key(record)] = str(record["attack_config"] or "")
-            written += len(new)
+            pending.extend(r for r in records if _row_key(r) not in self.done)
+        # one subject's rows together, in plan order, as a batch of one writes them (and a torchrun merge expects)
+        order = {subject: i for i, subject in enumerate(batch.subjects)}
+        pending.sort(key=lambda record: order[record["subject"]])
+        self._writer.write(pending)
+        for record in pending:
+            self.done[_row_key(record)] = str(record["attack_config"] or "")
         for saver in savers.values():
             saver.finish()
-        return written
+        return len(pending)
 
     def _transfer_inputs(
         self, unit: Unit, part: SubjectBatch, source_cache: dict[tuple[int, str], list[Adversarial]]
