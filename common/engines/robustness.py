@@ -25,13 +25,13 @@ The attacks run as the jobs of :mod:`common.engines.attack_jobs`. The work runs 
 :class:`~ignite.engine.Engine`, one batch of ``batch_size`` subjects per iteration
 (:mod:`common.engines.subject_batch`), with a progress bar: each unit (clean predictions, one attack job under one
 threat) runs on the whole batch, and since an attack treats every sample on its own, each subject gets the rows it gets
-alone (to the float rounding of batched convolutions; ``benchmarks/bench_evaluation.py``). Each batch's rows are appended and
-flushed when the batch is done, one per subject and grouped by subject as a batch of one writes them, and a rerun skips every (model, subject, attack, threat, source,
-epsilon, iteration, loss) already in the CSV, so an interrupted evaluation resumes; in a batch whose subjects are partly
-done, a unit runs only on the subjects that miss rows of it. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are
-sharded across ranks (by subject, then batched), each rank appends to its own part file, and rank 0 merges them into
-``results.csv`` after a barrier (:mod:`common.engines.results_io`). Every setting, model and data file is checked before
-anything is written.
+alone (to the float rounding of batched convolutions; ``benchmarks/bench_evaluation.py``). Each batch's rows are
+appended and flushed when the batch is done, one per subject and grouped by subject as a batch of one writes them, and a
+rerun skips every (model, subject, attack, threat, source, epsilon, iteration, loss) already in the CSV, so an
+interrupted evaluation resumes; in a batch whose subjects are partly done, a unit runs only on the subjects that miss
+rows of it. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are sharded across ranks (by subject, then batched),
+each rank appends to its own part file, and rank 0 merges them into ``results.csv`` after a barrier
+(:mod:`common.engines.results_io`). Every setting, model and data file is checked before anything is written.
 
 Outputs in ``output_dir``: ``results.csv``, ``settings.json`` (models with their training settings, attacks, data,
 package versions), ``examples/<subject>/`` (NIfTI volumes of one subject and ``index.json``, for the report's figure
