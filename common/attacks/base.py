@@ -177,6 +177,17 @@ def _check_clip(clip: str | tuple[float, float] | None) -> str | tuple[float, fl
     return (lo, hi)
 
 
+_AMP = {False: (False, torch.bfloat16), "fp32": (False, torch.bfloat16), True: (True, torch.bfloat16),
+        "bf16": (True, torch.bfloat16), "fp16": (True, torch.float16)}  # fmt: skip
+
+
+def _check_amp(amp: bool | str) -> tuple[bool, torch.dtype]:
+    """``amp`` as (autocast on, autocast dtype)."""
+    if isinstance(amp, (bool, str)) and amp in _AMP:
+        return _AMP[amp]
+    raise RobustsegError(f"amp must be False, True, 'fp32', 'bf16' or 'fp16', got {amp!r}.")
+
+
 def _check_inputs(images: Tensor, labels: Tensor) -> None:
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 3:
         what = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images)
@@ -231,8 +242,9 @@ class Attack:
     ``logits / T`` instead; the model's output, and so what is scored, is unchanged.
     :attr:`AttackStep.zero_grad_fraction` shows whether an attack is being masked.
 
-    Mixed precision: ``amp=True`` runs the forward and backward passes under
-    ``torch.autocast(device_type, dtype=torch.bfloat16)`` (the loss stays fp32). Measured by
+    Mixed precision: ``amp=True`` (or ``"bf16"``) runs the forward and backward passes under
+    ``torch.autocast(device_type, dtype=torch.bfloat16)`` (the loss stays fp32); ``amp="fp16"`` uses float16 (CUDA).
+    :func:`common.engines.precision.choose_precision` decides per device whether autocast pays off. Measured by
     ``python benchmarks/bench_attacks.py`` on a ``UNet3D(base_filters=8)`` trained for 40 steps on synthetic tumours
     (two 48^3 test volumes, two runs): the sign of the bf16 input gradient agreed with fp32 in 97.4-98.6 % of the
     voxels (99.9 % of the half with the larger fp32 gradient; the disagreements are near-zero gradients), i-FGSM(10)
@@ -268,7 +280,8 @@ class Attack:
         logit_scale: multiply the logits by this instead (``1 / temperature``); give at most one of the two.
         inferer: e.g. a MONAI ``SlidingWindowInferer``; when given, logits are ``inferer(images, model)``, so the
             gradient flows through the window stitching and volumes larger than the network's patch can be attacked.
-        amp: run forward and backward under bf16 autocast (see above).
+        amp: run forward and backward under autocast (see above): ``False``/``"fp32"`` (default), ``True``/``"bf16"``
+            or ``"fp16"``.
         stop: per-sample early stopping (see above): ``None`` (default), a name of :data:`STOP_CRITERIA` or a
             callable ``(AttackProbe) -> (n,) bool``. Listed in ``repr`` only when set.
 
@@ -303,7 +316,7 @@ class Attack:
         temperature: float | None = None,
         logit_scale: float | None = None,
         inferer: Callable[..., Tensor] | None = None,
-        amp: bool = False,
+        amp: bool | str = False,
         stop: str | StopCriterion | None = None,
     ) -> None:
         self.relative = bool(relative)
@@ -331,7 +344,7 @@ class Attack:
         if logit_scale is not None:
             self.temperature = 1.0 / float(logit_scale)
         self.inferer = inferer
-        self.amp = bool(amp)
+        self.amp, self.amp_dtype = _check_amp(amp)
         self.stop = stop
         self.stop_criterion = _check_stop(stop)
 
@@ -343,7 +356,8 @@ class Attack:
     def settings(self) -> dict[str, Any]:
         """The constructor settings, as listed by ``repr`` (and so in the CSV rows of an evaluation).
 
-        ``stop`` is listed only when set, so the ``attack_config`` of rows written before it existed still matches.
+        ``stop`` (and ``amp_dtype``, for fp16) is listed only when set, so the ``attack_config`` of rows written
+        before they existed still matches.
         """
         settings = {
             "epsilon": self.epsilon,
@@ -356,6 +370,8 @@ class Attack:
             "inferer": self.inferer,
             "amp": self.amp,
         }
+        if self.amp_dtype == torch.float16:
+            settings["amp_dtype"] = "fp16"
         return settings if self.stop is None else {**settings, "stop": self.stop}
 
     def __repr__(self) -> str:
@@ -491,7 +507,7 @@ class Attack:
 
     def logits(self, model: Callable[..., Tensor], images: Tensor) -> Tensor:
         """The logits the loss sees: the model's (through the inferer, if any), divided by ``temperature``."""
-        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(device_type=images.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.inferer(images, model) if self.inferer is not None else model(images)
         logits = logits.float()
         return logits if self.temperature == 1.0 else logits / self.temperature

@@ -13,6 +13,7 @@ from common.engines.checkpoint import (
 )
 from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, find_model_bundle, load_model_bundle
+from common.engines.precision import PRECISIONS, PrecisionChoice, choose_precision
 from common.engines.progress import ProgressBarHandler
 from common.engines.quality import InputQuality
 from common.engines.results_io import KEY_COLUMNS, RESULTS_NAME, SETTINGS_NAME, merge_results, shard_subjects
@@ -37,6 +38,9 @@ __all__ = [
     "find_model_bundle",
     "load_model_bundle",
     "InputQuality",
+    "PRECISIONS",
+    "PrecisionChoice",
+    "choose_precision",
     "DEFAULT_ATTACKS",
     "DEFAULT_SWEEP_EPSILONS",
     "Adversarial",

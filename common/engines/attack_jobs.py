@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackStep
@@ -91,7 +92,9 @@ class Adversarial:
         )
 
 
-def reusable_predictions(adversarials: Sequence[Adversarial], amp: bool) -> list[Tensor | None]:
+def reusable_predictions(
+    adversarials: Sequence[Adversarial], amp: bool, amp_dtype: str = "bfloat16"
+) -> list[Tensor | None]:
     """The attacked model's predictions of each adversarial input where its attack's own forward pass gave them.
 
     They score an iterate without another forward pass when the attack saw the model as scoring does: the same
@@ -100,12 +103,15 @@ def reusable_predictions(adversarials: Sequence[Adversarial], amp: bool) -> list
 
     Args:
         adversarials: the inputs to score (of the model the attacks ran on: not transfer inputs).
-        amp: whether scoring runs the model under bf16 autocast.
+        amp: whether scoring runs the model under autocast.
+        amp_dtype: the scoring's autocast dtype, ``"bfloat16"`` or ``"float16"``.
 
     Returns:
         Per input, its label map ``(1 or B, 1, *spatial)``, or ``None`` where a forward pass is needed.
     """
-    if not all(a.attack.amp == amp and a.attack.inferer is None for a in adversarials):
+    dtype = torch.float16 if amp_dtype == "float16" else torch.bfloat16
+    same = all(a.attack.amp == amp and (not amp or a.attack.amp_dtype == dtype) for a in adversarials)
+    if not same or any(a.attack.inferer is not None for a in adversarials):
         return [None] * len(adversarials)
     return [a.predictions for a in adversarials]
 
@@ -239,7 +245,7 @@ def build_jobs(
     sweep_epsilons: Sequence[float],
     epsilon: float,
     loss: str,
-    attack_amp: bool = False,
+    attack_amp: bool | str = False,
     temperature: float | None = None,
 ) -> list[AttackJob]:
     """The attack jobs of one threat: FGSMs grouped into sweeps, then the iterative attacks, in the given order.
@@ -250,7 +256,7 @@ def build_jobs(
         sweep_epsilons: the sweep's epsilons.
         epsilon: the default epsilon of the attack specs.
         loss: the default attack loss.
-        attack_amp: the default ``amp`` of the attacks (bf16 forward/backward).
+        attack_amp: the default ``amp`` of the attacks: ``False``/``"fp32"``, ``True``/``"bf16"`` or ``"fp16"``.
         temperature: divide the logits by this in every attack (the adaptive threat); ``None`` for white-box.
 
     Returns:

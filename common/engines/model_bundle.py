@@ -55,7 +55,7 @@ class ModelBundle:
         config_files: the config files parsed, relative to ``root`` when inside it.
         network: the network built from ``network_def`` with the trained weights, in eval mode, on the device.
         preprocessing: the bundle's ``preprocessing_transforms`` as a MONAI ``Compose`` (keys image and label).
-        amp: whether the bundle infers under bf16 autocast (its ``amp`` setting).
+        amp: whether the bundle infers under autocast (its ``amp`` setting, resolved from ``precision``).
         spatial_size: the preprocessed grid (``spatial_size``).
         net: ``"3d"`` or ``"2d"`` (metadata).
         family: template family, e.g. ``"baseline"``, ``"distill"`` (metadata).
@@ -71,6 +71,7 @@ class ModelBundle:
         trained_with: the settings training recorded beside the weights (``models/training_settings.json``: grid,
             network width, preprocessing), applied on top of the config files.
         overrides: the explicit config overrides, applied last.
+        amp_dtype: the autocast dtype when :attr:`amp` is on: ``"bfloat16"`` or ``"float16"`` (its ``amp_dtype``).
     """
 
     name: str
@@ -92,6 +93,7 @@ class ModelBundle:
     training: dict[str, Any] = field(default_factory=dict)
     trained_with: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    amp_dtype: str = "bfloat16"
     _parser: ConfigParser | None = field(default=None, repr=False)
 
     @property
@@ -125,6 +127,7 @@ class ModelBundle:
             "weights": str(self.weights),
             "weights_sha256": self.weights_sha256,
             "amp": self.amp,
+            "amp_dtype": self.amp_dtype if self.amp else None,
             "spatial_size": self.spatial_size,
             "preprocessing": self.preprocessing_settings,
             "training": self.training,
@@ -306,6 +309,7 @@ def load_model_bundle(
     preprocessing = Compose(list(transforms))
     spatial_size = _parsed(parser, "spatial_size", where)
     amp = bool(_parsed(parser, "amp", where)) if "amp" in parser else False
+    amp_dtype = str(_parsed(parser, "amp_dtype", where)) if amp and "amp_dtype" in parser else "bfloat16"
     settings = {k: _plain(parser.get_parsed_content(k)) for k in PREPROCESSING_KEYS if k in parser}
     relative = [os.path.relpath(f, root) if Path(f).is_absolute() and Path(f).is_relative_to(root) else f
                 for f in config_files]  # fmt: skip
@@ -316,6 +320,7 @@ def load_model_bundle(
         network=network,
         preprocessing=preprocessing,
         amp=amp,
+        amp_dtype=amp_dtype,
         spatial_size=[int(s) for s in spatial_size],
         weights=weights.resolve(),
         weights_sha256=_sha256(weights),

@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine
 from torch import Tensor
+from torch.nn.modules.conv import _ConvNd
 
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
@@ -69,6 +70,7 @@ from common.engines.attack_jobs import (
 )
 from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, load_model_bundle
+from common.engines.precision import PRECISIONS, PrecisionChoice, choose_precision
 from common.engines.progress import ProgressBarHandler
 from common.engines.results_io import (
     RESULTS_NAME,
@@ -87,7 +89,7 @@ from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.report.examples import INDEX_NAME, ExampleWriter
 from common.utils.files import write_atomic
-from common.utils.validation import check_int, check_number
+from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = ["RobustnessEvaluation"]
 
@@ -123,7 +125,10 @@ class RobustnessEvaluation:
         sweep: the FGSM spec of the epsilon sweep (``None``: no sweep).
         sweep_epsilons: the sweep's epsilons.
         loss: the attack loss of the specs that do not name one (the paper's ``soft_dice``).
-        attack_amp: run the attacks' forward/backward passes under bf16 autocast (default fp32, as the paper).
+        attack_precision: the attacks' forward/backward precision: ``"fp32"`` (default, the reference), ``"bf16"``,
+            ``"fp16"`` (CUDA) or ``"auto"`` (:func:`common.engines.precision.choose_precision` measures on the first
+            model at the batch's shape; fp32 under ``torchrun``, where ranks could measure differently). The choice
+            and its measurement go into ``settings.json``.
         adaptive: also run the adaptive attacks (logits / T) on models with a distillation temperature.
         transfer_source: the model whose white-box adversarial inputs are applied to every other model: a model
             name, ``"auto"`` (the first undefended model, if there are two models or more) or ``None`` (no transfer).
@@ -159,7 +164,7 @@ class RobustnessEvaluation:
         sweep: Mapping[str, Any] | str | None = "FGSM",
         sweep_epsilons: Sequence[float] = DEFAULT_SWEEP_EPSILONS,
         loss: str = "soft_dice",
-        attack_amp: bool = False,
+        attack_precision: str = "fp32",
         adaptive: bool = True,
         transfer_source: str | None = "auto",
         example_subject: str | bool | None = None,
@@ -191,7 +196,7 @@ class RobustnessEvaluation:
             "sweep": sweep,
             "sweep_epsilons": list(sweep_epsilons) if sweep is not None else [],
             "loss": loss,
-            "attack_amp": attack_amp,
+            "attack_precision": attack_precision,
             "adaptive": adaptive,
             "batch_size": self.batch_size,
             "score_batch_size": score_batch_size,
@@ -200,8 +205,9 @@ class RobustnessEvaluation:
         self.tables = bool(tables)
         self.device = self._device(device)
 
-        # attacks first: a typo there should not wait for the models to load
-        self.white_box_jobs = build_jobs(attacks, sweep, sweep_epsilons, epsilon, loss, attack_amp)
+        # attacks first: a typo there should not wait for the models to load (built again below at the precision)
+        look_up_option("attack_precision", attack_precision, PRECISIONS)
+        self.white_box_jobs = build_jobs(attacks, sweep, sweep_epsilons, epsilon, loss)
         self.attack_specs = [_spec(a, "attacks") for a in attacks]
 
         self.models: list[ModelBundle] = []
@@ -212,13 +218,17 @@ class RobustnessEvaluation:
         if duplicates:
             raise RobustsegError(f"model_bundles: {duplicates} given more than once; each model must appear once.")
         check_same_preprocessing(self.models)
+        self.precision = self._attack_precision(attack_precision)
+        amp = self.precision.precision
+        if self.precision.amp:
+            self.white_box_jobs = build_jobs(attacks, sweep, sweep_epsilons, epsilon, loss, amp)
 
         self.adaptive_jobs: dict[int, list[AttackJob]] = {}
         if adaptive:
             for index, model in enumerate(self.models):
                 if model.temperature is not None:
                     self.adaptive_jobs[index] = build_jobs(
-                        attacks, sweep, sweep_epsilons, epsilon, loss, attack_amp, temperature=model.temperature
+                        attacks, sweep, sweep_epsilons, epsilon, loss, amp, temperature=model.temperature
                     )
         self.source = self._transfer_source(transfer_source)
 
@@ -256,6 +266,17 @@ class RobustnessEvaluation:
         if device.type == "cuda" and device.index is None:
             device = torch.device(f"cuda:{self.local_rank}")
         return device
+
+    def _attack_precision(self, requested: str) -> PrecisionChoice:
+        """Resolve ``attack_precision`` on the first model at the shape of a batch of subjects."""
+        if requested == "auto" and self.world_size > 1:
+            reason = "auto is not measured under torchrun (ranks could choose differently): fp32"
+            return PrecisionChoice("fp32", "auto", self.device.type, reason)
+        network = self.models[0].network
+        convolutions = [m for m in network.modules() if isinstance(m, _ConvNd)]
+        channels = convolutions[0].in_channels if convolutions else 4
+        shape = [self.batch_size, channels, *self.models[0].spatial_size]
+        return choose_precision(requested, network, shape, self.device)
 
     def _transfer_source(self, transfer_source: str | None) -> int | None:
         names = [m.name for m in self.models]
@@ -331,7 +352,8 @@ class RobustnessEvaluation:
                 "device": str(self.device),
                 "world_size": self.world_size,
                 "torch_threads": torch.get_num_threads(),
-                "prediction": "argmax of the logits, model in eval mode, bf16 autocast where the bundle's amp is on",
+                "attack_precision_choice": self.precision.as_dict(),
+                "prediction": "argmax of the logits, model in eval mode, autocast where the bundle's amp is on",
             },
             "models": [m.settings() for m in self.models],
             "attacks": attacks,
@@ -516,7 +538,7 @@ class RobustnessEvaluation:
 
     def _predict(self, model: ModelBundle, images: Tensor) -> Tensor:
         """BraTS label maps (B, 1, *spatial) of the model for a batch, in no-grad batches of ``score_batch_size``."""
-        inferer = AutocastInferer(PairedForwardInferer(), enabled=model.amp)
+        inferer = AutocastInferer(PairedForwardInferer(), enabled=model.amp, dtype=model.amp_dtype)
         out = []
         with torch.no_grad():
             for chunk in images.split(self.score_batch_size):
@@ -535,7 +557,7 @@ class RobustnessEvaluation:
         job = unit.job
         assert job is not None
         flat = [a for own in per_subject for a in own]
-        known = [None] * len(flat) if unit.transfer else reusable_predictions(flat, model.amp)
+        known = [None] * len(flat) if unit.transfer else reusable_predictions(flat, model.amp, model.amp_dtype)
         unknown = [k for k, p in enumerate(known) if p is None]
         if unknown:
             computed = self._predict(model, torch.cat([flat[k].image for k in unknown]))

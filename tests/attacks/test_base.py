@@ -271,6 +271,25 @@ def test_amp_gradient_sign_mostly_agrees_with_fp32(trained_net, tumours):
     assert agreement > 0.8
 
 
+@pytest.mark.parametrize(
+    ("amp", "on", "dtype", "listed"),
+    [(False, False, torch.bfloat16, "amp=False"), ("fp32", False, torch.bfloat16, "amp=False"),
+     (True, True, torch.bfloat16, "amp=True"), ("bf16", True, torch.bfloat16, "amp=True"),
+     ("fp16", True, torch.float16, "amp=True, amp_dtype='fp16'")],
+)  # fmt: skip
+def test_amp_settings_name_the_autocast_dtype(amp, on, dtype, listed):
+    """A precision name gives the same attack (and ``repr``, the CSV's attack_config) as the boolean it stands for."""
+    attack = IterativeFGSM(0.05, amp=amp)
+    assert (attack.amp, attack.amp_dtype) == (on, dtype)
+    assert listed in repr(attack) and ("amp_dtype" in repr(attack)) == (dtype == torch.float16)
+
+
+@pytest.mark.parametrize("amp", ["fp64", 1, None])
+def test_bad_amp_setting_raises(amp):
+    with pytest.raises(RobustsegError, match=r"amp must be False, True, 'fp32', 'bf16' or 'fp16', got"):
+        IterativeFGSM(0.05, amp=amp)
+
+
 @pytest.mark.parametrize("name", registered_attacks())
 def test_name_and_repr_list_the_settings(name):
     cls = ATTACKS[name]

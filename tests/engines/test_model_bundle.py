@@ -11,6 +11,7 @@ import torch
 from monai.transforms import Compose
 
 from common.engines import check_same_preprocessing, find_model_bundle, load_model_bundle
+from common.engines.precision import choose_precision
 from common.errors import RobustsegError
 
 from .conftest import OVERRIDES, QUICK
@@ -32,7 +33,9 @@ def test_loads_network_preprocessing_and_identity(bundles, tiny_datalist):
     assert model.weights_sha256 == hashlib.sha256((folder / "models" / "model.pt").read_bytes()).hexdigest()
     assert isinstance(model.preprocessing, Compose)
     quick = json.loads((folder / "configs" / "quick.json").read_text())
-    assert model.spatial_size == [16, 16, 16] and model.amp is quick["amp"]
+    # no training record here: precision "auto" measured this network at a batch of two (the same cached choice)
+    auto = choose_precision("auto", model.network, [2, 4, 16, 16, 16], "cpu")
+    assert model.spatial_size == [16, 16, 16] and model.amp is auto.amp and "precision" not in quick
     assert model.config_files == QUICK
     assert model.training["config_files"] == ["configs/train.json", "configs/quick.json"]
     assert model.training["epochs"] == quick["epochs"]

@@ -446,8 +446,8 @@ def test_batches_give_the_rows_of_other_batches(batch_size, finished, bundles, t
         assert row["attack_config"] == reference[key]["attack_config"]
 
 
-@pytest.mark.parametrize(("attack_amp", "predicted"), [(False, 6), (True, 10)])
-def test_iterates_are_scored_from_the_attacks_own_passes(attack_amp, predicted, bundles, tiny_datalist, tmp_path,
+@pytest.mark.parametrize(("attack_precision", "predicted"), [("fp32", 6), ("bf16", 10)])
+def test_iterates_are_scored_from_the_attacks_own_passes(attack_precision, predicted, bundles, tiny_datalist, tmp_path,
                                                          monkeypatch):  # fmt: skip
     """One subject, one model: the clean input, 3 sweep points and the final iterates of i-FGSM and ti-FGSM take a
     pass of their own; iterates 1 and 2 were predicted by the attack's next step (unless it ran in another
@@ -462,14 +462,14 @@ def test_iterates_are_scored_from_the_attacks_own_passes(attack_amp, predicted, 
              "label": str(Path(tiny_datalist).parent / data["testing"][0]["label"])}  # fmt: skip
     datalist.write_text(json.dumps({"training": [entry], "testing": [entry]}))
     out = tmp_path / "out"
-    evaluation(bundles, str(datalist), out, models=(BASELINE,), attack_amp=attack_amp, tables=False,
+    evaluation(bundles, str(datalist), out, models=(BASELINE,), attack_precision=attack_precision, tables=False,
                example_subject=False).run()  # fmt: skip
     assert sum(seen) == predicted
     bundle, image, label = _subject_input(bundles, str(datalist))
     rows = load_results(out / "results.csv")
     for name, make in (("i-FGSM", IterativeFGSM), ("ti-FGSM", TargetedIterativeFGSM)):
         records = []
-        make(0.05, steps=STEPS, amp=attack_amp)(bundle.network, image, label, callback=records.append)
+        make(0.05, steps=STEPS, amp=attack_precision)(bundle.network, image, label, callback=records.append)
         for record in records:
             with torch.no_grad():
                 prediction = logits_to_labels(AutocastInferer(enabled=bundle.amp)(record.adversarial, bundle.network))
