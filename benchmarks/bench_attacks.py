@@ -13,6 +13,9 @@ runs, after one warm-up each, so that load from other processes hits both sides 
 5. bf16 autocast: the network is first trained for ``--train-steps`` steps on synthetic tumours ("trained-ish"),
    then the sign of the input gradient under ``torch.autocast(dtype=torch.bfloat16)`` is compared with fp32, and
    the soft-Dice loss reached by i-FGSM(10) at epsilon 0.05 with and without ``amp``.
+6. ``APGD(steps=--apgd-steps)`` (default 100) against its floor: as many forward + soft-Dice loss + input-gradient
+   passes (target ratio <= 1.1: APGD adds one forward pass per restart for its last iterate, the hard-Dice scoring of
+   every iterate and its per-sample bookkeeping). ``--apgd-steps 0`` skips it.
 
 The network is :class:`common.networks.UNet3D` (``--batch`` volumes, default 1, ``--size``^3 input, ``--base-filters``
 filters) or, if that is missing, MONAI's ``BasicUNet``. Our attacks take each volume's own loss (one soft-Dice call per
@@ -26,7 +29,8 @@ Usage::
 
     python benchmarks/bench_attacks.py                            # UNet3D base 8, 48^3, 5 repeats (~12 minutes)
     python benchmarks/bench_attacks.py --size 32 --repeats 1 --train-steps 10     # quick look
-    python benchmarks/bench_attacks.py --batch 4 --no-bf16     # the evaluation's default batch of subjects; 1-3 only
+    python benchmarks/bench_attacks.py --batch 4 --no-bf16     # the evaluation's default batch of subjects; 1-3, 6
+    python benchmarks/bench_attacks.py --apgd-steps 0             # without the APGD timing (6), the longest
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import torch
 import torchattacks
 from torch import Tensor, nn
 
-from common.attacks import FGSM, IterativeFGSM
+from common.attacks import APGD, FGSM, IterativeFGSM
 from common.data.labels import labels_to_indices
 from common.losses import SoftDiceLoss
 
@@ -141,6 +145,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method; medians are shown")
     parser.add_argument("--steps", type=int, default=10, help="i-FGSM steps (default 10, the paper's)")
     parser.add_argument("--train-steps", type=int, default=40, help="training steps before the bf16 comparison")
+    parser.add_argument(
+        "--apgd-steps", type=int, default=100, help="APGD iterations, timed against as many passes (0 skips)"
+    )
     parser.add_argument("--channels-last", action="store_true", help="give the network channels-last 3D input")
     parser.add_argument(
         "--no-bf16", action="store_true", help="skip bf16 (4 and 5): slow without AMX or AVX512-BF16, and 5 trains"
@@ -187,6 +194,11 @@ def main() -> None:
         "sweep": lambda: FGSM(epsilon).sweep(net, images, labels, epsilons),
         "fgsm_loop": lambda: [FGSM(e)(net, images, labels) for e in epsilons],
     }
+    apgd_steps = args.apgd_steps
+    if apgd_steps > 0:
+        apgd = APGD(epsilon, steps=apgd_steps)
+        runs["apgd"] = lambda: apgd(net, images, labels)
+        runs["apgd_floor"] = lambda: floor(net, images, labels, apgd_steps)
     if not args.no_bf16:
         runs["ifgsm_amp"] = lambda: IterativeFGSM(epsilon, steps=steps, amp=True)(net, images, labels)
     times = time_runs(runs, args.repeats)
@@ -198,6 +210,7 @@ def main() -> None:
         (f"i-FGSM({steps}) CE vs torchattacks BIM", "ours_ce", "bim", "<= 1.0", f"outputs agree: {agree}"),
         ("FGSM.sweep (11 eps) vs 11 x FGSM", "sweep", "fgsm_loop", "<= 0.35", f"identical: {identical}"),
         (f"i-FGSM({steps}) amp=True (bf16) vs fp32", "ifgsm_amp", "ifgsm", "-", ""),
+        (f"APGD({apgd_steps}) vs {apgd_steps} x (forward+loss+backward)", "apgd", "apgd_floor", "<= 1.1", ""),
     ]
     print(f"\n{'comparison':<48} {'ours (s)':>9} {'ref (s)':>9} {'ratio':>7} {'min ratio':>9}  target   check")
     for label, ours, reference, target, check in rows:
@@ -215,28 +228,32 @@ def main() -> None:
     # (loss, sign, projection, records), which adds to the real network's time.
     stand_in = nn.Conv3d(4, 4, 1).eval()
     stand_in_bim = torchattacks.BIM(stand_in, eps=epsilon, alpha=alpha, steps=steps)
-    cheap = time_runs(
-        {
-            "floor": lambda: floor(stand_in, images, labels, steps),
-            "ifgsm": lambda: ifgsm(stand_in, images, labels),
-            "ifgsm_callback": lambda: ifgsm(stand_in, images, labels, callback=lambda record: None),
-            "ours_ce": lambda: ours_ce(stand_in, images, labels),
-            "bim": lambda: stand_in_bim(images, indices),
-        },
-        max(20, args.repeats),
-    )
+    cheap_runs = {
+        "floor": lambda: floor(stand_in, images, labels, steps),
+        "ifgsm": lambda: ifgsm(stand_in, images, labels),
+        "ifgsm_callback": lambda: ifgsm(stand_in, images, labels, callback=lambda record: None),
+        "ours_ce": lambda: ours_ce(stand_in, images, labels),
+        "bim": lambda: stand_in_bim(images, indices),
+    }
+    if apgd_steps > 0:
+        cheap_runs["apgd"] = lambda: apgd(stand_in, images, labels)
+        cheap_runs["apgd_floor"] = lambda: floor(stand_in, images, labels, apgd_steps)
+    cheap = time_runs(cheap_runs, max(20, args.repeats))
     cheap_median = {name: statistics.median(values) for name, values in cheap.items()}
     print(f"\nwithout the network (1x1x1-conv stand-in, median of {max(20, args.repeats)}): ms per step, and the ratio")
     print("the extra work implies on the real network (1 + extra / real reference time)")
-    for label, ours, reference in [
-        ("i-FGSM vs floor", "ifgsm", "floor"),
-        ("i-FGSM + callback vs floor", "ifgsm_callback", "floor"),
-        ("i-FGSM CE vs torchattacks BIM", "ours_ce", "bim"),
+    for label, ours, reference, n in [
+        ("i-FGSM vs floor", "ifgsm", "floor", steps),
+        ("i-FGSM + callback vs floor", "ifgsm_callback", "floor", steps),
+        ("i-FGSM CE vs torchattacks BIM", "ours_ce", "bim", steps),
+        ("APGD vs floor", "apgd", "apgd_floor", apgd_steps),
     ]:
+        if ours not in cheap_median:
+            continue
         extra = cheap_median[ours] - cheap_median[reference]
         print(
-            f"{label:<32} ours {1e3 * cheap_median[ours] / steps:7.2f}  reference "
-            f"{1e3 * cheap_median[reference] / steps:7.2f}  implied ratio {1 + extra / median[reference]:.4f}"
+            f"{label:<32} ours {1e3 * cheap_median[ours] / n:7.2f}  reference "
+            f"{1e3 * cheap_median[reference] / n:7.2f}  implied ratio {1 + extra / median[reference]:.4f}"
         )
 
     if args.no_bf16:

@@ -1,10 +1,11 @@
-"""Adversarial attacks on segmentation networks: FGSM, i-FGSM, ti-FGSM (Liu et al. 2021, eqs. 1-3) and PGD.
+"""Adversarial attacks on segmentation networks: FGSM, i-FGSM, ti-FGSM (Liu et al. 2021, eqs. 1-3), PGD and APGD.
 
 Every attack is a callable ``adv = attack(model, images, labels)`` with the settings of :class:`Attack`.
 """
 
 from __future__ import annotations
 
+from common.attacks.apgd import APGD, apgd_checkpoints
 from common.attacks.base import LOSSES, STOP_CRITERIA, Attack, AttackProbe, AttackStep, StopCriterion
 from common.attacks.fgsm import FGSM
 from common.attacks.ifgsm import IterativeFGSM
@@ -13,6 +14,7 @@ from common.attacks.registry import ATTACKS, make_attack
 from common.attacks.tifgsm import TargetedIterativeFGSM
 
 __all__ = [
+    "APGD",
     "Attack",
     "AttackProbe",
     "AttackStep",
@@ -24,5 +26,6 @@ __all__ = [
     "StopCriterion",
     "TargetedIterativeFGSM",
     "ATTACKS",
+    "apgd_checkpoints",
     "make_attack",
 ]

@@ -19,11 +19,27 @@ from torch import Tensor, nn
 
 from common.data.labels import labels_to_indices, logits_to_labels
 from common.errors import RobustsegError
+from common.losses.segmentation import (
+    SegPGDLoss,
+    balanced_cross_entropy,
+    cospgd_loss,
+    jensen_shannon,
+    masked_cross_entropy,
+)
 from common.losses.soft_dice import SoftDiceLoss
 from common.metrics.dice import region_dice
 from common.utils.validation import check_int, check_number
 
-__all__ = ["Attack", "AttackProbe", "AttackStep", "LOSSES", "STOP_CRITERIA", "StopCriterion"]
+__all__ = [
+    "Attack",
+    "AttackProbe",
+    "AttackStep",
+    "LOSSES",
+    "STOP_CRITERIA",
+    "StopCriterion",
+    "better_iterate",
+    "hard_dice",
+]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -33,8 +49,31 @@ def _brats_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), labels_to_indices(labels)[:, 0])
 
 
-LOSSES: dict[str, Callable[[], LossFn]] = {"soft_dice": SoftDiceLoss, "ce": lambda: _brats_cross_entropy}
-"""Loss names an attack accepts: the paper's soft Dice (eq. 5, background ignored) and cross-entropy."""
+LOSSES: dict[str, Callable[[], LossFn]] = {
+    "soft_dice": SoftDiceLoss,
+    "ce": lambda: _brats_cross_entropy,
+    "masked_ce": lambda: masked_cross_entropy,
+    "balanced_ce": lambda: balanced_cross_entropy,
+    "js": lambda: jensen_shannon,
+    "segpgd": SegPGDLoss,
+    "cospgd": lambda: cospgd_loss,
+}
+"""Loss names an attack accepts: the paper's soft Dice (eq. 5, background ignored), cross-entropy, and the
+segmentation attack losses of :mod:`common.losses.segmentation` (SEA's masked CE, class-balanced CE and
+Jensen-Shannon; SegPGD; CosPGD). Each name builds a fresh loss per attack (SegPGD's loss holds its step)."""
+
+
+def hard_dice(logits: Tensor, labels: Tensor) -> Tensor:
+    """The scored Dice of each sample ``(B,)``: the mean over WT, TC and ET of :func:`common.metrics.dice.region_dice`
+    of the argmax prediction against ``labels`` (what an evaluation reports, unlike the soft Dice an attack ascends).
+    """
+    return region_dice(logits_to_labels(logits), labels).mean(1)
+
+
+def better_iterate(dice: Tensor, loss: Tensor, best_dice: Tensor, best_loss: Tensor) -> Tensor:
+    """Per sample, whether an iterate scoring ``(dice, loss)`` beats the best so far: a lower hard Dice, or the same
+    Dice and a higher attack loss (a NaN loss, of a sample not computed, never wins a tie)."""
+    return (dice < best_dice) | ((dice == best_dice) & (loss > best_loss))
 
 
 @dataclass(frozen=True)
@@ -271,7 +310,9 @@ class Attack:
         alpha: step size, > 0, on the same scale as ``epsilon``; default ``epsilon / steps`` (the paper's
             ``alpha * N = epsilon``) unless a subclass says otherwise.
         loss: ``"soft_dice"`` (the paper's eq. 5 on softmax, background ignored), ``"ce"`` (cross-entropy over the
-            BraTS classes) or any callable ``(logits, labels) -> scalar`` where labels carry BraTS values.
+            BraTS classes), a segmentation attack loss (``"masked_ce"``, ``"balanced_ce"``, ``"js"``, ``"segpgd"``,
+            ``"cospgd"``: :mod:`common.losses.segmentation`) or any callable ``(logits, labels) -> scalar`` where
+            labels carry BraTS values; a callable with a ``set_step(step, steps)`` method is told each step.
         relative: whether ``epsilon`` and ``alpha`` are relative to each sample's maximum absolute intensity.
         clip: the valid intensity range the result is clipped to: ``"sample"`` (default) keeps each sample in its
             clean ``[min, max]`` over all channels and voxels; ``(lo, hi)`` gives absolute bounds; ``None`` does not
@@ -447,12 +488,18 @@ class Attack:
         callback: Callable[[AttackStep], None] | None = None,
         restart: int = 0,
         active: Tensor | None = None,
+        observe: Callable[[Tensor | None, Tensor, Tensor, Tensor], None] | None = None,
     ) -> Tensor:
         """``steps`` updates from ``start``, each projected onto the box ``[lower, upper]`` (ball and range).
+
+        Before the gradient of step ``t`` the loss's ``set_step(t, steps)`` is called, if it has one (SegPGD).
 
         Args:
             active: ``(B,)`` booleans, the samples still in the batch (``None``: all); a sample not active keeps its
                 ``start``. The samples that the stop criterion stops are set to False in this tensor.
+            observe: called after each gradient pass with ``(index, images, logits, losses)``: the rows of the batch
+                computed (``None``: all), their iterate, its logits (detached) and per-sample losses. PGD keeps its
+                best iterate with it, from the passes the attack makes anyway.
         """
         adversarial = start
         batch = len(start)
@@ -468,7 +515,10 @@ class Attack:
                 else (_rows(t, index) for t in (adversarial, labels, step_size, lower, upper))
             )
             if len(images):
+                self.set_loss_step(step, self.steps)
                 loss, grad, logits = self._loss_and_gradient(model, images, target)
+                if observe is not None:
+                    observe(index, images, logits, loss)
                 moved = torch.clamp(self.step(images, grad, size), low, high)
                 fraction = (grad == 0).flatten(1).float().mean(1) if records else loss  # unread without records
                 if self.stop_criterion is not None:
@@ -492,6 +542,13 @@ class Attack:
                 mask = None if active is None or bool(active.all()) else active.clone()
                 callback(AttackStep(step, adversarial, losses, zero, restart, mask, predictions))
         return adversarial
+
+    def set_loss_step(self, step: int, steps: int) -> None:
+        """Tell a step-dependent loss (one with a ``set_step`` method, e.g. SegPGD's) that step ``step`` of ``steps``
+        comes next; other losses are left alone."""
+        set_step = getattr(self.loss_fn, "set_step", None)
+        if callable(set_step):
+            set_step(step, steps)
 
     def _stopped(self, probe: AttackProbe) -> Tensor:
         """The stop criterion's verdict for the samples of ``probe``, checked: a boolean tensor ``(n,)``."""
@@ -541,10 +598,14 @@ class Attack:
         _check_inputs(images, labels)
         # a tensor made under inference mode cannot join autograd; a copy can
         clean = images.clone() if images.is_inference() else images.detach()
+        return clean, self.loss_labels(labels.detach()), self._scale(clean)
+
+    def _scale(self, clean: Tensor) -> Tensor | float:
+        """What ``epsilon`` and ``alpha`` are multiplied by: each sample's maximum absolute intensity when
+        ``relative``, else 1."""
         if not self.relative:
-            return clean, self.loss_labels(labels.detach()), 1.0
-        scale = clean.abs().amax(dim=tuple(range(1, clean.ndim)), keepdim=True)
-        return clean, self.loss_labels(labels.detach()), scale
+            return 1.0
+        return clean.abs().amax(dim=tuple(range(1, clean.ndim)), keepdim=True)
 
     def _bounds(self, clean: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
         """Per-voxel bounds of the threat model: the L-inf ball of ``radius`` intersected with the valid range."""

@@ -71,6 +71,7 @@ class FGSM(Attack):
         epsilons = [_check_epsilon(epsilon, self.relative) for epsilon in epsilons]
         clean, labels, scale = self._prepare(images, labels)
         with _eval_mode(model), torch.enable_grad():
+            self.set_loss_step(1, 1)
             losses, grad, logits = self._loss_and_gradient(model, clean, labels)
         records = callback is not None or self.stop_criterion is not None
         zero = (grad == 0).flatten(1).float().mean(1) if records else losses

@@ -1,4 +1,4 @@
-"""PGD with random start and restarts (Madry et al. 2018)."""
+"""PGD with random start and restarts (Madry et al. 2018), keeping each sample's best iterate by scored Dice."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import AttackStep
+from common.attacks.base import AttackStep, better_iterate, hard_dice
 from common.attacks.ifgsm import IterativeFGSM
 from common.utils.validation import check_int
 
@@ -20,20 +20,26 @@ class PGD(IterativeFGSM):
     """Projected gradient descent (Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks").
 
     i-FGSM started from a uniformly random point of the threat model (the epsilon-ball intersected with the valid
-    intensity range), repeated ``restarts`` times; per sample, the restart whose final iterate has the highest loss
-    is kept (scoring a restart costs one extra forward pass, only when ``restarts > 1``). The default step size is
-    ``2.5 * epsilon / steps`` (Madry et al.'s choice): large enough that ``steps`` steps can cross the ball from any
-    start, unlike the paper's ``epsilon / steps``. The random start uses its own ``torch.Generator`` seeded with
-    ``seed`` at every call, so the same seed gives the same result and the global RNG is left alone. Each restart
-    draws one uniform noise volume, shared by the samples of the batch (each scaled to its own box): a sample's start
-    does not depend on the other samples or its position in the batch, so a batch gives what each sample gives alone.
+    intensity range), repeated ``restarts`` times. The default step size is ``2.5 * epsilon / steps`` (Madry et al.'s
+    choice): large enough that ``steps`` steps can cross the ball from any start, unlike the paper's
+    ``epsilon / steps``. The random start uses its own ``torch.Generator`` seeded with ``seed`` at every call, so the
+    same seed gives the same result and the global RNG is left alone. Each restart draws one uniform noise volume,
+    shared by the samples of the batch (each scaled to its own box): a sample's start does not depend on the other
+    samples or its position in the batch, so a batch gives what each sample gives alone.
 
-    Early stopping (``stop``, off by default): a sample that the criterion stops keeps the iterate it stopped at as
-    its result and skips the later restarts. No criterion is safe for PGD with restarts: the kept restart is the one
-    with the highest loss, and a later restart may reach a higher loss even after an iterate with Dice 0 in every
-    region (a higher soft-Dice loss does not mean a lower hard Dice, nor the reverse), or after a vanished gradient
-    (another random start has another gradient). It is there for the worst-case ensembles, which keep per sample
-    the attack that hurt most and can stop a sample that is already lost.
+    Best iterate: the result is, per sample, the iterate of all restarts (random starts included) with the lowest
+    scored hard Dice (the mean over WT, TC and ET of the region Dice of the argmax prediction,
+    :func:`~common.attacks.base.hard_dice`), ties broken by the highest attack loss. What is reported is the hard
+    Dice, and the ascent of a surrogate loss is not monotone in it, so the last iterate (and the restart with the
+    highest loss) can be worse than one before it (Croce & Hein 2020; SEA, Croce et al. 2024). The scores come from
+    the forward passes the attack makes for its gradients, plus one forward pass (without gradient) per restart for
+    the last iterate.
+
+    Early stopping (``stop``, off by default): a sample that the criterion stops keeps, as its result, the best of the
+    iterates it went through up to the one it stopped at, and skips the later restarts. ``dice_zero`` is exact here
+    (an iterate with Dice 0 in every region cannot be beaten); ``gradient_vanished`` is not (another random start has
+    another gradient). It is there for the worst-case ensembles, which keep per sample the attack that hurt most and
+    can stop a sample that is already lost.
 
     Args:
         epsilon: radius of the L-inf ball (relative to each sample's maximum absolute intensity by default).
@@ -85,11 +91,11 @@ class PGD(IterativeFGSM):
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
         generator = torch.Generator(device=clean.device).manual_seed(self.seed)
-        # a sample that a stop criterion stopped keeps that iterate and skips the later restarts
+        # a sample that a stop criterion stopped keeps its best iterate so far and skips the later restarts
         active = None
         if self.stop_criterion is not None:
             active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
-        best, best_loss = clean, None
+        tracker = _BestIterate(clean, labels)
         for restart in range(self.restarts):
             # one draw per restart, shared by every sample (scaled to its own box): a sample's start is the one it
             # gets when attacked alone, whatever else is in the batch
@@ -97,32 +103,41 @@ class PGD(IterativeFGSM):
             running = None if active is None else active.clone()
             start = lower + (upper - lower) * noise
             if running is not None:
-                start = torch.where(running.view(-1, *[1] * (clean.ndim - 1)), start, best)
-            adversarial = self.iterate(model, start, labels, lower, upper, step_size, callback, restart, active)
-            if self.restarts == 1:
-                return adversarial
-            stopped = None if running is None or active is None else running & ~active
-            loss = self.restart_losses(model, adversarial, labels, running)
-            if best_loss is None:
-                best, best_loss = adversarial, loss
-                continue
-            better = loss > best_loss
-            if stopped is not None:
-                better = better | stopped
-            best = torch.where(better.view(-1, *[1] * (clean.ndim - 1)), adversarial, best)
-            best_loss = torch.where(better, loss, best_loss)
-        return best
+                start = torch.where(running.view(-1, *[1] * (clean.ndim - 1)), start, tracker.best)
+            last = self.iterate(
+                model, start, labels, lower, upper, step_size, callback, restart, active, observe=tracker.observe
+            )
+            # the last iterate has had no forward pass yet; a stopped sample's last iterate is the one it stopped at,
+            # already scored
+            rows = None if active is None else active.nonzero()[:, 0]
+            with torch.no_grad():
+                images = last if rows is None else last[rows]
+                if len(images):
+                    logits = self.logits(model, images)
+                    target = labels if rows is None else labels[rows]
+                    tracker.observe(rows, images, logits, self.sample_losses(logits, target))
+        return tracker.best
 
-    def restart_losses(
-        self, model: Callable[..., Tensor], images: Tensor, labels: Tensor, rows: Tensor | None = None
-    ) -> Tensor:
-        """The attack loss of each sample ``(B,)`` from one forward pass without gradients (``rows``: only those
-        samples are computed; the others get -inf, so a restart never replaces their best)."""
-        with torch.no_grad():
-            if rows is None or bool(rows.all()):
-                return self.sample_losses(self.logits(model, images), labels)
-            out = torch.full((len(images),), -math.inf, device=images.device)
-            index = rows.nonzero()[:, 0]
-            if len(index):
-                out[index] = self.sample_losses(self.logits(model, images[index]), labels[index]).to(out.dtype)
-            return out
+
+class _BestIterate:
+    """Per sample, the iterate with the lowest hard Dice so far (ties: the highest loss), from observed passes."""
+
+    def __init__(self, clean: Tensor, labels: Tensor) -> None:
+        self.best, self.labels = clean, labels
+        self.dice = torch.full((len(clean),), math.inf, device=clean.device)
+        self.loss = torch.full((len(clean),), -math.inf, device=clean.device)
+
+    def observe(self, index: Tensor | None, images: Tensor, logits: Tensor, losses: Tensor) -> None:
+        labels = self.labels if index is None else self.labels[index]
+        dice = hard_dice(logits, labels).to(self.dice.dtype)
+        losses = losses.to(self.loss.dtype)
+        if index is None:
+            better = better_iterate(dice, losses, self.dice, self.loss)
+            self.best = torch.where(better.view(-1, *[1] * (images.ndim - 1)), images, self.best)
+            self.dice, self.loss = torch.where(better, dice, self.dice), torch.where(better, losses, self.loss)
+            return
+        better = better_iterate(dice, losses, self.dice[index], self.loss[index])
+        rows = index[better]
+        self.best = self.best.index_copy(0, rows, images[better])
+        self.dice = self.dice.index_copy(0, rows, dice[better])
+        self.loss = self.loss.index_copy(0, rows, losses[better])

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from common.attacks.apgd import APGD
 from common.attacks.base import Attack
 from common.attacks.fgsm import FGSM
 from common.attacks.ifgsm import IterativeFGSM
@@ -20,8 +21,9 @@ ATTACKS: dict[str, type[Attack]] = {
     IterativeFGSM.name: IterativeFGSM,
     TargetedIterativeFGSM.name: TargetedIterativeFGSM,
     PGD.name: PGD,
+    APGD.name: APGD,
 }
-"""Display name (the CSV's ``attack`` column) -> attack class: ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``."""
+"""Display name (the CSV's ``attack`` column) -> attack class: ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``, ``APGD``."""
 
 # keyword settings every attack accepts through ``Attack.__init__`` (subclasses pass them on as ``**kwargs``)
 _COMMON = ("loss", "relative", "clip", "temperature", "logit_scale", "inferer", "amp", "stop")
@@ -49,8 +51,8 @@ def make_attack(spec: Mapping[str, Any] | str, **overrides: Any) -> Attack:
 
     The names are the display names of the attack classes (:data:`ATTACKS`; matched without regard to case). The
     other keys are the class's constructor arguments (e.g. ``epsilon``, ``steps``, ``alpha``, ``target``,
-    ``restarts``, ``seed``) and the settings common to every attack (``loss``, ``relative``, ``clip``,
-    ``temperature``, ``logit_scale``, ``inferer``, ``amp``, ``stop``); the constructor checks their values.
+    ``restarts``, ``seed``, ``radius_schedule``) and the settings common to every attack (``loss``, ``relative``,
+    ``clip``, ``temperature``, ``logit_scale``, ``inferer``, ``amp``, ``stop``); the constructor checks their values.
 
     Args:
         spec: the spec, or just a name (then ``epsilon`` must come from ``overrides``).

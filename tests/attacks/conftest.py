@@ -15,13 +15,21 @@ from common.data.labels import labels_to_indices
 
 SIZE = 16
 
-CONTRACT_SETTINGS: dict[str, dict[str, Any]] = {"i-FGSM": {"steps": 3}, "ti-FGSM": {"steps": 3}, "PGD": {"steps": 3}}
+CONTRACT_SETTINGS: dict[str, dict[str, Any]] = {
+    "i-FGSM": {"steps": 3},
+    "ti-FGSM": {"steps": 3},
+    "PGD": {"steps": 3},
+    "APGD": {"steps": 4},
+}
 """Settings beyond ``epsilon`` that the shared contract tests (test_base.py) build an attack with, by registry name,
 only where one is needed: three steps keep the iterative attacks fast. A registry entry whose constructor requires
 more than ``epsilon`` must be given its settings here (test_base.py fails until it is)."""
 
 TARGETED = {"ti-FGSM"}
 """Registry names of the attacks that descend their loss towards a target instead of ascending it."""
+
+RANDOM_START = {"PGD", "APGD"}
+"""Registry names of the attacks whose first gradient is taken at a random start, not at the clean input."""
 
 
 def registered_attacks() -> list[str]:

@@ -322,7 +322,8 @@ def test_repr_names_callable_loss_and_inferer():
         ({"steps": 0}, r"steps must be an integer >= 1, got 0"),
         ({"steps": 2.5}, r"steps must be an integer >= 1, got 2.5"),
         ({"alpha": 0.0}, r"alpha must be a finite number > 0, got 0.0"),
-        ({"loss": "dice"}, r"loss must be one of \['ce', 'soft_dice'\] or a callable"),
+        ({"loss": "dice"}, r"loss must be one of \['balanced_ce', 'ce', 'cospgd', 'js', 'masked_ce', 'segpgd', "
+         r"'soft_dice'\] or a callable"),
         ({"loss": 3}, r"loss must be one of .* got 3"),
         ({"clip": "range"}, r"clip must be 'sample', None or a pair"),
         ({"clip": (0.0,)}, r"clip must be 'sample', None or a pair"),

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from common.attacks import FGSM, PGD, STOP_CRITERIA, AttackProbe, IterativeFGSM, TargetedIterativeFGSM
+from common.attacks.base import hard_dice
 from common.data.labels import logits_to_labels
 from common.errors import RobustsegError
 
-from .conftest import build_attack, make_tumours, registered_attacks
+from .conftest import RANDOM_START, build_attack, make_tumours, registered_attacks
 
 DIMS = (1, 2, 3, 4)
 
@@ -32,8 +33,11 @@ def _moved_apart(a: Tensor, b: Tensor, step: float) -> float:
     return float(((a - b).abs() > 1e-6 * step).float().mean())
 
 
-# PGD with restarts too: its random starts and its per-sample choice of restart must not depend on the batch
-CASES = [(name, {}) for name in registered_attacks()] + [("PGD", {"restarts": 3})]
+# PGD and APGD with restarts too: their random starts and per-sample choice of iterate must not depend on the batch
+CASES = [(name, {}) for name in registered_attacks()] + [
+    ("PGD", {"restarts": 3}),
+    ("APGD", {"restarts": 2, "radius_schedule": 2.0}),
+]
 
 
 @pytest.mark.parametrize(("name", "settings"), CASES, ids=[f"{n}{s}" for n, s in CASES])
@@ -73,7 +77,7 @@ def test_records_carry_the_prediction_of_their_pass(name, trained_net, three):
     records = []
     build_attack(name, 0.05)(trained_net, images, labels, callback=records.append)
     inputs = [images] + [r.adversarial for r in records[:-1]]
-    if name == "PGD":
+    if name in RANDOM_START:
         inputs = inputs[1:]  # its first gradient is taken at the random start, not at the clean input
         records = records[1:]
     with torch.no_grad():
@@ -181,11 +185,17 @@ def test_pgd_stops_a_sample_for_its_later_restarts(trained_net, three):
     records = []
     attack = PGD(0.1, steps=2, restarts=3, stop=stop_sample_one_at_step_two)
     adv = attack(net, images, labels, callback=records.append)
-    # restart 0: 3, 3 (sample 1 stops at step 2), scoring 3; restarts 1 and 2: two samples each, scoring two
-    assert net.sizes == [3, 3, 3, 2, 2, 2, 2, 2, 2]
+    # restart 0: 3, 3 (sample 1 stops at step 2), scoring the last iterate of the other two; restarts 1 and 2: two
+    # samples each, and their last iterates
+    assert net.sizes == [3, 3, 2, 2, 2, 2, 2, 2, 2]
     stopped_at = records[0].adversarial[1]  # restart 0, the iterate after step 1
-    assert torch.equal(adv[1], stopped_at)
     assert all(torch.equal(r.adversarial[1], stopped_at) for r in records[1:])
+    # its result is the better (by hard Dice, then loss) of the two iterates it went through: the start and this one
+    start = PGD(0.1, steps=1, alpha=1e-30, restarts=1)(trained_net, images, labels)[1]  # the same first draw
+    with torch.no_grad():
+        candidates = torch.stack([start, stopped_at])
+        dice = hard_dice(trained_net(candidates), labels[[1, 1]])
+    assert torch.equal(adv[1], candidates[int(dice.argmin())]) or bool(dice[0] == dice[1])
     plain = PGD(0.1, steps=2, restarts=3)(trained_net, images, labels)
     assert _moved_apart(adv[[0, 2]], plain[[0, 2]], attack.alpha) < 1e-3
 

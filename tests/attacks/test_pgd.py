@@ -1,13 +1,14 @@
-"""PGD (common/attacks/pgd.py): random start with its own generator, restarts keeping the per-sample worst."""
+"""PGD (common/attacks/pgd.py): random start with its own generator, the per-sample best iterate by hard Dice."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor, nn
 
-from common.attacks import LOSSES, PGD, IterativeFGSM
+from common.attacks import APGD, LOSSES, PGD, IterativeFGSM
+from common.attacks.base import hard_dice
 from common.errors import RobustsegError
-from common.losses import SoftDiceLoss
 
 
 def test_default_step_is_madrys():
@@ -31,18 +32,23 @@ def test_starts_inside_the_ball_not_at_the_clean_image(trained_net, tumours):
     assert torch.equal(IterativeFGSM(0.05, steps=1, alpha=1e-30, clip=None)(trained_net, images, labels), images)
 
 
-def test_restarts_keep_the_worst_restart_per_sample(trained_net, tumours):
+def test_restarts_keep_the_best_iterate_per_sample(trained_net, tumours):
+    """The result is, per sample, the iterate of all restarts with the lowest hard Dice (ties: highest loss)."""
     images, labels = tumours
     records = []
     adv = PGD(0.1, steps=2, restarts=3, loss="ce")(trained_net, images, labels, callback=records.append)
     assert [(r.restart, r.step) for r in records] == [(r, s) for r in range(3) for s in (1, 2)]
-    finals = [r.adversarial for r in records if r.step == 2]
+    iterates = [r.adversarial for r in records]  # every iterate but the random starts
     with torch.no_grad():
-        losses = torch.stack([per_sample_ce(trained_net(x), labels) for x in finals])  # (restarts, B)
-    best = losses.argmax(0)
+        dice = torch.stack([hard_dice(trained_net(x), labels) for x in iterates])  # (iterates, B)
+        losses = torch.stack([per_sample_ce(trained_net(x), labels) for x in iterates])
+        result_dice = hard_dice(trained_net(adv), labels)
+    assert (result_dice <= dice.min(0).values).all()
     for i in range(len(images)):
-        assert torch.equal(adv[i], finals[best[i]][i])
-    assert not all(torch.equal(finals[0], x) for x in finals[1:])
+        best = min(range(len(iterates)), key=lambda k: (float(dice[k, i]), -float(losses[k, i])))
+        if result_dice[i] == dice[best, i]:  # not a random start: then the iterate with the highest loss
+            assert torch.equal(adv[i], iterates[best][i])
+    assert not all(torch.equal(iterates[1], x) for x in iterates[3::2])
 
 
 def per_sample_ce(logits, labels):
@@ -50,15 +56,51 @@ def per_sample_ce(logits, labels):
     return torch.stack([ce(logits[i : i + 1], labels[i : i + 1]) for i in range(len(logits))])
 
 
-def test_restart_scoring_uses_soft_dice_per_sample(trained_net, tumours):
-    images, labels = tumours
+class Window(nn.Module):
+    """A 'segmenter' of the image mean ``m``: label 1 everywhere, but background while ``|m - 0.6| < 0.045``.
+
+    Channel 2 is ``m - 10`` (never the argmax): the loss ``channel_2`` pushes every voxel up, so a signed-gradient
+    path from 0.5 in steps of 0.05 crosses the window (Dice drops to 1/3) and leaves it (Dice back to 1).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+        ones = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=x.dtype)
+        return torch.cat([200 * (0.045 - (m - 0.6).abs()) * ones + 1, 2 * ones, (m - 10) * ones, -10 * ones], 1)
+
+
+def channel_2(logits: Tensor, labels: Tensor) -> Tensor:
+    return logits[:, 2].mean()
+
+
+@pytest.fixture(scope="module")
+def window_problem():
+    images = torch.full((2, 1, 4, 4, 4), 0.5)
+    labels = torch.ones((2, 1, 4, 4, 4), dtype=torch.long)
+    return images, labels
+
+
+@pytest.mark.parametrize("attack_class", [PGD, APGD])
+def test_best_iterate_not_the_last(attack_class, window_problem):
+    """Dice falls, then recovers along the path: the result is the iterate inside the window, not the last one."""
+    images, labels = window_problem
+    net = Window()
     records = []
-    adv = PGD(0.1, steps=1, restarts=2)(trained_net, images, labels, callback=records.append)
-    loss = SoftDiceLoss()
+    attack = attack_class(0.3, steps=6, alpha=0.05, loss=channel_2, relative=False, clip=None)
+    adv = attack(net, images, labels, callback=records.append)
     with torch.no_grad():
-        for i in range(len(images)):
-            scores = [loss(trained_net(r.adversarial[i : i + 1]), labels[i : i + 1]) for r in records]
-            assert loss(trained_net(adv[i : i + 1]), labels[i : i + 1]) == max(scores)
+        dice = [float(hard_dice(net(r.adversarial), labels)[0]) for r in records]
+        assert dice[-1] == 1.0 and min(dice) == pytest.approx(1 / 3)
+        assert float(hard_dice(net(adv), labels)[0]) == pytest.approx(1 / 3)
+    inside = [k for k, d in enumerate(dice) if d < 1]
+    assert torch.equal(adv, records[inside[-1]].adversarial)  # equal Dice inside: the later one has the higher loss
+
+
+def test_ties_go_to_the_highest_loss(window_problem):
+    """Outside the window every iterate has Dice 1: the one of highest loss (the last, at the top of the box) wins."""
+    images, labels = window_problem
+    adv = PGD(0.05, steps=3, alpha=0.05, loss=channel_2, relative=False, clip=None)(Window(), images, labels)
+    assert torch.allclose(adv, images + 0.05)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.attacks import ATTACKS, FGSM, PGD, IterativeFGSM, TargetedIterativeFGSM, make_attack
+from common.attacks import APGD, ATTACKS, FGSM, PGD, IterativeFGSM, TargetedIterativeFGSM, make_attack
 from common.errors import RobustsegError
 
 
@@ -16,6 +16,8 @@ from common.errors import RobustsegError
         ({"name": "ti-FGSM", "epsilon": 0.05, "steps": 4, "target": 2}, TargetedIterativeFGSM, {"target": 2}),
         ({"name": "PGD", "epsilon": 0.1, "steps": 5, "restarts": 2, "seed": 3}, PGD, {"restarts": 2, "seed": 3}),
         ({"name": "fgsm", "epsilon": 0.01, "loss": "ce"}, FGSM, {"loss": "ce"}),
+        ({"name": "APGD", "epsilon": 0.05, "steps": 20, "loss": "js"}, APGD, {"steps": 20, "alpha": 0.1, "loss": "js"}),
+        ({"name": "apgd", "epsilon": 0.05, "restarts": 2, "radius_schedule": 2}, APGD, {"radius_schedule": 2.0}),
         ({"name": "FGSM", "epsilon": 0.05, "clip": [0, 1]}, FGSM, {"clip": (0.0, 1.0)}),
         ({"name": "i-FGSM", "epsilon": 0.05, "stop": "dice_zero"}, IterativeFGSM, {"stop": "dice_zero"}),
     ],
@@ -30,7 +32,7 @@ def test_spec_builds_the_named_attack(spec, cls, settings):
 
 
 def test_names_are_the_display_names():
-    assert list(ATTACKS) == ["FGSM", "i-FGSM", "ti-FGSM", "PGD"]
+    assert list(ATTACKS) == ["FGSM", "i-FGSM", "ti-FGSM", "PGD", "APGD"]
     assert all(cls.name == name for name, cls in ATTACKS.items())
 
 
@@ -46,7 +48,10 @@ def test_a_name_alone_needs_an_epsilon():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"name": "DeepFool", "epsilon": 0.05}, r"attack name must be one of \['FGSM', 'i-FGSM', 'ti-FGSM', 'PGD'\]"),
+        (
+            {"name": "DeepFool", "epsilon": 0.05},
+            r"attack name must be one of \['FGSM', 'i-FGSM', 'ti-FGSM', 'PGD', 'APGD'\]",
+        ),
         ({"epsilon": 0.05}, r"attack spec must be a mapping with a 'name'"),
         (["FGSM"], r"attack spec must be a mapping with a 'name'"),
         ({"name": "FGSM", "epsilon": 0.05, "steps": 3}, r"attack FGSM: unknown setting\(s\) \['steps'\]; expected"),
