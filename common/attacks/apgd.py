@@ -104,6 +104,7 @@ class APGD(Attack):
     """
 
     name = "APGD"
+    returns_best_iterate = True
 
     momentum = 0.75
     """The weight ``alpha`` of the new step against the last one (the paper's 0.75)."""

@@ -345,6 +345,10 @@ class Attack:
     name: ClassVar[str] = "Attack"
     """Display name used in tables and figures."""
 
+    returns_best_iterate: ClassVar[bool] = False
+    """Whether the result is the best iterate (lowest scored Dice) rather than the last: then the per-step records
+    are the search path, not the result, and an evaluation scores only the result."""
+
     def __init__(
         self,
         epsilon: float,
@@ -501,6 +505,8 @@ class Attack:
                 computed (``None``: all), their iterate, its logits (detached) and per-sample losses. PGD keeps its
                 best iterate with it, from the passes the attack makes anyway.
         """
+        if active is not None and not bool(active.any()):
+            return start  # every sample was stopped before this run (a later restart): nothing to compute or report
         adversarial = start
         batch = len(start)
         records = callback is not None or self.stop_criterion is not None

@@ -59,6 +59,7 @@ class PGD(IterativeFGSM):
     """
 
     name = "PGD"
+    returns_best_iterate = True
 
     def __init__(
         self,

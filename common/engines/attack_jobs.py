@@ -126,8 +126,8 @@ class AttackJob:
     """One attack run on a batch of inputs, scored at one or more adversarial inputs each.
 
     A *sweep* job is FGSM at several epsilons from one gradient (:meth:`FGSM.sweep`); an *iterative* job is one
-    attack whose every iterate is scored (the final one only for PGD with restarts, whose result is the best
-    restart rather than the last iterate).
+    attack whose every iterate is scored (the result only for attacks that return their best iterate, PGD and APGD:
+    their last iterate is not their result).
 
     Attributes:
         attacks: a sweep's FGSM attacks, one per epsilon in ascending order (identical settings otherwise), or the
@@ -159,8 +159,8 @@ class AttackJob:
 
     @property
     def per_iteration(self) -> bool:
-        """Whether every iterate gets a row (iterative attacks without restarts)."""
-        return not self.sweep and getattr(self.attacks[0], "restarts", 1) == 1
+        """Whether every iterate gets a row (iterative attacks whose result is their last iterate)."""
+        return not self.sweep and not self.attacks[0].returns_best_iterate
 
     def slots(self, final_only: bool = False) -> list[tuple[Attack, float, int]]:
         """The (attack, epsilon, iteration) of each row this job produces (``final_only`` for transfer rows)."""

@@ -36,8 +36,8 @@ __all__ = [
     "same_epsilon",
 ]
 
-KNOWN_ATTACK_ORDER: tuple[str, ...] = ("FGSM", "i-FGSM", "ti-FGSM", "PGD")
-"""The paper's attacks in its order; other attacks follow them."""
+KNOWN_ATTACK_ORDER: tuple[str, ...] = ("FGSM", "i-FGSM", "ti-FGSM", "PGD", "APGD")
+"""The paper's attacks in its order, then PGD and APGD; other attacks follow them."""
 
 
 def same_epsilon(a: float, b: float) -> bool:

@@ -113,3 +113,15 @@ def test_ties_go_to_the_highest_loss(window_problem):
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(RobustsegError, match=match):
         PGD(0.05, **kwargs)
+
+
+@pytest.mark.parametrize("attack_class", [PGD, APGD])
+def test_samples_stopped_in_the_first_restart_skip_the_later_ones(attack_class, trained_net, tumours):
+    """A criterion that stops every sample at its first step: the later restarts compute nothing and report no
+    records (it used to fail on a record of nothing), and each sample keeps the iterate it stopped at."""
+    images, labels = tumours
+    records = []
+    attack = attack_class(0.05, steps=3, restarts=2, stop=lambda probe: torch.ones(len(probe.images), dtype=torch.bool))
+    adv = attack(trained_net, images, labels, callback=records.append)
+    assert {r.restart for r in records} == {0}
+    assert ((adv - images).abs() <= 0.05 * images.abs().amax(dim=(1, 2, 3, 4), keepdim=True) * (1 + 1e-6)).all()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.attacks import make_attack
 from common.data.labels import logits_to_labels
 from common.engines import DEFAULT_ATTACKS, build_jobs
 from common.engines.attack_jobs import reusable_predictions
@@ -88,3 +89,25 @@ def test_iterates_carry_the_prediction_of_the_next_step_per_sample():
 def test_bad_specs_raise(change, message):
     with pytest.raises(RobustsegError, match=message):
         _jobs(**change)
+
+
+@pytest.mark.parametrize(("spec", "per_iteration"), [
+    ({"name": "i-FGSM", "steps": 3}, True),
+    ({"name": "PGD", "steps": 3}, False),
+    ({"name": "PGD", "steps": 3, "restarts": 2}, False),
+    ({"name": "APGD", "steps": 3}, False),
+])  # fmt: skip
+def test_best_iterate_attacks_are_scored_at_their_result(spec, per_iteration):
+    """PGD and APGD return their best iterate, not their last: one row, the result's, never the search path's."""
+    (job,) = build_jobs([spec], None, [], 0.05, "soft_dice")
+    assert job.per_iteration is per_iteration
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(4, 4, 1)
+    image = torch.rand(2, 4, 6, 6, 6)
+    label = torch.zeros(2, 1, 6, 6, 6, dtype=torch.long)
+    label[:, :, 2:4, 2:4, 2:4] = 2
+    adversarials = job.run(net, image, label)
+    assert [a.iteration for a in adversarials] == ([1, 2, 3] if per_iteration else [3])
+    if not per_iteration:
+        expected = make_attack(spec, epsilon=0.05, loss="soft_dice")(net, image, label)
+        assert torch.equal(adversarials[0].image, expected)
