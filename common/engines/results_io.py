@@ -29,14 +29,25 @@ from typing import TYPE_CHECKING, Any
 
 from monai.data import partition_dataset
 
+from common.engines.worst_case import with_worst_case_rows
 from common.errors import RobustsegError
 from common.report.schema import COLUMN_NAMES, format_record
+from common.utils.enums import Threat
 from common.utils.files import atomic_write
 
 if TYPE_CHECKING:
     from common.engines.model_bundle import ModelBundle
 
-__all__ = ["KEY_COLUMNS", "RESULTS_NAME", "SETTINGS_NAME", "Key", "merge_results", "package_versions", "shard_subjects"]
+__all__ = [
+    "KEY_COLUMNS",
+    "RESULTS_NAME",
+    "SETTINGS_NAME",
+    "Key",
+    "add_worst_case_rows",
+    "merge_results",
+    "package_versions",
+    "shard_subjects",
+]
 
 KEY_COLUMNS: tuple[str, ...] = ("model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss")
 """The columns that identify a row; a rerun skips rows whose key is already in the CSV."""
@@ -115,6 +126,25 @@ def _write_rows_atomic(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
         writer.writerow(COLUMN_NAMES)
         for row in rows:
             writer.writerow([row[c] for c in COLUMN_NAMES])
+
+
+def add_worst_case_rows(path: Path, epsilons: Sequence[float]) -> int:
+    """Recompute the ``worst-case`` rows of a results CSV from its other rows (:mod:`common.engines.worst_case`).
+
+    Earlier worst-case rows are replaced; the file is rewritten atomically, and only when it changes.
+
+    Args:
+        path: ``results.csv``.
+        epsilons: the epsilons of the worst-case rows; empty: remove them.
+
+    Returns:
+        The number of worst-case rows in the file.
+    """
+    rows = _read_rows(path)
+    updated = with_worst_case_rows(rows, epsilons)
+    if updated != rows:
+        _write_rows_atomic(path, updated)
+    return sum(1 for row in updated if row["threat"] == Threat.WORST_CASE)
 
 
 def _earlier_rows(

@@ -80,6 +80,7 @@ from common.engines.results_io import (
     _part_file,
     _row_key,
     _RowWriter,
+    add_worst_case_rows,
     merge_results,
     package_versions,
     shard_subjects,
@@ -130,6 +131,10 @@ class RobustnessEvaluation:
             model at the batch's shape; fp32 under ``torchrun``, where ranks could measure differently). The choice
             and its measurement go into ``settings.json``.
         adaptive: also run the adaptive attacks (logits / T) on models with a distillation temperature.
+        worst_case_epsilons: the epsilons of the ``worst-case`` rows (:mod:`common.engines.worst_case`: per model,
+            subject and epsilon, the lowest mean Dice over every adversarial input scored there, attack
+            ``ensemble``, the member in ``winner``); ``None`` (default): the epsilons of the attack specs (not the
+            sweep's); ``[]``: none.
         transfer_source: the model whose white-box adversarial inputs are applied to every other model: a model
             name, ``"auto"`` (the first undefended model, if there are two models or more) or ``None`` (no transfer).
         example_subject: the subject whose volumes are saved for the figure panels; ``None``: the first test
@@ -166,6 +171,7 @@ class RobustnessEvaluation:
         loss: str = "soft_dice",
         attack_precision: str = "fp32",
         adaptive: bool = True,
+        worst_case_epsilons: Sequence[float] | None = None,
         transfer_source: str | None = "auto",
         example_subject: str | bool | None = None,
         device: str | torch.device | None = None,
@@ -198,6 +204,7 @@ class RobustnessEvaluation:
             "loss": loss,
             "attack_precision": attack_precision,
             "adaptive": adaptive,
+            "worst_case_epsilons": worst_case_epsilons,
             "batch_size": self.batch_size,
             "score_batch_size": score_batch_size,
         }
@@ -231,6 +238,17 @@ class RobustnessEvaluation:
                         attacks, sweep, sweep_epsilons, epsilon, loss, amp, temperature=model.temperature
                     )
         self.source = self._transfer_source(transfer_source)
+        if worst_case_epsilons is None:
+            self.worst_case_epsilons = sorted({
+                eps for job in self.white_box_jobs
+                for eps in (job.table_epsilons if job.sweep else [a.epsilon for a in job.attacks])
+            })  # fmt: skip
+        elif isinstance(worst_case_epsilons, (str, bytes)) or not isinstance(worst_case_epsilons, Sequence):
+            raise RobustsegError(f"worst_case_epsilons must be a list of numbers or None, got {worst_case_epsilons!r}.")
+        else:
+            self.worst_case_epsilons = sorted(
+                {check_number("worst_case_epsilons: epsilon", e, minimum=0) for e in worst_case_epsilons}
+            )
 
         self.datalist = str(Path(datalist if datalist is not None else self.models[0].datalist()).resolve())
         self.entries = load_split(self.datalist, "testing")
@@ -353,6 +371,11 @@ class RobustnessEvaluation:
                 "world_size": self.world_size,
                 "torch_threads": torch.get_num_threads(),
                 "attack_precision_choice": self.precision.as_dict(),
+                "worst_case": {
+                    "epsilons": self.worst_case_epsilons,
+                    "definition": "per model, subject and epsilon: the lowest mean Dice (WT, TC, ET) over every "
+                    "adversarial input scored (every iterate, threat and attack), attack 'ensemble'",
+                },
                 "prediction": "argmax of the logits, model in eval mode, autocast where the bundle's amp is on",
             },
             "models": [m.settings() for m in self.models],
@@ -414,6 +437,7 @@ class RobustnessEvaluation:
             results = self.output_dir / RESULTS_NAME
             if self.rank == 0:
                 merge_results(self.output_dir, self.subjects)  # also the parts an earlier multi-process run left
+                add_worst_case_rows(results, self.worst_case_epsilons)
                 if self.tables:
                     self._write_tables(results)
             if distributed:
@@ -609,7 +633,8 @@ class RobustnessEvaluation:
         if adversarial is None:
             return {**record, "attack": "none", "threat": "clean", "source_model": None, "attack_config": None,
                     "loss": None, "epsilon": 0.0, "steps": 0, "iteration": 0, "psnr": None, "ssim": None,
-                    "rmse": None, "linf": 0.0, "l2": 0.0, "zero_grad_fraction": None, "seconds": None}  # fmt: skip
+                    "rmse": None, "linf": 0.0, "l2": 0.0, "zero_grad_fraction": None, "seconds": None,
+                    "winner": None}  # fmt: skip
         assert quality is not None and unit.source is not None
         return {
             **record,
@@ -624,4 +649,5 @@ class RobustnessEvaluation:
             **{name: float(value) for name, value in quality.items()},
             "zero_grad_fraction": None if unit.transfer else adversarial.zero_grad_fraction,
             "seconds": adversarial.seconds,
+            "winner": None,
         }

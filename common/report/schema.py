@@ -14,7 +14,9 @@ defense_param          str    e.g. ``T=5000``, ``eps=0.05``, ``r=0.01``; empty f
 subject                str    subject id
 attack                 str    ``none`` (clean input), ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``, ... (display name)
 threat                 str    ``clean``, ``white-box`` (the paper's attack on the model itself), ``adaptive`` (attack on
-                              logits/T for distillation), ``transfer`` (adversarial input crafted on another model)
+                              logits/T for distillation), ``transfer`` (adversarial input crafted on another model),
+                              ``worst-case`` (per subject and epsilon, the lowest mean Dice of all the others;
+                              :mod:`common.engines.worst_case`, attack ``ensemble``)
 source_model           str    model the perturbation was computed on (the model itself for white-box/adaptive; empty
                               for clean)
 attack_config          str    the attack's repr, e.g. ``IterativeFGSM(epsilon=0.05, steps=10, alpha=0.005, ...)``
@@ -35,6 +37,8 @@ zero_grad_fraction     float  fraction of input voxels whose loss gradient was e
                               masking indicator); empty for clean/transfer
 seconds                float  wall time to produce this row's adversarial input (attack time up to this iterate; a
                               batch's time divided by its subjects)
+winner                 str    ``worst-case`` rows only: the member whose adversarial input gave the lowest mean Dice,
+                              e.g. ``APGD (white-box, js, iteration 100/100)``; empty elsewhere
 =====================  =====  ==========================================================================================
 
 Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).
@@ -61,6 +65,7 @@ __all__ = [
     "Column",
     "COLUMNS",
     "COLUMN_NAMES",
+    "ADDED_LATER",
     "NETS",
     "DEFENSES",
     "THREATS",
@@ -89,7 +94,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("defense_param", str, False, "defence parameter, e.g. T=5000, eps=0.05, r=0.01; empty for none"),
     Column("subject", str, True, "subject id"),
     Column("attack", str, True, "attack display name; none for the clean input"),
-    Column("threat", str, True, "clean, white-box, adaptive or transfer"),
+    Column("threat", str, True, "clean, white-box, adaptive, transfer or worst-case"),
     Column("source_model", str, False, "model the perturbation was computed on; empty for clean"),
     Column("attack_config", str, False, "the attack's repr"),
     Column("loss", str, False, "attack loss name; empty for clean"),
@@ -106,6 +111,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("l2", float, True, "L2 norm of the perturbation; 0 for clean"),
     Column("zero_grad_fraction", float, False, "fraction of exactly-zero input gradients at the first step"),
     Column("seconds", float, False, "wall time to produce this row's adversarial input"),
+    Column("winner", str, False, "worst-case rows: the attack input that gave the minimum; empty elsewhere"),
 )
 """The columns of the results CSV, in file order."""
 
@@ -115,6 +121,9 @@ NETS: tuple[str, ...] = Net.values()
 DEFENSES: tuple[str, ...] = Defense.values()
 """The values of the ``defense`` column (:class:`~common.utils.enums.Defense`), in the tables' order."""
 THREATS: tuple[str, ...] = Threat.values()
+
+ADDED_LATER: tuple[str, ...] = ("winner",)
+"""Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 """The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
 
@@ -135,7 +144,8 @@ def format_record(record: Mapping[str, object]) -> list[str]:
     """The CSV fields of one result row, in :data:`COLUMN_NAMES` order (floats as ``repr``, ``None`` as empty).
 
     Args:
-        record: column name -> value; every column of :data:`COLUMN_NAMES` must be present (``None`` for empty).
+        record: column name -> value; every column of :data:`COLUMN_NAMES` must be present (``None`` for empty),
+            except those of :data:`ADDED_LATER` (empty when absent).
 
     Returns:
         The row's fields as strings, ready for :func:`csv.writer`.
@@ -143,13 +153,13 @@ def format_record(record: Mapping[str, object]) -> list[str]:
     Raises:
         RobustsegError: if a column is missing or an unknown key is given.
     """
-    missing = [name for name in COLUMN_NAMES if name not in record]
+    missing = [name for name in COLUMN_NAMES if name not in record and name not in ADDED_LATER]
     unknown = [name for name in record if name not in COLUMN_NAMES]
     if missing or unknown:
         raise RobustsegError(
             f"record: missing column(s) {missing}, unknown column(s) {unknown}; expected {COLUMN_NAMES}."
         )
-    return [_format_value(record[name]) for name in COLUMN_NAMES]
+    return [_format_value(record.get(name)) for name in COLUMN_NAMES]
 
 
 def _parse(column: Column, text: str, where: str) -> str | int | float | None:
@@ -214,17 +224,18 @@ def load_results(path: str | os.PathLike) -> list[Record]:
             header = next(reader, None)
             if header is None:
                 raise RobustsegError(f"{path}: the file is empty; expected a header line with {list(COLUMN_NAMES)}.")
-            missing = [name for name in COLUMN_NAMES if name not in header]
+            missing = [name for name in COLUMN_NAMES if name not in header and name not in ADDED_LATER]
             if missing:
                 raise RobustsegError(f"{path}: missing column(s) {missing}; expected all of {list(COLUMN_NAMES)}.")
-            index = {name: header.index(name) for name in COLUMN_NAMES}
+            index = {name: header.index(name) for name in COLUMN_NAMES if name in header}
             for fields in reader:
                 where = f"{path} line {reader.line_num}"
                 if not fields:
                     continue
                 if len(fields) != len(header):
                     raise RobustsegError(f"{where}: {len(fields)} fields; expected {len(header)} as in the header.")
-                record = {col.name: _parse(col, fields[index[col.name]], where) for col in COLUMNS}
+                record = {col.name: _parse(col, fields[index[col.name]] if col.name in index else "", where)
+                          for col in COLUMNS}  # fmt: skip
                 _check_record(record, where)
                 records.append(record)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:

@@ -71,3 +71,4 @@ class Threat(StrEnum):
     WHITE_BOX = "white-box"
     ADAPTIVE = "adaptive"
     TRANSFER = "transfer"
+    WORST_CASE = "worst-case"

@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run
 
+from common.engines import build_jobs
 from common.report import load_results
 
 from .conftest import BUNDLES, REPO, copy_bundle
@@ -76,9 +77,10 @@ def test_configs_parse_and_quick_overlay_parses_models_with_theirs():
 
 def _check(out: Path, subjects: int = 1) -> None:
     rows = load_results(out / "results.csv")
-    # per subject: baseline 1 clean + 2 sweep + 2 iterates; distilled the same + 4 adaptive + 3 transfer
-    assert len(rows) == subjects * (5 + 5 + 4 + 3)
-    assert {r["threat"] for r in rows} == {"clean", "white-box", "adaptive", "transfer"}
+    # per subject: baseline 1 clean + 2 sweep + 2 iterates; distilled the same + 4 adaptive + 3 transfer; one
+    # worst-case row per model at the attacks' epsilon (0.05)
+    assert len(rows) == subjects * (5 + 5 + 4 + 3 + 2)
+    assert {r["threat"] for r in rows} == {"clean", "white-box", "adaptive", "transfer", "worst-case"}
     assert (out / "settings.json").is_file() and (out / "tables" / "table1_3d_brats_unet3d_baseline.md").is_file()
     assert len(list((out / "examples").glob("*/index.json"))) == 1
 
@@ -120,3 +122,42 @@ def test_an_unknown_attack_is_one_line_and_writes_nothing(tiny_models, tiny_data
     assert done.stderr.strip().splitlines()[-1].startswith("error: attack name must be one of ['FGSM', 'i-FGSM'")
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
+    """configs/worst_case.json: the paper's attacks, then APGD (masked CE, JS, SegPGD) and PGD (soft Dice) at each
+    worst-case epsilon, all accepted by the evaluation's job builder (no two rows share a key)."""
+    parser = ConfigParser()
+    parser.read_config([str(EVAL / "configs" / f) for f in ("evaluate.json", "quick.json", "worst_case.json")])
+    parser["ensemble_steps"] = 3
+    attacks = parser.get_parsed_content("attacks")
+    epsilons = parser.get_parsed_content("worst_case_epsilons")
+    assert epsilons == [0.01, 0.03, 0.05]
+    assert [a["name"] for a in attacks[:3]] == ["FGSM", "i-FGSM", "ti-FGSM"]
+    ensemble = [(a["name"], a["loss"], a["epsilon"], a["steps"]) for a in attacks[3:]]
+    assert sorted(ensemble) == sorted(
+        (name, loss, eps, 3)
+        for eps in epsilons
+        for name, loss in (("APGD", "masked_ce"), ("APGD", "js"), ("APGD", "segpgd"), ("PGD", "soft_dice"))
+    )
+    jobs = build_jobs(attacks, parser.get_parsed_content("sweep"), parser.get_parsed_content("sweep_epsilons"),
+                      0.05, "soft_dice")  # fmt: skip
+    assert len([j for j in jobs if not j.sweep]) == 2 + 12
+
+
+def test_worst_case_preset_runs(tiny_models, tiny_datalist, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    configs = Path("bundles") / EVAL.name / "configs"
+    run("evaluating", config_file=[str(configs / f) for f in ("evaluate.json", "quick.json", "worst_case.json")],
+        meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
+        model_bundles=tiny_models[:1], output_dir=str(tmp_path / "out"), datalist=tiny_datalist, progress=False,
+        ensemble_steps=2, worst_case_epsilons=[0.03, 0.05], sweep_epsilons=[0.03, 0.05])  # fmt: skip
+    rows = load_results(tmp_path / "out" / "results.csv")
+    worst = [r for r in rows if r["threat"] == "worst-case"]
+    assert sorted(r["epsilon"] for r in worst) == [0.03, 0.05]
+    for row in worst:
+        members = [r for r in rows if r["epsilon"] == row["epsilon"] and r["threat"] == "white-box"]
+        assert {r["attack"] for r in members} >= {"APGD", "PGD", "FGSM"}
+        assert sum(row[k] for k in ("dice_wt", "dice_tc", "dice_et")) == pytest.approx(
+            min(sum(r[k] for k in ("dice_wt", "dice_tc", "dice_et")) for r in members)
+        )

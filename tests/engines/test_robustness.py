@@ -51,6 +51,12 @@ def _expected_keys():
 
 def test_rows_are_exactly_the_plan(finished):
     _, rows = finished
+    worst = [r for r in rows if r["threat"] == "worst-case"]
+    # one derived worst-case row per model and subject at the attack specs' epsilon (0.05), none at the sweep's others
+    assert sorted((r["model"], r["subject"], r["epsilon"]) for r in worst) == sorted(
+        (m, s, 0.05) for m in (BASELINE, DISTILLED) for s in SUBJECTS
+    )
+    rows = [r for r in rows if r["threat"] != "worst-case"]
     keys = [_key(r) for r in rows]
     # per subject: baseline 1 clean + 3 sweep + 2 x 3 iterates; distilled the same + adaptive 9 + transfer 3 + 2
     assert len(rows) == len(SUBJECTS) * (10 + 10 + 9 + 5) == len(_expected_keys())
@@ -60,6 +66,9 @@ def test_rows_are_exactly_the_plan(finished):
 def test_columns_follow_the_threat_model(finished):
     _, rows = finished
     for row in rows:
+        assert (row["winner"] is None) == (row["threat"] != "worst-case")
+        if row["threat"] == "worst-case":
+            continue  # tests/engines/test_worst_case.py
         clean, transfer = row["threat"] == "clean", row["threat"] == "transfer"
         assert (row["psnr"] is None) == clean and (row["seconds"] is None) == clean
         assert (row["zero_grad_fraction"] is None) == (clean or transfer)
@@ -422,7 +431,9 @@ def test_two_processes_give_the_rows_of_one(finished, bundles, tiny_datalist, tm
     assert result.returncode == 0, result.stderr[-3000:]
     rows = load_results(tmp_path / "out" / "results.csv")
     assert _without_seconds(rows) == _without_seconds(finished[1])
-    assert [r["subject"] for r in rows] == sorted((r["subject"] for r in rows), key=SUBJECTS.index)
+    members = [r for r in rows if r["threat"] != "worst-case"]  # the derived worst-case rows come last
+    assert rows[len(members) :] == [r for r in rows if r["threat"] == "worst-case"]
+    assert [r["subject"] for r in members] == sorted((r["subject"] for r in members), key=SUBJECTS.index)
     assert not list((tmp_path / "out").glob("results.part*"))
     assert math.isclose(len(rows), len(finished[1]))
 

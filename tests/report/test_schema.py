@@ -7,10 +7,10 @@ import pytest
 from common.errors import RobustsegError
 from common.report.schema import COLUMN_NAMES, COLUMNS, format_record, load_results
 
-# The order fixed by notes/results_schema.md (the evaluator writes it, the report reads it).
+# The order the module docstring of common/report/schema.py documents (the evaluator writes it, the report reads it).
 SPEC_ORDER = (
     "model net defense defense_param subject attack threat source_model attack_config loss epsilon steps iteration "
-    "dice_wt dice_tc dice_et psnr ssim rmse linf l2 zero_grad_fraction seconds"
+    "dice_wt dice_tc dice_et psnr ssim rmse linf l2 zero_grad_fraction seconds winner"
 ).split()
 
 
@@ -21,6 +21,7 @@ def test_column_order_matches_the_spec():
     assert optional == {"defense_param", "source_model", "attack_config", "loss", "psnr", "ssim", "rmse"} | {
         "zero_grad_fraction",
         "seconds",
+        "winner",
     }
 
 
@@ -29,8 +30,8 @@ def test_round_trip_keeps_full_precision_and_types(tmp_path, make_row, write_csv
     attacked.update(iteration=1, psnr=math.inf, ssim=0.123456789012345678, rmse=2.5e-17)
     clean = make_row("m", "s1", (0.5, 0.25, 0.0))
     records = load_results(write_csv(tmp_path / "r.csv", [clean, attacked]))
-    assert records[1] == attacked
-    assert records[0] == clean
+    assert records[1] == {**attacked, "winner": None}
+    assert records[0] == {**clean, "winner": None}
     assert records[0]["psnr"] is None and records[0]["loss"] is None
     assert isinstance(records[1]["steps"], int) and records[1]["dice_wt"] == 1 / 3
 
@@ -136,3 +137,14 @@ def test_iteration_beyond_steps_raises(tmp_path, make_row, write_csv):
     row["iteration"] = 11
     with pytest.raises(RobustsegError, match="iteration 11 with steps 10"):
         _load_one(tmp_path, write_csv, row)
+
+
+def test_a_csv_without_the_later_columns_still_loads(tmp_path, make_row, write_csv):
+    """A results CSV of an earlier version (no ``winner`` column) loads with empty winners; required ones may not
+    be left out (tested above)."""
+    path = write_csv(tmp_path / "r.csv", [make_row("m", "s1", (0.5, 0.4, 0.3))])
+    lines = path.read_text().splitlines()
+    assert lines[0].endswith(",winner")
+    path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    (record,) = load_results(path)
+    assert record["winner"] is None and record["dice_et"] == 0.3
