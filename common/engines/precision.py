@@ -11,11 +11,15 @@ only) can be forced. The choice and its measurement (:meth:`PrecisionChoice.as_d
 ``settings.json`` and the report.
 
 The measurement is cached per process (device, thread count, network class and size, input shape), so the bundles
-of one demo run measure once.
+of one demo run measure once. On a CPU whose flags (``/proc/cpuinfo``) show neither ``avx512_bf16`` nor
+``amx_bf16``, bf16 runs emulated (a 3D UNet's forward and backward pass took 45x the fp32 time on a 2-core EPYC
+without them), so ``auto`` keeps fp32 without measuring; and a measurement stops after the first autocast pass when
+that pass alone took more than :data:`GIVE_UP` times the fp32 pass.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,7 +33,16 @@ from common.errors import RobustsegError
 from common.losses.soft_dice import SoftDiceLoss
 from common.utils.validation import check_int, check_number, look_up_option
 
-__all__ = ["MIN_AGREEMENT", "MIN_SPEEDUP", "PRECISIONS", "PrecisionChoice", "choose_precision", "clear_cache"]
+__all__ = [
+    "GIVE_UP",
+    "MIN_AGREEMENT",
+    "MIN_SPEEDUP",
+    "PRECISIONS",
+    "PrecisionChoice",
+    "choose_precision",
+    "clear_cache",
+    "cpu_has_bf16",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """Accepted ``precision`` settings."""
@@ -42,7 +55,11 @@ MIN_SPEEDUP = 1.1
 """``auto`` keeps fp32 unless autocast runs a forward and backward pass at least this many times faster (a margin over
 timing noise)."""
 
+GIVE_UP = 10.0
+"""Stop measuring autocast when its first pass takes more than this many fp32 passes (it cannot win)."""
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _CACHE: dict[tuple[Any, ...], PrecisionChoice] = {}
 
 
@@ -99,8 +116,29 @@ def _fwd_bwd(network: Callable[..., Tensor], images: Tensor, labels: Tensor, dty
     return grad
 
 
-def _timed(run: Callable[[], Tensor], repeats: int, device: torch.device) -> tuple[float, Tensor]:
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``); ``None``
+    where the flags cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = {word for line in handle if line.startswith("flags") for word in line.split(":", 1)[1].split()}
+    except OSError:
+        return None
+    return any(flag in flags for flag in _BF16_FLAGS) if flags else None
+
+
+def _timed(
+    run: Callable[[], Tensor], repeats: int, device: torch.device, give_up: float = math.inf
+) -> tuple[float, Tensor]:
+    """The median time of ``repeats`` runs after a warm-up run, and the last result; after the warm-up alone when
+    it took longer than ``give_up`` seconds (its time is returned then)."""
+    start = time.perf_counter()
     grad = run()  # warm-up: kernel selection, oneDNN primitive creation
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first = time.perf_counter() - start
+    if first > give_up:
+        return first, grad
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -136,7 +174,8 @@ def choose_precision(
 ) -> PrecisionChoice:
     """Resolve a ``precision`` setting for ``network`` on inputs of ``shape``; measure when it is ``"auto"``.
 
-    ``auto`` tries bf16 (on CUDA without bf16 support, fp16): it runs ``1 + repeats`` forward and backward passes of
+    ``auto`` keeps fp32 without measuring on a CPU whose flags show no native bf16 (:func:`cpu_has_bf16`). Otherwise
+    it tries bf16 (on CUDA without bf16 support, fp16): it runs ``1 + repeats`` forward and backward passes of
     the soft-Dice loss (the paper's attack loss) on a seeded random input of ``shape`` against the network's own fp32
     prediction, in fp32 and under autocast, in eval mode (the network's train/eval flags are restored and its
     parameters get no gradient). It chooses autocast when ``fp32_seconds >= min_speedup * amp_seconds`` and the
@@ -175,6 +214,9 @@ def choose_precision(
         amp_name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     elif device.type == "cpu":
         amp_name = "bf16"
+        if cpu_has_bf16() is False:
+            reason = f"this CPU has neither of {list(_BF16_FLAGS)}: bf16 would run emulated, far slower; fp32"
+            return PrecisionChoice("fp32", "auto", "cpu", reason)
     else:
         return PrecisionChoice("fp32", "auto", device.type, f"autocast is not measured on {device.type}")
     size = sum(p.numel() for p in network.parameters())
@@ -193,7 +235,9 @@ def choose_precision(
             with torch.no_grad():
                 labels = logits_to_labels(network(images))
             fp32_s, fp32_grad = _timed(lambda: _fwd_bwd(network, images, labels, None), repeats, device)
-            amp_s, amp_grad = _timed(lambda: _fwd_bwd(network, images, labels, _DTYPES[amp_name]), repeats, device)
+            amp_s, amp_grad = _timed(
+                lambda: _fwd_bwd(network, images, labels, _DTYPES[amp_name]), repeats, device, GIVE_UP * fp32_s
+            )
     finally:
         for module, training in modes:
             module.training = training

@@ -106,6 +106,22 @@ takes about 4 GiB on a CPU."""
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+def _target_attainment(adversarial: Adversarial, prediction: Tensor, label: Tensor, brain: Tensor) -> float | None:
+    """A targeted attack's success: the fraction of brain voxels predicted as the target label (``None`` for an
+    untargeted attack, or an empty brain mask).
+
+    Args:
+        adversarial: the scored input and the attack that made it (targeted when it has a ``target``).
+        prediction: its BraTS label map ``(1, *spatial)``.
+        label: the subject's ground truth ``(1, *spatial)`` (the shape of the target map).
+        brain: the subject's brain mask ``(*spatial)``: voxels where any channel of the clean input is non-zero.
+    """
+    if getattr(adversarial.attack, "target", None) is None or not bool(brain.any()):
+        return None
+    target = adversarial.attack.loss_labels(label[None])[0]  # the map the attack aimed at
+    return float(((prediction == target)[0] & brain).sum() / brain.sum())
+
+
 # -------------------------------------------------------------------------------------------------- evaluation
 class RobustnessEvaluation:
     """Attack trained model bundles on a test set and write the robustness CSV, settings, examples and tables.
@@ -590,6 +606,7 @@ class RobustnessEvaluation:
         counts = [len(own) for own in per_subject]
         labels = torch.cat([part.labels[i : i + 1].expand(n, *part.labels.shape[1:]) for i, n in enumerate(counts)])
         dice = region_dice(predictions, labels)
+        brains = part.images.abs().amax(dim=1) > 0  # (n, *spatial): voxels where any clean channel is non-zero
         records, offset = [], 0
         for i, (subject, own) in enumerate(zip(part.subjects, per_subject, strict=True)):
             images = torch.cat([a.image for a in own])
@@ -599,8 +616,9 @@ class RobustnessEvaluation:
             for n, adversarial in enumerate(own):
                 k = offset + n
                 values = {name: column[n] for name, column in columns.items()}
+                attainment = _target_attainment(adversarial, predictions[k], part.labels[i], brains[i])
                 records.append(self._record(unit, subject, adversarial, predictions[k : k + 1], labels[k : k + 1],
-                                            values, dice[k]))  # fmt: skip
+                                            values, dice[k], attainment))  # fmt: skip
                 final = adversarial.iteration == adversarial.attack.steps
                 table = any(math.isclose(adversarial.epsilon, e) for e in job.table_epsilons)
                 if subject in savers and final and table:
@@ -619,6 +637,7 @@ class RobustnessEvaluation:
         label: Tensor,
         quality: Mapping[str, Tensor] | None,
         dice: Tensor | None = None,
+        target_attainment: float | None = None,
     ) -> dict[str, Any]:
         model = self.models[unit.model]
         if dice is None:
@@ -634,7 +653,7 @@ class RobustnessEvaluation:
             return {**record, "attack": "none", "threat": "clean", "source_model": None, "attack_config": None,
                     "loss": None, "epsilon": 0.0, "steps": 0, "iteration": 0, "psnr": None, "ssim": None,
                     "rmse": None, "linf": 0.0, "l2": 0.0, "zero_grad_fraction": None, "seconds": None,
-                    "winner": None}  # fmt: skip
+                    "winner": None, "target_attainment": None}  # fmt: skip
         assert quality is not None and unit.source is not None
         return {
             **record,
@@ -650,4 +669,5 @@ class RobustnessEvaluation:
             "zero_grad_fraction": None if unit.transfer else adversarial.zero_grad_fraction,
             "seconds": adversarial.seconds,
             "winner": None,
+            "target_attainment": target_attainment,
         }

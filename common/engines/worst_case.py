@@ -86,6 +86,7 @@ def worst_case_rows(rows: Iterable[Mapping[str, str]], epsilons: Collection[floa
             + "; ".join(names),
             "seconds": repr(sum(jobs.values())),
             "winner": _describe(winner),
+            "target_attainment": "",  # the ensemble has no target, even when a targeted input won
         })  # fmt: skip
     return out
 

@@ -39,6 +39,8 @@ seconds                float  wall time to produce this row's adversarial input 
                               batch's time divided by its subjects)
 winner                 str    ``worst-case`` rows only: the member whose adversarial input gave the lowest mean Dice,
                               e.g. ``APGD (white-box, js, iteration 100/100)``; empty elsewhere
+target_attainment      float  targeted attacks (ti-FGSM) only: the fraction of brain voxels (any clean input channel
+                              non-zero) predicted as the target label -- whether the target was reached; empty elsewhere
 =====================  =====  ==========================================================================================
 
 Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).
@@ -112,6 +114,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("zero_grad_fraction", float, False, "fraction of exactly-zero input gradients at the first step"),
     Column("seconds", float, False, "wall time to produce this row's adversarial input"),
     Column("winner", str, False, "worst-case rows: the attack input that gave the minimum; empty elsewhere"),
+    Column("target_attainment", float, False, "targeted attacks: fraction of brain voxels predicted as the target"),
 )
 """The columns of the results CSV, in file order."""
 
@@ -122,7 +125,7 @@ DEFENSES: tuple[str, ...] = Defense.values()
 """The values of the ``defense`` column (:class:`~common.utils.enums.Defense`), in the tables' order."""
 THREATS: tuple[str, ...] = Threat.values()
 
-ADDED_LATER: tuple[str, ...] = ("winner",)
+ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment")
 """Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 """The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}

@@ -1,5 +1,7 @@
 """Every table of the report, like the paper's Tables 1-3 (Markdown to paste, CSV to compute with), from the CSV only.
 
+* **Headline** (:mod:`common.report.headline`), one per net with ``worst-case`` rows: clean Dice, the paper's FGSM
+  and the worst case over every attack at each epsilon, its area, and each defence against the baseline.
 * **Table 1** (:mod:`common.report.table1`), one per undefended model: the clean input vs each white-box attack at
   one epsilon, with Wilcoxon tests against "No attack" and the input PSNR, SSIM, RMSE.
 * **Table 2** (3D-UNet) and **Table 3** (2D-UNet) (:mod:`common.report.defence_tables`): each defence's Dice vs the
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 
 from common.errors import RobustsegError
 from common.report.defence_tables import build_defence_tables
+from common.report.headline import build_headline
 from common.report.options import ReportOptions
 from common.report.schema import Record, load_results
 from common.report.table import Table
@@ -43,7 +46,7 @@ __all__ = ["build_tables", "table_files", "write_tables"]
 def build_tables(
     records: Sequence[Record], options: ReportOptions | None = None, source: str = "results", **values: object
 ) -> list[Table]:
-    """Every table of the report: Table 1 per undefended model and net, then Table 2 (3D) and Table 3 (2D).
+    """Every table of the report: the headline per net, Table 1 per undefended model and net, then Tables 2-3.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
@@ -74,7 +77,7 @@ def build_tables(
                 f"{source}: model {r['model']} appears as {identity[str(r['model'])]} and as {key} "
                 "(net, defense, defense_param); expected one identity per model."
             )
-    tables = []
+    tables = [t for net in Net if (t := build_headline(records, net, options, source)) is not None]
     for net in Net:
         undefended = sorted({str(r["model"]) for r in records if r["net"] == net and r["defense"] == Defense.NONE})
         tables += [build_table1(records, m, options, source) for m in undefended]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -19,7 +22,9 @@ def _net() -> nn.Module:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache():
+def _fresh_cache(monkeypatch):
+    """A clean cache, and a CPU that is worth measuring (the flag check has its own test)."""
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: None)
     clear_cache()
     yield
     clear_cache()
@@ -30,7 +35,7 @@ def _fake_timing(monkeypatch, fp32_s: float, amp_s: float, flip: float = 0.0) ->
     gradient's voxels. Returns a list that counts the timed calls."""
     calls = []
 
-    def timed(run, repeats, device):
+    def timed(run, repeats, device, give_up=math.inf):
         grad = run()
         amp = len(calls) == 1
         calls.append(repeats)
@@ -122,3 +127,36 @@ def test_choice_properties():
     assert PrecisionChoice("fp16", "fp16", "cuda", "x").dtype == "float16"
     assert PrecisionChoice("bf16", "auto", "cpu", "x").dtype == "bfloat16"
     assert not PrecisionChoice("fp32", "auto", "cpu", "x").amp
+
+
+def test_cpu_without_native_bf16_keeps_fp32_without_measuring(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "_timed", lambda *a: pytest.fail("measured on a CPU without bf16"))
+    choice = choose_precision("auto", _net(), SHAPE, "cpu")
+    assert choice.precision == "fp32" and "avx512_bf16" in choice.reason and choice.fp32_seconds is None
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("fpu avx2 avx512f", False), ("fpu avx512_bf16", True),
+                                                  ("fpu amx_bf16 amx_tile", True), ("", None)])  # fmt: skip
+def test_cpu_flags_are_read_from_cpuinfo(flags, expected, monkeypatch, tmp_path):
+    monkeypatch.undo()  # the real function
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n" if flags else "processor\t: 0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))  # fmt: skip
+    assert precision_module.cpu_has_bf16() is expected
+
+
+def test_a_hopeless_first_pass_ends_the_measurement():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+        return torch.zeros(1)
+
+    seconds, _ = precision_module._timed(slow, 3, torch.device("cpu"), give_up=0.001)
+    assert len(calls) == 1 and seconds >= 0.02
+    precision_module._timed(slow, 3, torch.device("cpu"))
+    assert len(calls) == 1 + 4

@@ -67,6 +67,9 @@ def test_columns_follow_the_threat_model(finished):
     _, rows = finished
     for row in rows:
         assert (row["winner"] is None) == (row["threat"] != "worst-case")
+        targeted = row["attack"] == "ti-FGSM"
+        assert (row["target_attainment"] is None) == (not targeted)
+        assert not targeted or 0 <= row["target_attainment"] <= 1
         if row["threat"] == "worst-case":
             continue  # tests/engines/test_worst_case.py
         clean, transfer = row["threat"] == "clean", row["threat"] == "transfer"
@@ -116,6 +119,10 @@ def test_rows_equal_a_direct_attack(finished, bundles, tiny_datalist, model, thr
         for name in ("psnr", "rmse", "linf", "l2"):
             assert row[name] == pytest.approx(float(quality[name][0]), rel=1e-12)
         assert row["ssim"] == pytest.approx(float(quality["ssim"][0]), abs=1e-5)  # MONAI's is float32
+        if attack == "ti-FGSM":  # target label 1 everywhere: the share of brain voxels predicted 1
+            brain = image[0].abs().amax(0) > 0
+            expected = float(((prediction[0, 0] == 1) & brain).sum() / brain.sum())
+            assert row["target_attainment"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_clean_rows_equal_the_model_on_the_input(finished, bundles, tiny_datalist):
