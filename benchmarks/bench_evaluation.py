@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-OVERRIDES = {"spatial_size": [48, 48, 48], "base_filters": 8, "n4": False}
+# fp32 fixed (the bundles' precision "auto" needs common.engines.choose_precision, which older code lacks)
+OVERRIDES = {"spatial_size": [48, 48, 48], "base_filters": 8, "n4": False, "amp": False, "amp_dtype": "bfloat16"}
 CONFIGS = ["configs/inference.json", "configs/quick.json"]
 
 _RUNNER = """

@@ -2,6 +2,7 @@
 
 * **Headline** (:mod:`common.report.headline`), one per net with ``worst-case`` rows: clean Dice, the paper's FGSM
   and the worst case over every attack at each epsilon, its area, and each defence against the baseline.
+* **Sanity checks** (:mod:`common.report.sanity`), one per net, last: pass, fail or not run per model and check.
 * **Table 1** (:mod:`common.report.table1`), one per undefended model: the clean input vs each white-box attack at
   one epsilon, with Wilcoxon tests against "No attack" and the input PSNR, SSIM, RMSE.
 * **Table 2** (3D-UNet) and **Table 3** (2D-UNet) (:mod:`common.report.defence_tables`): each defence's Dice vs the
@@ -34,6 +35,7 @@ from common.errors import RobustsegError
 from common.report.defence_tables import build_defence_tables
 from common.report.headline import build_headline
 from common.report.options import ReportOptions
+from common.report.sanity import build_sanity
 from common.report.schema import Record, load_results
 from common.report.table import Table
 from common.report.table1 import build_table1
@@ -46,7 +48,7 @@ __all__ = ["build_tables", "table_files", "write_tables"]
 def build_tables(
     records: Sequence[Record], options: ReportOptions | None = None, source: str = "results", **values: object
 ) -> list[Table]:
-    """Every table of the report: the headline per net, Table 1 per undefended model and net, then Tables 2-3.
+    """Every table of the report: the headline per net, Table 1 per undefended model and net, Tables 2-3, sanity.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
@@ -83,6 +85,7 @@ def build_tables(
         tables += [build_table1(records, m, options, source) for m in undefended]
     for net in Net:
         tables += build_defence_tables(records, net, options, source)
+    tables += [t for net in Net if (t := build_sanity(records, net)) is not None]
     return tables
 
 
