@@ -23,6 +23,7 @@ __all__ = [
     "indices_to_labels",
     "region_masks",
     "logits_to_labels",
+    "channel_argmax",
 ]
 
 BRATS_LABELS: tuple[int, ...] = (0, 1, 2, 4)
@@ -100,6 +101,23 @@ def region_masks(labels: Tensor, regions: Sequence[str] = ("WT", "TC", "ET")) ->
     return torch.cat([torch.isin(lab, torch.as_tensor(REGIONS[r], device=lab.device)) for r in regions], dim=1)
 
 
+def channel_argmax(logits: Tensor) -> Tensor:
+    """``torch.argmax(logits, dim=1, keepdim=True)``, computed channels-last: the same indices, several times faster.
+
+    An argmax over the few channels of a (B, C, *spatial) tensor reads C values ``prod(spatial)`` apart for every
+    voxel; on a 2-core CPU that took 99 ms for a (4, 4, 48, 48, 48) tensor and 237 ms for one 128^3 volume, against
+    7 ms and 49 ms when the channels are first made the last, contiguous dimension (``benchmarks/bench_argmax.py``).
+    Ties go to the first channel, as with ``torch.argmax``.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+
+    Returns:
+        The channel indices ``(B, 1, *spatial)``, ``torch.long``.
+    """
+    return logits.movedim(1, -1).contiguous().argmax(-1).unsqueeze(1)
+
+
 def logits_to_labels(logits: Tensor, values: Sequence[int] = BRATS_LABELS) -> Tensor:
     """Turn network logits (B, C, *spatial) into a BraTS label map (B, 1, *spatial) by argmax over channels."""
-    return indices_to_labels(torch.argmax(logits, dim=1, keepdim=True), values)
+    return indices_to_labels(channel_argmax(logits), values)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.data.labels import BRATS_LABELS, labels_to_indices
+from common.data.labels import BRATS_LABELS, channel_argmax, labels_to_indices
 from common.errors import RobustsegError
 from common.utils.validation import check_int, look_up_option
 
@@ -47,7 +47,7 @@ def _voxel_ce(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 def _correct(logits: Tensor, indices: Tensor) -> Tensor:
     """Voxels whose argmax prediction is the ground-truth class (no gradient flows through this choice)."""
-    return logits.detach().argmax(1) == indices
+    return channel_argmax(logits.detach())[:, 0] == indices
 
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor, *, normalize: str = "all") -> Tensor:

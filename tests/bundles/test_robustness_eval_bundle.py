@@ -126,7 +126,8 @@ def test_an_unknown_attack_is_one_line_and_writes_nothing(tiny_models, tiny_data
 
 def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     """configs/worst_case.json: the paper's attacks, then APGD (masked CE, JS, SegPGD) and PGD (soft Dice) at each
-    worst-case epsilon, all accepted by the evaluation's job builder (no two rows share a key)."""
+    worst-case epsilon, and i-FGSM at epsilon 1 (the unbounded sanity check), all accepted by the evaluation's job
+    builder (no two rows share a key)."""
     parser = ConfigParser()
     parser.read_config([str(EVAL / "configs" / f) for f in ("evaluate.json", "quick.json", "worst_case.json")])
     parser["ensemble_steps"] = 3
@@ -134,7 +135,8 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     epsilons = parser.get_parsed_content("worst_case_epsilons")
     assert epsilons == [0.01, 0.03, 0.05]
     assert [a["name"] for a in attacks[:3]] == ["FGSM", "i-FGSM", "ti-FGSM"]
-    ensemble = [(a["name"], a["loss"], a["epsilon"], a["steps"]) for a in attacks[3:]]
+    assert attacks[-1] == {"name": "i-FGSM", "steps": 10, "epsilon": 1.0}  # the sanity table's unbounded check
+    ensemble = [(a["name"], a["loss"], a["epsilon"], a["steps"]) for a in attacks[3:-1]]
     assert sorted(ensemble) == sorted(
         (name, loss, eps, 3)
         for eps in epsilons
@@ -142,7 +144,7 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     )
     jobs = build_jobs(attacks, parser.get_parsed_content("sweep"), parser.get_parsed_content("sweep_epsilons"),
                       0.05, "soft_dice")  # fmt: skip
-    assert len([j for j in jobs if not j.sweep]) == 2 + 12
+    assert len([j for j in jobs if not j.sweep]) == 2 + 12 + 1
 
 
 def test_worst_case_preset_runs(tiny_models, tiny_datalist, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import torch
 
 from common.data.labels import (
     BRATS_LABELS,
+    channel_argmax,
     indices_to_labels,
     labels_to_indices,
     logits_to_labels,
@@ -48,3 +49,14 @@ def test_region_masks(region, members):
 def test_unknown_region():
     with pytest.raises(RobustsegError, match="XX"):
         region_masks(torch.zeros(1, 1, 2), ["XX"])
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 6, 7), (3, 4, 9, 8), (1, 2, 3), (2, 5, 4, 4, 4)])
+def test_channel_argmax_is_torch_argmax_ties_included(shape):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(shape, generator=generator).round(decimals=1)  # many ties
+    logits[:, -1] = logits[:, 0]  # a tie in every voxel: the first channel must win
+    expected = torch.argmax(logits, dim=1, keepdim=True)
+    got = channel_argmax(logits)
+    assert got.dtype == torch.long and torch.equal(got, expected)
+    assert torch.equal(channel_argmax(logits.transpose(2, -1)), torch.argmax(logits.transpose(2, -1), 1, keepdim=True))
