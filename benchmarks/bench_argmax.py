@@ -47,8 +47,8 @@ def main() -> None:
         logits = torch.randn(shape, generator=generator)
         logits[:, 2] = logits[:, 1]  # ties: both must pick the first channel
         same = torch.equal(channel_argmax(logits), torch.argmax(logits, dim=1, keepdim=True))
-        ref = median_ms(lambda: torch.argmax(logits, dim=1, keepdim=True), args.repeats)
-        ours = median_ms(lambda: channel_argmax(logits), args.repeats)
+        ref = median_ms(lambda x=logits: torch.argmax(x, dim=1, keepdim=True), args.repeats)
+        ours = median_ms(lambda x=logits: channel_argmax(x), args.repeats)
         print(f"{str(shape):<22} {ref:16.1f} {ours:18.1f} {ours / ref:7.3f}  {same!s:9}  <= 0.5")
 
 

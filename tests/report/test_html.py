@@ -117,7 +117,8 @@ def test_tables_hold_the_numbers_of_build_tables(report, full_study):
     _, text = report
     page = _parse(text)
     tables = build_tables(load_results(full_study), source=str(full_study))
-    assert [t.name for t in tables] == [n for n in page.tables if n.startswith("table") and "--extra" not in n]
+    kinds = ("table", "headline", "sanity")
+    assert [t.name for t in tables] == [n for n in page.tables if n.startswith(kinds) and "--extra" not in n]
     for table in tables:
         assert page.tables[table.name] == [table.header, *table.rows]
         for k, (_, header, rows) in enumerate(table.extra):

@@ -188,7 +188,7 @@ def test_table1_without_significance_has_no_asterisk(tmp_path, make_row, write_c
             make_row(BASE, s, dice - 0.2, attack="FGSM", threat="white-box", epsilon=0.05, steps=1, iteration=1)
         )
     tables = build_tables(load_results(write_csv(tmp_path / "r.csv", rows)))
-    assert [t.name for t in tables] == ["table1_3d_brats_unet3d_baseline", "table2_3d_white-box"]
+    assert [t.name for t in tables] == ["table1_3d_brats_unet3d_baseline", "table2_3d_white-box", "sanity_3d"]
     fgsm_row = next(row for row in tables[0].rows if row[0] == "FGSM")
     assert not any("*" in cell for cell in fgsm_row)
     assert "0.0312" in tables[0].to_markdown() and "0.0938" in tables[0].to_markdown()  # 2/64 and 3 * 2/64
