@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackProbe, AttackStep
-from common.attacks.pgd import _BestIterate
+from common.attacks.pgd import _BestIterate, _random_start, _start_search
 from common.data.labels import logits_to_labels
 from common.utils.validation import check_int, check_number
 
@@ -160,11 +160,7 @@ class APGD(Attack):
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
-        generator = torch.Generator(device=clean.device).manual_seed(self.seed)
-        active = None
-        if self.stop_criterion is not None:
-            active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
-        tracker = _BestIterate(clean, labels)
+        generator, active, tracker = _start_search(self, clean, labels)
         scale = self._scale(clean)
 
         def box(iterate: int) -> tuple[Tensor, Tensor]:
@@ -172,11 +168,7 @@ class APGD(Attack):
             return (lower, upper) if factor == 1.0 else self._bounds(clean, factor * self.epsilon * scale)
 
         for restart in range(self.restarts):
-            noise = torch.rand((1, *clean.shape[1:]), generator=generator, device=clean.device, dtype=clean.dtype)
-            low, high = box(0)
-            start = low + (high - low) * noise
-            if active is not None:
-                start = torch.where(_column(active, clean.ndim), start, tracker.best)
+            start = _random_start(generator, *box(0), active, tracker)
             self._ascend(model, start, labels, box, step_size, callback, restart, active, tracker)
         return tracker.best
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import AttackStep, better_iterate, hard_dice
+from common.attacks.base import Attack, AttackStep, better_iterate, hard_dice
 from common.attacks.ifgsm import IterativeFGSM
 from common.utils.validation import check_int
 
@@ -91,20 +91,9 @@ class PGD(IterativeFGSM):
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
-        generator = torch.Generator(device=clean.device).manual_seed(self.seed)
-        # a sample that a stop criterion stopped keeps its best iterate so far and skips the later restarts
-        active = None
-        if self.stop_criterion is not None:
-            active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
-        tracker = _BestIterate(clean, labels)
+        generator, active, tracker = _start_search(self, clean, labels)
         for restart in range(self.restarts):
-            # one draw per restart, shared by every sample (scaled to its own box): a sample's start is the one it
-            # gets when attacked alone, whatever else is in the batch
-            noise = torch.rand((1, *clean.shape[1:]), generator=generator, device=clean.device, dtype=clean.dtype)
-            running = None if active is None else active.clone()
-            start = lower + (upper - lower) * noise
-            if running is not None:
-                start = torch.where(running.view(-1, *[1] * (clean.ndim - 1)), start, tracker.best)
+            start = _random_start(generator, lower, upper, active, tracker)
             last = self.iterate(
                 model, start, labels, lower, upper, step_size, callback, restart, active, observe=tracker.observe
             )
@@ -118,6 +107,32 @@ class PGD(IterativeFGSM):
                     target = labels if rows is None else labels[rows]
                     tracker.observe(rows, images, logits, self.sample_losses(logits, target))
         return tracker.best
+
+
+def _start_search(attack: Attack, clean: Tensor, labels: Tensor) -> tuple[torch.Generator, Tensor | None, _BestIterate]:
+    """What a random-restart search (PGD, APGD) starts with: its seeded generator, the samples still searching (``None``
+    without a stop criterion) and the per-sample best-iterate tracker."""
+    generator = torch.Generator(device=clean.device).manual_seed(attack.seed)  # type: ignore[attr-defined]
+    active = None
+    if attack.stop_criterion is not None:
+        active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
+    return generator, active, _BestIterate(clean, labels)
+
+
+def _random_start(
+    generator: torch.Generator, lower: Tensor, upper: Tensor, active: Tensor | None, tracker: _BestIterate
+) -> Tensor:
+    """A uniformly random point of the box ``[lower, upper]`` for the next restart.
+
+    One draw per restart, shared by every sample (scaled to its own box): a sample's start is the one it gets when
+    attacked alone, whatever else is in the batch. A sample that a stop criterion stopped keeps its best iterate so
+    far (and skips the restart).
+    """
+    noise = torch.rand((1, *lower.shape[1:]), generator=generator, device=lower.device, dtype=lower.dtype)
+    start = lower + (upper - lower) * noise
+    if active is None:
+        return start
+    return torch.where(active.view(-1, *[1] * (start.ndim - 1)), start, tracker.best)
 
 
 class _BestIterate:
