@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from common.report.schema import mean_dice
 from common.utils.enums import Threat
 
 __all__ = ["ENSEMBLE", "MEMBER_THREATS", "with_worst_case_rows", "worst_case_rows"]
@@ -30,13 +31,6 @@ ENSEMBLE = "ensemble"
 
 MEMBER_THREATS = (Threat.WHITE_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
 """The threats whose adversarial inputs an ensemble takes the worst case over."""
-
-_REGIONS = ("dice_wt", "dice_tc", "dice_et")
-
-
-def _mean_dice(row: Mapping[str, str]) -> float:
-    return sum(float(row[name]) for name in _REGIONS) / len(_REGIONS)
-
 
 def _describe(row: Mapping[str, str]) -> str:
     source = f" from {row['source_model']}" if row["threat"] == Threat.TRANSFER else ""
@@ -70,7 +64,7 @@ def worst_case_rows(rows: Iterable[Mapping[str, str]], epsilons: Collection[floa
     out = []
     for key in sorted(groups, key=lambda k: (order[k[:2]], k[2])):
         members = groups[key]
-        winner = min(members, key=_mean_dice)  # min keeps the first of equal values
+        winner = min(members, key=mean_dice)  # min keeps the first of equal values
         # a member job's cost is its last row's time (an iterative attack's time up to its last iterate)
         jobs: dict[tuple[str, str, str, str], float] = {}
         for row in members:

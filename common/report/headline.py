@@ -23,9 +23,9 @@ import numpy as np
 
 from common.errors import RobustsegError
 from common.metrics.stats import bonferroni, mean_sd, wilcoxon_p
-from common.report.labels import DICE_COLUMNS, defence_sort_key, format_eps, model_label
+from common.report.labels import defence_sort_key, format_eps, model_label
 from common.report.options import ReportOptions
-from common.report.schema import Record
+from common.report.schema import Record, mean_dice
 from common.report.selection import by_subject, choose_loss, clean_rows, final_attack_rows, model_identities
 from common.report.table import Table, format_mean_sd, format_p
 from common.utils.enums import Defense, Net, Threat
@@ -33,12 +33,8 @@ from common.utils.enums import Defense, Net, Threat
 __all__ = ["build_headline"]
 
 
-def _mean_dice(row: Record) -> float:
-    return float(np.mean([float(row[c]) for c in DICE_COLUMNS.values()]))  # type: ignore[arg-type]
-
-
 def _cell(rows: Sequence[Record], what: str, source: str) -> dict[str, float]:
-    return {s: _mean_dice(r) for s, r in by_subject(rows, what, source).items()}
+    return {s: mean_dice(r) for s, r in by_subject(rows, what, source).items()}
 
 
 def _auc(epsilons: Sequence[float], values: Sequence[float]) -> float:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.report.labels import DICE_COLUMNS, defence_sort_key, format_eps, model_label
-from common.report.schema import Record
+from common.report.labels import defence_sort_key, format_eps, model_label
+from common.report.schema import Record, mean_dice
 from common.report.selection import model_identities, same_epsilon
 from common.report.table import Table
 from common.utils.enums import Net, Threat
@@ -53,7 +53,7 @@ _UNTARGETED = ("FGSM", *_UNTARGETED_ITERATIVE)
 
 def _mean_dice(rows: Sequence[Record]) -> float:
     """The mean over rows of each row's mean Dice over WT, TC and ET."""
-    return float(np.mean([np.mean([float(r[c]) for c in DICE_COLUMNS.values()]) for r in rows]))  # type: ignore[arg-type]
+    return float(np.mean([mean_dice(r) for r in rows]))
 
 
 def _final(records: Sequence[Record], model: str, threat: str) -> list[Record]:

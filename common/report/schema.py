@@ -67,6 +67,8 @@ __all__ = [
     "Column",
     "COLUMNS",
     "COLUMN_NAMES",
+    "DICE_COLUMNS",
+    "mean_dice",
     "ADDED_LATER",
     "NETS",
     "DEFENSES",
@@ -129,6 +131,16 @@ ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment")
 """Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 """The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
+
+
+DICE_COLUMNS: tuple[str, ...] = ("dice_wt", "dice_tc", "dice_et")
+"""The Dice columns, one per BraTS region (WT, TC, ET)."""
+
+
+def mean_dice(row: Mapping[str, object]) -> float:
+    """A row's mean Dice over WT, TC and ET: the score the worst case minimises and the headline and sanity tables
+    average. Takes loaded records and raw CSV cells (strings) alike."""
+    return sum(float(row[name]) for name in DICE_COLUMNS) / len(DICE_COLUMNS)  # type: ignore[arg-type]
 
 
 def _format_value(value: object) -> str:
