@@ -1,4 +1,5 @@
-"""Adversarial attacks on segmentation networks: FGSM, i-FGSM, ti-FGSM (Liu et al. 2021, eqs. 1-3), PGD and APGD.
+"""Adversarial attacks on segmentation networks: FGSM, i-FGSM, ti-FGSM (Liu et al. 2021, eqs. 1-3), PGD and APGD,
+and the random-sign noise control.
 
 Every attack is a callable ``adv = attack(model, images, labels)`` with the settings of :class:`Attack`.
 """
@@ -9,6 +10,7 @@ from common.attacks.apgd import APGD, apgd_checkpoints
 from common.attacks.base import LOSSES, STOP_CRITERIA, Attack, AttackProbe, AttackStep, StopCriterion
 from common.attacks.fgsm import FGSM
 from common.attacks.ifgsm import IterativeFGSM
+from common.attacks.noise import RandomSign
 from common.attacks.pgd import PGD
 from common.attacks.registry import ATTACKS, make_attack
 from common.attacks.tifgsm import TargetedIterativeFGSM
@@ -22,6 +24,7 @@ __all__ = [
     "IterativeFGSM",
     "LOSSES",
     "PGD",
+    "RandomSign",
     "STOP_CRITERIA",
     "StopCriterion",
     "TargetedIterativeFGSM",

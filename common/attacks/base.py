@@ -101,6 +101,10 @@ class AttackStep:
             clean input for step 1); ``None`` without a callback, or while a sample left out of the whole run has
             none. A robustness evaluation scores iterate ``k`` with the predictions of record ``k + 1`` instead of one
             more forward pass.
+        best_dices: attacks that return their best iterate (PGD, APGD): per sample ``(B,)``, the lowest scored hard
+            Dice (:func:`hard_dice`) among the iterates scored so far, over this and the earlier restarts -- what the
+            attack has found after this many gradient passes, the curve that shows whether it converged; ``None`` for
+            the other attacks (their every iterate is scored).
     """
 
     step: int
@@ -110,6 +114,7 @@ class AttackStep:
     restart: int = 0
     active: Tensor | None = None
     predictions: Tensor | None = None
+    best_dices: Tensor | None = None
 
     @property
     def loss(self) -> float:
@@ -344,6 +349,10 @@ class Attack:
 
     name: ClassVar[str] = "Attack"
     """Display name used in tables and figures."""
+
+    uses_gradient: ClassVar[bool] = True
+    """False for a control that takes no gradient (random noise): an evaluation runs it neither as an adaptive attack
+    (a temperature changes nothing) nor as a transfer attack (noise drawn for one model is noise for any model)."""
 
     returns_best_iterate: ClassVar[bool] = False
     """Whether the result is the best iterate (lowest scored Dice) rather than the last: then the per-step records

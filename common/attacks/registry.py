@@ -10,6 +10,7 @@ from common.attacks.apgd import APGD
 from common.attacks.base import Attack
 from common.attacks.fgsm import FGSM
 from common.attacks.ifgsm import IterativeFGSM
+from common.attacks.noise import RandomSign
 from common.attacks.pgd import PGD
 from common.attacks.tifgsm import TargetedIterativeFGSM
 from common.errors import RobustsegError
@@ -22,8 +23,10 @@ ATTACKS: dict[str, type[Attack]] = {
     TargetedIterativeFGSM.name: TargetedIterativeFGSM,
     PGD.name: PGD,
     APGD.name: APGD,
+    RandomSign.name: RandomSign,
 }
-"""Display name (the CSV's ``attack`` column) -> attack class: ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``, ``APGD``."""
+"""Display name (the CSV's ``attack`` column) -> attack class: ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``, ``APGD``
+and the noise control ``random-sign``."""
 
 # keyword settings every attack accepts through ``Attack.__init__`` (subclasses pass them on as ``**kwargs``)
 _COMMON = ("loss", "relative", "clip", "temperature", "logit_scale", "inferer", "amp", "stop")

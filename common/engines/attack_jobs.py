@@ -62,6 +62,9 @@ class Adversarial:
         predictions: the attacked model's BraTS label maps ``(B, 1, *spatial)`` of :attr:`image`, from the attack's
             own forward pass at the next step (the argmax of the logits it took the next gradient of), or ``None``
             (the final iterate, a sweep, a restart's best).
+        trace: attacks that return their best iterate (PGD, APGD): per sample, the best scored mean Dice found after
+            each gradient pass, ``(B, restarts * steps)`` (:attr:`common.attacks.AttackStep.best_dices` of every
+            record); ``None`` otherwise.
     """
 
     attack: Attack
@@ -71,6 +74,7 @@ class Adversarial:
     seconds: float
     zero_grad_fractions: Tensor
     predictions: Tensor | None = None
+    trace: Tensor | None = None
 
     @property
     def loss(self) -> str:
@@ -89,6 +93,7 @@ class Adversarial:
             image=self.image[index : index + 1],
             zero_grad_fractions=self.zero_grad_fractions[index : index + 1],
             predictions=None if self.predictions is None else self.predictions[index : index + 1],
+            trace=None if self.trace is None else self.trace[index : index + 1],
         )
 
 
@@ -158,6 +163,11 @@ class AttackJob:
         return 1 if self.sweep else self.steps
 
     @property
+    def uses_gradient(self) -> bool:
+        """Whether the attack takes the model's gradient (not the random-noise control)."""
+        return self.attacks[0].uses_gradient
+
+    @property
     def per_iteration(self) -> bool:
         """Whether every iterate gets a row (iterative attacks whose result is their last iterate)."""
         return not self.sweep and not self.attacks[0].returns_best_iterate
@@ -217,7 +227,9 @@ class AttackJob:
                 Adversarial(attack, attack.epsilon, r.step, r.adversarial, t, zero, predicted)
                 for r, t, predicted in zip(records, times, seen, strict=True)
             ]
-        return [Adversarial(attack, attack.epsilon, attack.steps, final, total, zero)]
+        traces = [r.best_dices for r in records if r.best_dices is not None]
+        trace = torch.stack(traces, dim=1) if traces else None
+        return [Adversarial(attack, attack.epsilon, attack.steps, final, total, zero, trace=trace)]
 
 
 def _spec(item: Any, what: str) -> dict[str, Any]:

@@ -89,6 +89,7 @@ from common.engines.subject_batch import SubjectBatch, Unit, batches_of, files_o
 from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.report.examples import INDEX_NAME, ExampleWriter
+from common.report.schema import format_trace
 from common.utils.files import write_atomic
 from common.utils.validation import check_int, check_number, look_up_option
 
@@ -333,10 +334,12 @@ class RobustnessEvaluation:
         for index in order:
             units.append(Unit(index, "clean", None, None))
             units += [Unit(index, "white-box", index, job) for job in self.white_box_jobs]
-            units += [Unit(index, "adaptive", index, job) for job in self.adaptive_jobs.get(index, [])]
+            # a control without gradient (random noise) is white-box only: see Attack.uses_gradient
+            units += [Unit(index, "adaptive", index, job) for job in self.adaptive_jobs.get(index, [])
+                      if job.uses_gradient]  # fmt: skip
         if self.source is not None:
             for index in order[1:]:
-                units += [Unit(index, "transfer", self.source, job) for job in self.white_box_jobs]
+                units += [Unit(index, "transfer", self.source, job) for job in self.white_box_jobs if job.uses_gradient]
         return units
 
     def _keys(self, unit: Unit, subject: str) -> list[tuple[Key, str]]:
@@ -653,8 +656,9 @@ class RobustnessEvaluation:
             return {**record, "attack": "none", "threat": "clean", "source_model": None, "attack_config": None,
                     "loss": None, "epsilon": 0.0, "steps": 0, "iteration": 0, "psnr": None, "ssim": None,
                     "rmse": None, "linf": 0.0, "l2": 0.0, "zero_grad_fraction": None, "seconds": None,
-                    "winner": None, "target_attainment": None}  # fmt: skip
+                    "winner": None, "target_attainment": None, "dice_trace": None}  # fmt: skip
         assert quality is not None and unit.source is not None
+        zero = adversarial.zero_grad_fraction
         return {
             **record,
             "attack": type(adversarial.attack).name,
@@ -666,8 +670,12 @@ class RobustnessEvaluation:
             "steps": adversarial.attack.steps,
             "iteration": adversarial.iteration,
             **{name: float(value) for name, value in quality.items()},
-            "zero_grad_fraction": None if unit.transfer else adversarial.zero_grad_fraction,
+            # none for transfer inputs and for the noise control, which takes no gradient (NaN)
+            "zero_grad_fraction": None if unit.transfer or math.isnan(zero) else zero,
             "seconds": adversarial.seconds,
             "winner": None,
             "target_attainment": target_attainment,
+            # a transfer input's trace is its search on the source model, not a score of this one
+            "dice_trace": None if unit.transfer or adversarial.trace is None
+            else format_trace(adversarial.trace[0].tolist()),
         }

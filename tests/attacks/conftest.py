@@ -28,6 +28,9 @@ more than ``epsilon`` must be given its settings here (test_base.py fails until 
 TARGETED = {"ti-FGSM"}
 """Registry names of the attacks that descend their loss towards a target instead of ascending it."""
 
+GRADIENT_FREE = {"random-sign"}
+"""Registry names of the controls that take no gradient (their records have a NaN zero-gradient fraction)."""
+
 RANDOM_START = {"PGD", "APGD"}
 """Registry names of the attacks whose first gradient is taken at a random start, not at the clean input."""
 

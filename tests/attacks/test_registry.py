@@ -32,7 +32,7 @@ def test_spec_builds_the_named_attack(spec, cls, settings):
 
 
 def test_names_are_the_display_names():
-    assert list(ATTACKS) == ["FGSM", "i-FGSM", "ti-FGSM", "PGD", "APGD"]
+    assert list(ATTACKS) == ["FGSM", "i-FGSM", "ti-FGSM", "PGD", "APGD", "random-sign"]
     assert all(cls.name == name for name, cls in ATTACKS.items())
 
 
@@ -50,7 +50,7 @@ def test_a_name_alone_needs_an_epsilon():
     [
         (
             {"name": "DeepFool", "epsilon": 0.05},
-            r"attack name must be one of \['FGSM', 'i-FGSM', 'ti-FGSM', 'PGD', 'APGD'\]",
+            r"attack name must be one of \['FGSM', 'i-FGSM', 'ti-FGSM', 'PGD', 'APGD', 'random-sign'\]",
         ),
         ({"epsilon": 0.05}, r"attack spec must be a mapping with a 'name'"),
         (["FGSM"], r"attack spec must be a mapping with a 'name'"),

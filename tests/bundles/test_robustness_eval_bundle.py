@@ -69,7 +69,7 @@ def test_configs_parse_and_quick_overlay_parses_models_with_theirs():
     assert parser.get_parsed_content("output_dir") == str(EVAL / "results")
     # the defaults are the paper's
     assert parser.get_parsed_content("epsilon") == 0.05 and parser.get_parsed_content("loss") == "soft_dice"
-    assert [a["name"] for a in parser.get_parsed_content("attacks")] == ["FGSM", "i-FGSM", "ti-FGSM"]
+    assert [a["name"] for a in parser.get_parsed_content("attacks")] == ["FGSM", "i-FGSM", "ti-FGSM", "random-sign"]
     assert {0.05, 0.1} <= set(parser.get_parsed_content("sweep_epsilons"))
     for name in parser.get_parsed_content("model_bundles"):
         assert (BUNDLES / name / "configs" / "metadata.json").is_file()
@@ -134,9 +134,9 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     attacks = parser.get_parsed_content("attacks")
     epsilons = parser.get_parsed_content("worst_case_epsilons")
     assert epsilons == [0.01, 0.03, 0.05]
-    assert [a["name"] for a in attacks[:3]] == ["FGSM", "i-FGSM", "ti-FGSM"]
+    assert [a["name"] for a in attacks[:4]] == ["FGSM", "i-FGSM", "ti-FGSM", "random-sign"]
     assert attacks[-1] == {"name": "i-FGSM", "steps": 10, "epsilon": 1.0}  # the sanity table's unbounded check
-    ensemble = [(a["name"], a["loss"], a["epsilon"], a["steps"]) for a in attacks[3:-1]]
+    ensemble = [(a["name"], a["loss"], a["epsilon"], a["steps"]) for a in attacks[4:-1]]
     assert sorted(ensemble) == sorted(
         (name, loss, eps, 3)
         for eps in epsilons
@@ -144,7 +144,7 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     )
     jobs = build_jobs(attacks, parser.get_parsed_content("sweep"), parser.get_parsed_content("sweep_epsilons"),
                       0.05, "soft_dice")  # fmt: skip
-    assert len([j for j in jobs if not j.sweep]) == 2 + 12 + 1
+    assert len([j for j in jobs if not j.sweep]) == 2 + 1 + 12 + 1
 
 
 def test_worst_case_preset_runs(tiny_models, tiny_datalist, tmp_path, monkeypatch):
