@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackProbe, AttackStep
-from common.attacks.pgd import _BestIterate, _random_start, _start_search
+from common.attacks.pgd import _BestIterate, _random_start, _start_search, _traced
 from common.data.labels import logits_to_labels
 from common.utils.validation import check_int, check_number
 
@@ -161,6 +161,7 @@ class APGD(Attack):
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
         generator, active, tracker = _start_search(self, clean, labels)
+        callback = _traced(callback, tracker)
         scale = self._scale(clean)
 
         def box(iterate: int) -> tuple[Tensor, Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,7 +34,8 @@ class PGD(IterativeFGSM):
     Dice, and the ascent of a surrogate loss is not monotone in it, so the last iterate (and the restart with the
     highest loss) can be worse than one before it (Croce & Hein 2020; SEA, Croce et al. 2024). The scores come from
     the forward passes the attack makes for its gradients, plus one forward pass (without gradient) per restart for
-    the last iterate.
+    the last iterate. Each callback record carries, in ``best_dices``, the best Dice found so far: the convergence
+    curve of the attack (after ``n`` gradient passes, iterates ``0..n-1`` of the current restart have been scored).
 
     Early stopping (``stop``, off by default): a sample that the criterion stops keeps, as its result, the best of the
     iterates it went through up to the one it stopped at, and skips the later restarts. ``dice_zero`` is exact here
@@ -92,6 +94,7 @@ class PGD(IterativeFGSM):
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
         generator, active, tracker = _start_search(self, clean, labels)
+        callback = _traced(callback, tracker)
         for restart in range(self.restarts):
             start = _random_start(generator, lower, upper, active, tracker)
             last = self.iterate(
@@ -117,6 +120,19 @@ def _start_search(attack: Attack, clean: Tensor, labels: Tensor) -> tuple[torch.
     if attack.stop_criterion is not None:
         active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
     return generator, active, _BestIterate(clean, labels)
+
+
+def _traced(
+    callback: Callable[[AttackStep], None] | None, tracker: _BestIterate
+) -> Callable[[AttackStep], None] | None:
+    """``callback`` with each record's :attr:`~common.attacks.base.AttackStep.best_dices` filled in from ``tracker``."""
+    if callback is None:
+        return None
+
+    def traced(record: AttackStep) -> None:
+        callback(replace(record, best_dices=tracker.dice.clone()))
+
+    return traced
 
 
 def _random_start(

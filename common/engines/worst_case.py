@@ -81,6 +81,7 @@ def worst_case_rows(rows: Iterable[Mapping[str, str]], epsilons: Collection[floa
             "seconds": repr(sum(jobs.values())),
             "winner": _describe(winner),
             "target_attainment": "",  # the ensemble has no target, even when a targeted input won
+            "dice_trace": "",  # the ensemble's convergence is computed from its members' (common.report.convergence)
         })  # fmt: skip
     return out
 

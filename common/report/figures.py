@@ -1,8 +1,9 @@
 """Every figure of the report, like the paper's Figs. 2-9, from the robustness CSV and the saved example volumes only.
 
 :func:`build_figures` draws, in the paper's order, the curves of :mod:`common.report.curves` (Dice and input PSNR vs
-attack iteration, Figs. 3-4; Dice vs epsilon per defence family, Figs. 5-8; the zero-gradient fraction) and the slice
-panels of :mod:`common.report.panels` (Figs. 2 and 9). Every figure is drawn only when its data exist; what was not
+attack iteration, Figs. 3-4; Dice vs epsilon per defence family, Figs. 5-8; the zero-gradient fraction), the
+convergence of the worst case (:mod:`common.report.convergence`) and the slice panels of :mod:`common.report.panels`
+(Figs. 2 and 9). Every figure is drawn only when its data exist; what was not
 drawn is returned with the reason. The figure type and the house style are in :mod:`common.report.figure`.
 
 Example::
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.errors import RobustsegError
+from common.report.convergence import convergence_figures
 from common.report.curves import epsilon_figures, iteration_figures, zero_gradient_figure
 from common.report.examples import ExampleSubject
 from common.report.figure import (
@@ -32,7 +34,7 @@ from common.report.options import ReportOptions
 from common.report.panels import slice_figures
 from common.report.schema import Record
 from common.report.selection import model_identities
-from common.utils.enums import Defense, Net
+from common.utils.enums import Defense, Net, Threat
 
 __all__ = ["ReportFigure", "SkippedFigure", "build_figures", "DATA_COLUMNS", "FIGURE_DPI", "OKABE_ITO", "LABEL_COLOURS"]
 
@@ -96,6 +98,11 @@ def build_figures(
             )
         else:
             figures.append(zero)
+        convergence = convergence_figures(records)
+        if convergence:
+            figures += convergence
+        elif any(r["threat"] == Threat.WORST_CASE for r in records):
+            skipped.append(SkippedFigure("Convergence of the worst case", "no iterative attack among the members"))
         drawn, missed = slice_figures(records, examples, options.attack, options.epsilon, max_example_subjects)
         figures += drawn
         skipped += missed

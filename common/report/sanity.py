@@ -17,6 +17,9 @@ over WT, TC and ET of each subject's Dice, averaged over subjects; a check whose
 5. **random noise hurts less**: uniform random-sign noise at epsilon leaves a higher Dice than the attack (+ no
    tolerance); needs rows of attack ``random-sign``, which the evaluation does not compute yet (``not run``).
 6. **gradient not masked**: the mean share of exactly-zero input gradients over the white-box rows is below 0.5.
+7. **attacks converged**: at every epsilon of the model's ``worst-case`` rows, neither the last 20 % of the gradient
+   passes nor the last restart lowered the worst-case Dice by more than 0.01 (:mod:`common.report.convergence`);
+   ``not run`` without worst-case rows or without an iterative member.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common.report.convergence import Convergence, convergence
 from common.report.labels import defence_sort_key, format_eps, model_label
 from common.report.schema import Record, mean_dice
 from common.report.selection import model_identities, same_epsilon
@@ -40,6 +44,7 @@ CHECKS: tuple[str, ...] = (
     "white-box <= transfer",
     "random noise hurts less",
     "gradient not masked",
+    "attacks converged",
 )
 """The checks, in the table's column order."""
 
@@ -71,13 +76,16 @@ def _fail(detail: str) -> str:
     return f"FAIL: {detail}"
 
 
-def sanity_checks(records: Sequence[Record], model: str, tolerance: float = 0.01) -> dict[str, str]:
+def sanity_checks(
+    records: Sequence[Record], model: str, tolerance: float = 0.01, searches: Sequence[Convergence] | None = None
+) -> dict[str, str]:
     """The checks of :data:`CHECKS` for one model: check -> ``"pass"``, ``"FAIL: <numbers>"`` or ``"not run"``.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
         model: the model.
         tolerance: the Dice noise allowed in checks 1, 2 and 4.
+        searches: :func:`~common.report.convergence.convergence` of ``records``, if already computed.
     """
     white = _final(records, model, Threat.WHITE_BOX)
     groups = _by_attack_eps(white)
@@ -142,6 +150,14 @@ def sanity_checks(records: Sequence[Record], model: str, tolerance: float = 0.01
     else:
         mean = float(np.mean(fractions))
         out[CHECKS[5]] = PASS if mean < ZERO_GRAD_LIMIT else _fail(f"{100 * mean:.1f} % of input gradients are 0")
+
+    searches = [c for c in (convergence(records) if searches is None else searches)
+                if c.model == model and c.converged is not None]  # fmt: skip
+    if not searches:
+        out[CHECKS[6]] = NOT_RUN
+    else:
+        failures = [f"ε = {format_eps(c.epsilon)}: {c.verdict}" for c in searches if not c.converged]
+        out[CHECKS[6]] = _fail("; ".join(failures)) if failures else PASS
     return out
 
 
@@ -163,8 +179,9 @@ def build_sanity(records: Sequence[Record], net: str, tolerance: float = 0.01) -
         return None
     unique = len({model_label(m, info) for m in models}) == len(models)
     rows, csv_rows = [], []
+    searches = convergence(records)
     for m in models:
-        checks = sanity_checks(records, m, tolerance)
+        checks = sanity_checks(records, m, tolerance, searches)
         rows.append([model_label(m, info, unique), *(checks[c] for c in CHECKS)])
         csv_rows += [[m, c, checks[c]] for c in CHECKS]
     failed = sum(v.startswith("FAIL") for row in rows for v in row[1:])

@@ -41,6 +41,10 @@ winner                 str    ``worst-case`` rows only: the member whose adversa
                               e.g. ``APGD (white-box, js, iteration 100/100)``; empty elsewhere
 target_attainment      float  targeted attacks (ti-FGSM) only: the fraction of brain voxels (any clean input channel
                               non-zero) predicted as the target label -- whether the target was reached; empty elsewhere
+dice_trace             str    attacks that return their best iterate (PGD, APGD) only: the best mean Dice (WT, TC, ET)
+                              the attack had found after each gradient pass, over the restarts so far, space-separated
+                              (``restarts x steps`` values; the row's own Dice, which also scores the last iterate, is
+                              at most the last one); the convergence figure's data; empty elsewhere
 =====================  =====  ==========================================================================================
 
 Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).
@@ -57,7 +61,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from common.errors import RobustsegError
@@ -69,6 +73,8 @@ __all__ = [
     "COLUMN_NAMES",
     "DICE_COLUMNS",
     "mean_dice",
+    "format_trace",
+    "parse_trace",
     "ADDED_LATER",
     "NETS",
     "DEFENSES",
@@ -117,6 +123,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("seconds", float, False, "wall time to produce this row's adversarial input"),
     Column("winner", str, False, "worst-case rows: the attack input that gave the minimum; empty elsewhere"),
     Column("target_attainment", float, False, "targeted attacks: fraction of brain voxels predicted as the target"),
+    Column("dice_trace", str, False, "PGD/APGD: best mean Dice after each gradient pass, space-separated"),
 )
 """The columns of the results CSV, in file order."""
 
@@ -126,10 +133,10 @@ NETS: tuple[str, ...] = Net.values()
 DEFENSES: tuple[str, ...] = Defense.values()
 """The values of the ``defense`` column (:class:`~common.utils.enums.Defense`), in the tables' order."""
 THREATS: tuple[str, ...] = Threat.values()
-
-ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment")
-"""Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 """The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
+
+ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment", "dice_trace")
+"""Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
 
 
@@ -141,6 +148,25 @@ def mean_dice(row: Mapping[str, object]) -> float:
     """A row's mean Dice over WT, TC and ET: the score the worst case minimises and the headline and sanity tables
     average. Takes loaded records and raw CSV cells (strings) alike."""
     return sum(float(row[name]) for name in DICE_COLUMNS) / len(DICE_COLUMNS)  # type: ignore[arg-type]
+
+
+def format_trace(values: Sequence[float]) -> str:
+    """The ``dice_trace`` cell of a sequence of Dice values (4 decimals: the tables show 3)."""
+    return " ".join(f"{float(v):.4f}" for v in values)
+
+
+def parse_trace(cell: object) -> list[float]:
+    """The Dice values of a ``dice_trace`` cell (``[]`` for an empty or missing one).
+
+    Raises:
+        RobustsegError: if the cell holds something that is not a number.
+    """
+    if cell is None or cell == "":
+        return []
+    try:
+        return [float(v) for v in str(cell).split()]
+    except ValueError:
+        raise RobustsegError(f"dice_trace: expected space-separated numbers, got {str(cell)[:60]!r}.") from None
 
 
 def _format_value(value: object) -> str:

@@ -11,6 +11,7 @@ from common.data.labels import logits_to_labels
 from common.engines import DEFAULT_ATTACKS, build_jobs
 from common.engines.attack_jobs import reusable_predictions
 from common.errors import RobustsegError
+from common.metrics.dice import region_dice
 
 SWEEP = [0.01, 0.05, 0.1]
 
@@ -111,3 +112,37 @@ def test_best_iterate_attacks_are_scored_at_their_result(spec, per_iteration):
     if not per_iteration:
         expected = make_attack(spec, epsilon=0.05, loss="soft_dice")(net, image, label)
         assert torch.equal(adversarials[0].image, expected)
+    # the best-iterate attacks' convergence trace: one value per gradient pass, per sample, non-increasing
+    trace = adversarials[-1].trace
+    if per_iteration:
+        assert trace is None
+    else:
+        restarts = spec.get("restarts", 1)
+        assert trace is not None and tuple(trace.shape) == (2, 3 * restarts)
+        assert bool((trace[:, 1:] <= trace[:, :-1]).all())
+        assert torch.equal(adversarials[-1].sample(1).trace, trace[1:2])
+
+
+@pytest.mark.parametrize("name", ["PGD", "APGD"])
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_trace_is_the_running_best_of_the_scored_iterates(name, restarts):
+    """Each record's best Dice is the lowest hard Dice of the iterates scored so far: at most its own pass's, and
+    the result (which also scores the last iterate) is at most the trace's end."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(4, 4, 3, padding=1)
+    image = torch.rand(2, 4, 8, 8, 8)
+    label = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    label[:, :, 2:6, 2:6, 2:6] = 2
+    label[:, :, 3:5, 3:5, 3:5] = 4
+    records = []
+    attack = make_attack({"name": name, "epsilon": 0.2, "steps": 4, "restarts": restarts, "loss": "ce"})
+    result = attack(net, image, label, callback=records.append)
+    assert len(records) == 4 * restarts
+    best = torch.stack([r.best_dices for r in records])
+    own = torch.stack([region_dice(r.predictions, label).mean(1) for r in records])
+    assert bool((best[1:] <= best[:-1]).all()) and bool((best <= own + 1e-6).all())
+    with torch.no_grad():
+        final = region_dice(logits_to_labels(net(result)), label).mean(1)
+    assert bool((final <= best[-1] + 1e-6).all())
+    make_attack({"name": "i-FGSM", "epsilon": 0.2, "steps": 2})(net, image, label, callback=records.append)
+    assert records[-1].best_dices is None  # only the best-iterate attacks trace

@@ -25,6 +25,7 @@ from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.metrics.image_quality import input_quality
 from common.report import load_examples, load_results
+from common.report.schema import mean_dice, parse_trace
 
 from .conftest import ATTACKS, BASELINE, DISTILLED, OVERRIDES, QUICK, STEPS, SUBJECTS, SWEEP, evaluation
 
@@ -494,3 +495,22 @@ def test_iterates_are_scored_from_the_attacks_own_passes(attack_precision, predi
             (row,) = _rows(rows, attack=name, threat="white-box", iteration=record.step)
             dice = region_dice(prediction, label)[0].tolist()
             assert [row["dice_wt"], row["dice_tc"], row["dice_et"]] == pytest.approx(dice, abs=0.005)
+
+
+def test_best_iterate_rows_carry_their_trace_and_noise_is_white_box_only(bundles, tiny_datalist, tmp_path):
+    """PGD rows hold the running best Dice per gradient pass (restarts x steps values) for the convergence figure;
+    the random-sign control has no gradient to transfer or to rescale by a temperature, and no zero-gradient share."""
+    attacks = [{"name": "PGD", "steps": 2, "restarts": 2}, {"name": "random-sign"}]
+    evaluation(bundles, tiny_datalist, tmp_path / "out", attacks=attacks, sweep=None, tables=False).run()
+    rows = load_results(tmp_path / "out" / "results.csv")
+    pgd = _rows(rows, attack="PGD")
+    assert {r["threat"] for r in pgd} == {"white-box", "adaptive", "transfer"}
+    assert all(r["dice_trace"] is None for r in _rows(pgd, threat="transfer"))  # the source's search, not theirs
+    for row in [r for r in pgd if r["threat"] != "transfer"]:
+        trace = parse_trace(row["dice_trace"])
+        assert len(trace) == 4 and trace == sorted(trace, reverse=True)
+        assert mean_dice(row) <= trace[-1] + 1e-4  # the row also scores the last iterate
+    noise = _rows(rows, attack="random-sign")
+    assert {r["threat"] for r in noise} == {"white-box"} and len(noise) == 2 * len(SUBJECTS)
+    assert all(r["zero_grad_fraction"] is None and r["dice_trace"] is None for r in noise)
+    assert all(r["dice_trace"] is None for r in _rows(rows, threat="worst-case"))
