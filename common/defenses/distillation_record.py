@@ -184,11 +184,12 @@ class DistillationRecord:
 
     Example::
 
-        "distillation_record": {"_target_": "common.defenses.DistillationRecord", "ckpt_dir": "@ckpt_dir",
+        "+train#handlers": [{"_target_": "common.defenses.DistillationRecord", "ckpt_dir": "@ckpt_dir",
             "teacher": "@teacher", "teacher_bundle": "@teacher_bundle", "temperature": "@temperature",
             "teacher_temperature": "@teacher_temperature", "data_loader": "@validate#dataloader",
-            "inferer": "@validate#inferer"},
-        "+train#handlers": ["@distillation_record"]
+            "inferer": "@validate#inferer"}]
+
+    (inline in the handler list: MONAI's ``check_properties`` reads each handler as a dictionary).
     """
 
     def __init__(
