@@ -180,12 +180,28 @@ class CLI:
         return run_demo(out, fresh=fresh)
 
     def reproduce(
-        self, data: str, out: str = "runs/reproduce", device: str = "cuda", dry_run: bool = False, quick: bool = False
+        self,
+        data: str,
+        out: str = "runs/reproduce",
+        device: str = "cuda",
+        dry_run: bool = False,
+        quick: bool = False,
+        distillation: str = "paper",
     ) -> str:
-        """The paper's full protocol on real BraTS data (all 18 model bundles, evaluation, report)."""
+        """The paper's full protocol on real BraTS data (all 18 model bundles, evaluation, report).
+
+        Args:
+            data: a BraTS 2017-2021 or MSD Task01 folder.
+            out: output folder.
+            device: e.g. "cuda" or "cpu".
+            dry_run: print the plan only.
+            quick: use the quick overlays.
+            distillation: "paper": train a teacher at each T and distil from its soft labels at T (Papernot et al.
+                2016, 8 more trainings); "approx": the baseline as teacher, soft labels at T = 1.
+        """
         from common.demo import run_reproduce
 
-        return run_reproduce(data, out, device=device, dry_run=dry_run, quick=quick)
+        return run_reproduce(data, out, device=device, dry_run=dry_run, quick=quick, distillation=distillation)
 
 
 def main(argv: list[str] | None = None) -> None:

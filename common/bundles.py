@@ -16,6 +16,7 @@ from typing import Any
 from common.errors import RobustsegError
 from common.utils.enums import Defense
 from common.utils.files import atomic_write, write_atomic
+from common.utils.validation import check_number, look_up_option
 
 __all__ = [
     "BundleSpec",
@@ -23,11 +24,13 @@ __all__ = [
     "bundle_root",
     "find_bundle",
     "bundle_specs",
+    "distillation_record",
     "export_bundle",
     "format_json",
     "generate_bundles",
     "render_bundle",
     "record_training_settings",
+    "teacher_spec",
     "training_overrides",
 ]
 
@@ -171,9 +174,10 @@ def bundle_specs() -> list[BundleSpec]:
     for net, net_vars in _NETS.items():
         prefix = f"brats_unet{net}"
         baseline = f"{prefix}_baseline"
-        base_vars = {**net_vars, "name": baseline, "defense": Defense.NONE.value, "defense_param": ""}
+        base_vars = {**net_vars, "name": baseline, "defense": Defense.NONE.value, "defense_param": "",
+                     "train_temperature": 1}
         specs.append(BundleSpec(baseline, "baseline", net, base_vars))
-        for temperature in (20, 100, 500, 5000):
+        for temperature in DISTILLATION_TEMPERATURES:
             name = f"{prefix}_distill_t{temperature}"
             # the paper: distillation 400 epochs at lr 5e-4 (3D); the 2D nets use lr 1e-5 "throughout all experiments"
             specs.append(BundleSpec(name, "distill", net, {
@@ -195,6 +199,38 @@ def bundle_specs() -> list[BundleSpec]:
         }))
     specs.append(BundleSpec("brats_robustness_eval", "robustness_eval", None, {"name": "brats_robustness_eval"}))
     return specs
+
+
+DISTILLATION_TEMPERATURES = (20, 100, 500, 5000)
+"""The paper's distillation temperatures T."""
+
+
+def teacher_spec(net: str, temperature: float) -> BundleSpec:
+    """A distillation teacher: the baseline bundle of ``net`` trained at ``temperature`` (Papernot et al. 2016).
+
+    Defensive distillation as published trains the teacher F itself at the distillation temperature T, so that its
+    soft labels ``softmax(z / T)`` are informative (Liu et al. 2021, "Defenses"). The teacher is the baseline family
+    with ``train_temperature`` = T (its training loss sees the logits divided by T,
+    :class:`~common.losses.TemperatureScaledLoss`). Teachers are not committed under ``bundles/``:
+    ``robustseg reproduce`` renders and trains one per network and T in its output folder.
+
+    Args:
+        net: "3d" or "2d".
+        temperature: T > 0.
+
+    Returns:
+        The spec of ``brats_unet<net>_teacher_t<T>``.
+
+    Raises:
+        RobustsegError: if ``net`` is not "3d" or "2d" or ``temperature`` <= 0.
+    """
+    net = look_up_option("net", net, tuple(_NETS))
+    check_number("temperature", temperature, 0, min_inclusive=False)
+    name = f"brats_unet{net}_teacher_t{temperature:g}"
+    return BundleSpec(name, "baseline", net, {
+        **_NETS[net], "name": name, "defense": Defense.NONE.value, "defense_param": "",
+        "train_temperature": temperature,
+    })
 
 
 # ---- templates ------------------------------------------------------------------------------------------------------
@@ -392,7 +428,8 @@ def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "
     """Zip a trained bundle as a self-contained Model Zoo bundle.
 
     The zip holds ``<name>/configs``, ``docs``, ``LICENSE``, ``models/model.pt`` (with the training record
-    ``models/training_settings.json``) and a copy of this ``common``
+    ``models/training_settings.json``, and a distilled model's ``models/distillation_record.json``) and a copy of
+    this ``common``
     package at the bundle root, so that ``"_target_": "common...."`` resolves when MONAI runs the bundle from there
     (MONAI puts the bundle root on ``sys.path``; ``bundle_root`` is found from the copied package).
 
@@ -419,8 +456,9 @@ def export_bundle(name: str, out: str | Path | None = None, root: str | Path = "
         for rel in sorted(_generated_files(folder)):
             zf.write(folder / rel, f"{name}/{rel}")
         zf.write(weights, f"{name}/models/model.pt")
-        if (folder / "models" / TRAINING_RECORD).is_file():
-            zf.write(folder / "models" / TRAINING_RECORD, f"{name}/models/{TRAINING_RECORD}")
+        for record in (TRAINING_RECORD, DISTILLATION_RECORD):
+            if (folder / "models" / record).is_file():
+                zf.write(folder / "models" / record, f"{name}/models/{record}")
         for path in sorted(PACKAGE_DIR.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 zf.write(path, f"{name}/common/{path.relative_to(PACKAGE_DIR).as_posix()}")
@@ -468,4 +506,26 @@ def training_overrides(root: str | Path) -> dict[str, Any]:
         raise RobustsegError(f"{path}: not valid JSON ({exc}); delete it or retrain.") from exc
     if not isinstance(record, dict):
         raise RobustsegError(f"{path}: expected a JSON object of settings.")
+    return record
+
+
+DISTILLATION_RECORD = "distillation_record.json"
+"""Written beside a distilled model's ``model.pt`` when training ends: the recipe and the measured logit scale."""
+
+
+def distillation_record(root: str | Path) -> dict[str, Any] | None:
+    """The record :class:`~common.defenses.DistillationRecord` wrote under ``<root>/models``, or ``None``.
+
+    Raises:
+        RobustsegError: if the record exists but is not a JSON object.
+    """
+    path = Path(root) / "models" / DISTILLATION_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RobustsegError(f"{path}: not valid JSON ({exc}); delete it or retrain.") from exc
+    if not isinstance(record, dict):
+        raise RobustsegError(f"{path}: expected a JSON object.")
     return record

@@ -20,9 +20,12 @@ from typing import Any
 
 from common.errors import RobustsegError
 
-__all__ = ["DEMO_MODELS", "Stage", "plan_demo", "plan_reproduce", "run_demo", "run_reproduce"]
+__all__ = ["DEMO_MODELS", "DISTILLATION_RECIPES", "Stage", "plan_demo", "plan_reproduce", "run_demo", "run_reproduce"]
 
 logger = logging.getLogger(__name__)
+
+DISTILLATION_RECIPES = ("paper", "approx")
+"""``robustseg reproduce --distillation``: teachers trained at T (the paper's) or the baseline as teacher."""
 
 DEMO_MODELS = (
     "brats_unet3d_baseline",
@@ -30,7 +33,9 @@ DEMO_MODELS = (
     "brats_unet3d_advtrain_eps0.05",
     "brats_unet3d_noiseaug",
 )
-"""The models the demo trains (quick overlays; the defences fine-tune the baseline) and attacks."""
+"""The models the demo trains (quick overlays; the defences fine-tune the baseline) and attacks. Its distilled model
+keeps the approximation of the committed bundle (the baseline as teacher, soft labels at T = 1), which its training
+record names (``recipe: approximation``) and the report shows; ``robustseg reproduce`` runs the paper's recipe."""
 
 DEMO_SUBJECTS = 40
 DEMO_SHAPE = 64
@@ -59,17 +64,24 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _render_bundles(names: Sequence[str], root: Path) -> None:
-    """Write the template-owned files of ``names`` under ``root`` (trained weights and results are kept)."""
-    from common.bundles import bundle_specs, render_bundle
+def _render_specs(specs: Sequence[Any], root: Path) -> None:
+    """Write the template-owned files of ``specs`` under ``root`` (trained weights and results are kept)."""
+    from common.bundles import render_bundle
     from common.utils.files import write_atomic
 
-    specs = {spec.name: spec for spec in bundle_specs()}
-    for name in names:
-        for rel, content in render_bundle(specs[name]).items():
-            path = root / name / rel
+    for spec in specs:
+        for rel, content in render_bundle(spec).items():
+            path = root / spec.name / rel
             if not path.is_file() or path.read_text() != content:
                 write_atomic(path, content, parents=True)
+
+
+def _render_bundles(names: Sequence[str], root: Path) -> None:
+    """Write the template-owned files of the committed bundles ``names`` under ``root``."""
+    from common.bundles import bundle_specs
+
+    specs = {spec.name: spec for spec in bundle_specs()}
+    _render_specs([specs[name] for name in names], root)
 
 
 def _run_bundle(run_id: str, bundle: Path, configs: Sequence[str], overrides: dict[str, Any]) -> None:
@@ -92,12 +104,19 @@ def _train_stage(
     configs: Sequence[str],
     estimate: str,
     extra: dict[str, Any] | None = None,
+    teacher: tuple[Path, float] | None = None,
 ) -> Stage:
-    """Training of one bundle; with ``baseline``, a defence that distils from it or fine-tunes it (quick runs)."""
+    """Training of one bundle; with ``baseline``, a defence that distils from it or fine-tunes it (quick runs).
+
+    ``teacher``: a distilled bundle's teacher folder and ``teacher_temperature`` (default: ``baseline`` at the
+    bundle's own setting, i.e. the committed approximation).
+    """
     overrides: dict[str, Any] = {"datalist": datalist, **(extra or {})}
     if baseline is not None:
         if "_distill_" in bundle.name:
-            overrides["teacher_bundle"] = str(baseline)
+            overrides["teacher_bundle"] = str(baseline if teacher is None else teacher[0])
+            if teacher is not None:
+                overrides["teacher_temperature"] = teacher[1]
         if "quick.json" in configs:  # quick runs fine-tune the baseline; the paper's runs train from scratch
             overrides["init_weights"] = str(baseline / "models" / "model.pt")
 
@@ -229,25 +248,46 @@ def run_demo(out: str | os.PathLike = "runs/demo", fresh: bool = False) -> str:
 # ---- the paper's full protocol ----------------------------------------------------------------------------------
 
 
+def _reproduce_specs(distillation: str) -> list[Any]:
+    """Model bundle specs in training order: baselines, then (paper recipe) the teachers at T, then the defences."""
+    from common.bundles import DISTILLATION_TEMPERATURES, bundle_specs, teacher_spec
+
+    specs = [s for s in bundle_specs() if s.net is not None]
+    baselines = [s for s in specs if s.family == "baseline"]
+    teachers = [teacher_spec(s.net, t) for s in baselines for t in DISTILLATION_TEMPERATURES] if (
+        distillation == "paper") else []  # fmt: skip
+    return baselines + teachers + sorted((s for s in specs if s.family != "baseline"), key=lambda s: (s.net, s.name))
+
+
 def plan_reproduce(
     data: str | os.PathLike,
     out: str | os.PathLike,
     device: str,
     quick: bool,
     overrides: dict[str, Any] | None = None,
+    distillation: str = "paper",
 ) -> list[Stage]:
-    """The paper's protocol on real data: datalist, 18 model bundles (teachers first), evaluation, report.
+    """The paper's protocol on real data: datalist, the model bundles (teachers first), evaluation, report.
 
-    ``overrides`` are passed to every training (e.g. ``{"epochs": 1}`` for a smoke test).
+    With ``distillation="paper"`` (Papernot et al. 2016; Liu et al. 2021, "Defenses") a teacher is trained per
+    network and temperature T -- the baseline bundle with ``train_temperature`` T, rendered as
+    ``brats_unet<net>_teacher_t<T>`` in ``out/bundles`` -- and each distilled bundle learns from its teacher's soft
+    labels at T (``teacher_temperature`` = T); 8 more trainings. ``"approx"`` keeps the committed bundles' recipe:
+    the baseline as teacher, soft labels at T = 1. Quick runs start every trained model but the baselines from the
+    baseline's weights. ``overrides`` are passed to every training (e.g. ``{"epochs": 1}`` for a smoke test).
+
+    Raises:
+        RobustsegError: if ``distillation`` is not "paper" or "approx".
     """
-    from common.bundles import bundle_specs
+    from common.utils.validation import look_up_option
 
+    distillation = look_up_option("distillation", distillation, DISTILLATION_RECIPES)
     out = Path(out).resolve()
     bundles = out / "bundles"
     datalist = str(out / "datalist.json")
     results = out / "results"
-    specs = [s for s in bundle_specs() if s.net is not None]
-    order = sorted(specs, key=lambda s: (s.family != "baseline", s.net, s.name))  # teachers (baselines) first
+    order = _reproduce_specs(distillation)
+    specs = [s for s in order if "_teacher_" not in s.name]  # the evaluated models
     configs = ["train.json", "quick.json"] if quick else ["train.json"]
     training = {"device": f"$torch.device('{device}')", **_shared_cache(out), **(overrides or {})}
 
@@ -261,8 +301,20 @@ def plan_reproduce(
     for spec in order:
         baseline = bundles / f"brats_unet{spec.net}_baseline"
         epochs = spec.variables.get("epochs", 400 if spec.net == "2d" else 100)
-        stages.append(_train_stage(bundles / spec.name, datalist, None if spec.family == "baseline" else baseline,
-                                   configs, f"{epochs} epochs", training))
+        teacher = None
+        if distillation == "paper" and spec.family == "distill":
+            temperature = spec.variables["temperature"]
+            teacher = (bundles / f"brats_unet{spec.net}_teacher_t{temperature:g}", temperature)
+        is_baseline = spec.name == baseline.name
+        stage = _train_stage(bundles / spec.name, datalist, None if is_baseline else baseline, configs,
+                             f"{epochs} epochs", training, teacher=teacher)  # fmt: skip
+        if "_teacher_" in spec.name:
+            stage.description += f" (distillation teacher, trained at T = {spec.variables['train_temperature']:g})"
+        elif teacher is not None:
+            stage.description += f" (teacher {teacher[0].name}, soft labels at T = {teacher[1]:g})"
+        elif spec.family == "distill":
+            stage.description += " (teacher the baseline, soft labels at T = 1: the approximation)"
+        stages.append(stage)
 
     def evaluate() -> str:
         _run_bundle("evaluating", bundles / EVAL_BUNDLE, ["evaluate.json", *(["quick.json"] if quick else [])], {
@@ -278,7 +330,8 @@ def plan_reproduce(
 
         return str(write_report(results / "results.csv", out / "report"))
 
-    stages.append(Stage("evaluate", "attack all 18 models (paper epsilons and iterations)", evaluate, "hours"))
+    stages.append(Stage("evaluate", f"attack all {len(specs)} models (paper epsilons and iterations)", evaluate,
+                        "hours"))
     stages.append(Stage("report", "write the report", report, "~1 min"))
     return stages
 
@@ -290,6 +343,7 @@ def run_reproduce(
     dry_run: bool = False,
     quick: bool = False,
     overrides: dict[str, Any] | None = None,
+    distillation: str = "paper",
 ) -> str:
     """The paper's full protocol on a real BraTS folder (see :func:`plan_reproduce`).
 
@@ -300,22 +354,27 @@ def run_reproduce(
         dry_run: print the plan only.
         quick: use the quick overlays (for tests and a first look).
         overrides: config values for every training, e.g. ``{"epochs": 1}``.
+        distillation: "paper" (a teacher trained at each T, soft labels at T) or "approx" (the baseline as
+            teacher, soft labels at T = 1).
 
     Returns:
         The plan (dry run) or where the report is.
+
+    Raises:
+        RobustsegError: if ``data`` is not a folder or ``distillation`` is not "paper" or "approx".
     """
     if not Path(data).is_dir():
         raise RobustsegError(f"data: {data} is not a folder, expected a BraTS or MSD Task01 data folder.")
-    stages = plan_reproduce(data, out, device, quick, overrides)
+    stages = plan_reproduce(data, out, device, quick, overrides, distillation)
     if dry_run:
         lines = [f"{i:2d}. {s.description} [{s.estimate}]" for i, s in enumerate(stages, 1)]
         return "plan (nothing run):\n" + "\n".join(lines)
-    out_path = Path(out).resolve()
     from common.bundles import bundle_specs
 
-    names = [s.name for s in bundle_specs()]
+    out_path = Path(out).resolve()
+    specs = [*_reproduce_specs(distillation), *(s for s in bundle_specs() if s.name == EVAL_BUNDLE)]
     start = time.perf_counter()
-    _run_stages(stages, out_path, lambda: _render_bundles(names, out_path / "bundles"))
+    _run_stages(stages, out_path, lambda: _render_specs(specs, out_path / "bundles"))
     return f"reproduction finished in {_fmt_seconds(time.perf_counter() - start)}; report: {out_path / 'report'}"
 
 

@@ -31,15 +31,92 @@ def tiny_brats(tmp_path_factory) -> Path:
     return root
 
 
-def test_reproduce_dry_run_lists_18_models_teachers_first(tiny_brats, tmp_path):
-    plan = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", dry_run=True)
+@pytest.mark.parametrize("distillation, trainings", [("paper", 26), ("approx", 18)])
+def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, tiny_brats, tmp_path):
+    plan = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", dry_run=True, distillation=distillation)
     lines = plan.splitlines()[1:]
     trains = [line for line in lines if " train brats_unet" in line]
-    assert len(trains) == 18
+    assert len(trains) == trainings
     first_defence = min(i for i, line in enumerate(trains) if "_baseline" not in line)
     assert all("_baseline" in line for line in trains[:first_defence]) and first_defence == 2
+    teachers = [line for line in trains if "_teacher_t" in line.split()[2]]
+    assert len(teachers) == (8 if distillation == "paper" else 0)
+    assert all("trained at T = " in line for line in teachers)
+    students = [line for line in trains if "_distill_t" in line.split()[2]]
+    assert len(students) == 8
+    expected = "soft labels at T = {}" if distillation == "paper" else "soft labels at T = 1: the approximation"
+    assert all(expected.format(line.split("_distill_t")[1].split()[0]) in line for line in students)
     assert "attack all 18 models" in plan and "write the report" in plan
     assert not (tmp_path / "out").exists()
+
+
+def _planned_trainings(tiny_brats, out, quick, distillation, monkeypatch) -> dict[str, dict]:
+    """Run the plan's training stages with ``_run_bundle`` replaced: bundle name -> overrides, in training order."""
+    calls: dict[str, dict] = {}
+    monkeypatch.setattr("common.demo._run_bundle", lambda run_id, bundle, configs, overrides: calls.setdefault(
+        bundle.name, {"run_id": run_id, "configs": list(configs), **overrides}))
+    for stage in plan_reproduce(tiny_brats, out, device="cpu", quick=quick, distillation=distillation):
+        if stage.name.startswith("train-"):
+            stage.work()
+    return calls
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("net", ["3d", "2d"])
+@pytest.mark.parametrize("temperature", [20, 100, 500, 5000])
+def test_reproduce_paper_distillation_trains_a_teacher_at_t_first(quick, net, temperature, tiny_brats, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    """Papernot et al.'s recipe: the student of T learns from a teacher trained at T, softened at T."""
+    out = tmp_path / "out"
+    calls = _planned_trainings(tiny_brats, out, quick, "paper", monkeypatch)
+    order = list(calls)
+    baseline, teacher = f"brats_unet{net}_baseline", f"brats_unet{net}_teacher_t{temperature}"
+    student = f"brats_unet{net}_distill_t{temperature}"
+    assert order.index(baseline) < order.index(teacher) < order.index(student)
+    assert calls[student]["teacher_bundle"] == str(out.resolve() / "bundles" / teacher)
+    assert calls[student]["teacher_temperature"] == temperature
+    assert "teacher_bundle" not in calls[teacher] and "train_temperature" not in calls[teacher], "set by its configs"
+    baseline_weights = str(out.resolve() / "bundles" / baseline / "models" / "model.pt")
+    for name in (teacher, student):  # quick runs fine-tune the baseline; the paper's train from scratch
+        assert calls[name].get("init_weights") == (baseline_weights if quick else None)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_reproduce_approx_distillation_keeps_the_baseline_teacher(quick, tiny_brats, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    calls = _planned_trainings(tiny_brats, out, quick, "approx", monkeypatch)
+    assert not [name for name in calls if "_teacher_" in name]
+    students = [name for name in calls if "_distill_" in name]
+    assert len(students) == 8
+    for name in students:
+        net = name.split("_")[1]
+        assert calls[name]["teacher_bundle"] == str(out.resolve() / "bundles" / f"brats_{net}_baseline")
+        assert "teacher_temperature" not in calls[name], "the committed bundles' teacher_temperature (1)"
+
+
+@pytest.mark.parametrize("net", ["3d", "2d"])
+@pytest.mark.parametrize("temperature", [20, 5000])
+def test_teacher_bundle_trains_at_its_temperature(net, temperature):
+    """The rendered teacher's training loss is the baseline's loss at T, and its record will say T."""
+    from monai.bundle import ConfigParser
+
+    from common.bundles import render_bundle, teacher_spec
+    from common.losses import SoftDiceLoss, TemperatureScaledLoss
+
+    files = render_bundle(teacher_spec(net, temperature))
+    parser = ConfigParser(json.loads(files["configs/train.json"]))
+    loss = parser.get_parsed_content("train#trainer#loss_function")
+    assert isinstance(loss, TemperatureScaledLoss) and isinstance(loss.loss, SoftDiceLoss)
+    assert loss.temperature == temperature
+    assert parser["training_settings#train_temperature"] == "@train_temperature"
+    assert parser.get_parsed_content("train_temperature") == temperature
+    assert json.loads(files["configs/metadata.json"])["name"] == f"brats_unet{net}_teacher_t{temperature}"
+
+
+@pytest.mark.parametrize("distillation", ["papers", "none", ""])
+def test_reproduce_rejects_unknown_distillation(distillation, tiny_brats, tmp_path):
+    with pytest.raises(RobustsegError, match=r"distillation must be one of \['paper', 'approx'\]"):
+        run_reproduce(str(tiny_brats), str(tmp_path / "out"), dry_run=True, distillation=distillation)
 
 
 def test_reproduce_paper_settings_train_defences_from_scratch(tiny_brats, tmp_path):

@@ -7,6 +7,12 @@ The training steps are ``iteration_update`` callables for MONAI's ``SupervisedTr
 from __future__ import annotations
 
 from common.defenses.distillation import DistillationStep
+from common.defenses.distillation_record import (
+    DistillationRecord,
+    centred_logit_norm,
+    distillation_recipe,
+    measure_logit_norms,
+)
 from common.defenses.noise import RandUniformNoise, RandUniformNoised, uniform_noise
 from common.defenses.perturbed_training import AdversarialTrainingStep, NoiseAugmentationStep, PerturbedTrainingStep
 from common.defenses.teacher import load_teacher
@@ -14,13 +20,17 @@ from common.defenses.training_step import TrainingStep, unwrap_network
 
 __all__ = [
     "AdversarialTrainingStep",
+    "DistillationRecord",
     "DistillationStep",
     "NoiseAugmentationStep",
     "PerturbedTrainingStep",
     "RandUniformNoise",
     "RandUniformNoised",
     "TrainingStep",
+    "centred_logit_norm",
+    "distillation_recipe",
     "load_teacher",
+    "measure_logit_norms",
     "uniform_noise",
     "unwrap_network",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -13,10 +12,9 @@ from torch import Tensor, nn
 from common.defenses.training_step import TrainingStep, unwrap_network
 from common.errors import RobustsegError
 from common.losses.distillation import DistillationDiceLoss
+from common.utils.validation import check_number
 
 __all__ = ["DistillationStep"]
-
-logger = logging.getLogger(__name__)
 
 
 class DistillationStep(TrainingStep):
@@ -28,9 +26,11 @@ class DistillationStep(TrainingStep):
     step. The teacher's soft labels are computed on the fly on each (augmented) batch, which is the paper's "outputs
     of F replace the one-hot labels" for a training set that is augmented online.
 
-    The loss: if the trainer's ``loss_function`` is a :class:`~common.losses.DistillationDiceLoss` it is used (its
-    temperature must equal ``temperature``); otherwise this step uses its own ``DistillationDiceLoss(temperature,
-    smooth)`` and logs once that the trainer's loss is not used. The ground-truth labels play no part in the loss.
+    The loss is the trainer's ``loss_function``, which must be a :class:`~common.losses.DistillationDiceLoss` of the
+    same temperature: it also fixes the temperature of the teacher's soft labels (``teacher_temperature``: ``T`` for a
+    teacher trained at ``T``, the paper's recipe; ``1`` for a teacher trained at ``T = 1``), which no default can
+    guess -- a teacher trained at ``T = 1`` softened at a large ``T`` gives nearly uniform labels and training
+    collapses. The ground-truth labels play no part in the loss.
 
     Output (``engine.state.output``): ``image`` and ``label`` (the ground truth, for training metrics), ``pred`` the
     student's raw logits -- the student at ``T = 1``, as it is validated, deployed and attacked -- and ``loss``.
@@ -39,48 +39,43 @@ class DistillationStep(TrainingStep):
     Args:
         teacher: the trained network F, e.g. from :func:`~common.defenses.load_teacher`; it is put in eval mode with
             gradients off, and moved to the batch's device at the first iteration if it is elsewhere.
-        temperature: the distillation temperature ``T`` > 0 (the paper: 20, 100, 500, 5000).
-        smooth: gamma of eq. 7 for the step's own loss (when the trainer's loss is not a ``DistillationDiceLoss``).
+        temperature: the distillation temperature ``T`` > 0 (the paper: 20, 100, 500, 5000); the trainer's loss must
+            have the same.
 
     Raises:
         RobustsegError: if ``teacher`` is not a ``torch.nn.Module`` or ``temperature`` <= 0 (at construction); at the
-            first iteration, if the teacher is the trained network itself or the trainer's ``DistillationDiceLoss``
-            has another temperature; if teacher and student logits differ in shape.
+            first iteration, if the teacher is the trained network itself, the trainer's ``loss_function`` is not a
+            ``DistillationDiceLoss`` or has another temperature, or teacher and student logits differ in shape.
 
     Example::
 
         "teacher": {"_target_": "common.defenses.load_teacher", "bundle": "brats_unet3d_baseline", "device": "@device"},
-        "loss": {"_target_": "common.losses.DistillationDiceLoss", "temperature": 100},
+        "loss": {"_target_": "common.losses.DistillationDiceLoss", "temperature": 100, "teacher_temperature": 1},
         "train#trainer#iteration_update": {"_target_": "common.defenses.DistillationStep", "teacher": "@teacher",
                                            "temperature": 100}
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, smooth: float = 1e-5) -> None:
+    def __init__(self, teacher: nn.Module, temperature: float) -> None:
         if not isinstance(teacher, nn.Module):
             raise RobustsegError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}.")
-        self.loss = DistillationDiceLoss(temperature, smooth=smooth)
-        self.temperature = self.loss.temperature
+        self.temperature = check_number("temperature", temperature, 0, min_inclusive=False)
         self.teacher = teacher.requires_grad_(False).eval()
-        self._warned = False
 
     def loss_function(self, engine: Any) -> DistillationDiceLoss:
-        """The distillation loss of this trainer: its own ``loss_function`` if that is a ``DistillationDiceLoss``."""
+        """The trainer's ``loss_function``, checked: a ``DistillationDiceLoss`` at this step's temperature."""
         loss = engine.loss_function
-        if isinstance(loss, DistillationDiceLoss):
-            if loss.temperature != self.temperature:
-                raise RobustsegError(
-                    f"the trainer's DistillationDiceLoss has temperature {loss.temperature}, the DistillationStep "
-                    f"{self.temperature}: give both the same temperature."
-                )
-            return loss
-        if not self._warned:
-            logger.warning(
-                "DistillationStep: the trainer's loss_function (%s) is not used; training with %r.",
-                type(loss).__name__,
-                self.loss,
+        if not isinstance(loss, DistillationDiceLoss):
+            raise RobustsegError(
+                f"the trainer's loss_function is a {type(loss).__name__}, expected a DistillationDiceLoss: set loss to "
+                f"common.losses.DistillationDiceLoss(temperature={self.temperature:g}, teacher_temperature=...) "
+                "(teacher_temperature: the temperature the teacher was trained at)."
             )
-            self._warned = True
-        return self.loss
+        if loss.temperature != self.temperature:
+            raise RobustsegError(
+                f"the trainer's DistillationDiceLoss has temperature {loss.temperature}, the DistillationStep "
+                f"{self.temperature}: give both the same temperature."
+            )
+        return loss
 
     def compute(self, engine: Any, inputs: Tensor, targets: Tensor, args: tuple, kwargs: dict) -> None:
         if self.teacher is unwrap_network(engine.network):

@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from torch import nn
 
-from common.bundles import find_bundle, training_overrides
+from common.bundles import distillation_record, find_bundle, training_overrides
 from common.data.caching import transform_hashing
 from common.engines.checkpoint import load_weights
 from common.errors import RobustsegError
@@ -71,6 +71,8 @@ class ModelBundle:
         trained_with: the settings training recorded beside the weights (``models/training_settings.json``: grid,
             network width, preprocessing), applied on top of the config files.
         overrides: the explicit config overrides, applied last.
+        distillation: a distilled model's ``models/distillation_record.json`` (the recipe, temperatures and the
+            student/teacher logit norm ratio; :class:`~common.defenses.DistillationRecord`), ``None`` if absent.
         amp_dtype: the autocast dtype when :attr:`amp` is on: ``"bfloat16"`` or ``"float16"`` (its ``amp_dtype``).
     """
 
@@ -94,6 +96,7 @@ class ModelBundle:
     trained_with: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     amp_dtype: str = "bfloat16"
+    distillation: dict[str, Any] | None = None
     _parser: ConfigParser | None = field(default=None, repr=False)
 
     @property
@@ -131,6 +134,7 @@ class ModelBundle:
             "spatial_size": self.spatial_size,
             "preprocessing": self.preprocessing_settings,
             "training": self.training,
+            "distillation": self.distillation,
         }
 
 
@@ -328,6 +332,7 @@ def load_model_bundle(
         preprocessing_hash=transform_hashing(preprocessing.transforms).decode(),
         training=_training(root, config_files),
         trained_with={k: _plain(v) for k, v in trained_with.items()},
+        distillation=distillation_record(root),
         overrides={k: _plain(v) for k, v in overrides.items()},
         _parser=parser,
         **meta,

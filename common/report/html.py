@@ -263,6 +263,52 @@ def _csv_summary(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
+_RECIPES = {
+    "paper": "the paper's: teacher trained at T, soft labels at T",
+    "approximation": "approximation, not the paper's recipe: the baseline (trained at T = 1) as teacher, soft labels "
+    "at T = 1",
+    "other": "other: the teacher softened at another temperature than it was trained at",
+}
+
+
+def _distillation_html(settings: Sequence[tuple[str, Mapping]]) -> str:
+    """One line per distilled model of the settings' ``models``: recipe, temperatures, logit-norm ratio (or "")."""
+    rows = []
+    for _, data in settings:
+        models = data.get("models")
+        for model in models if isinstance(models, list) else []:
+            if not isinstance(model, Mapping) or model.get("defense") != "distillation":
+                continue
+            record = model.get("distillation")
+            if not isinstance(record, Mapping):
+                rows.append([str(model.get("model", "?")), "not recorded (no models/distillation_record.json)"] +
+                            ["-"] * 4)  # fmt: skip
+                continue
+
+            def number(key: str, record: Mapping = record) -> str:
+                value = record.get(key)
+                return f"{value:.3g}" if isinstance(value, (int, float)) else "-"
+
+            rows.append([
+                str(model.get("model", "?")), _RECIPES.get(str(record.get("recipe")), str(record.get("recipe"))),
+                number("temperature"), f"{number('teacher_train_temperature')} / {number('teacher_temperature')}",
+                number("logit_norm_ratio"), number("matching_logit_norm_ratio"),
+            ])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["model", "distillation recipe", "T", "teacher trained at / softened at", "student / teacher logit norm",
+              "ratio where soft labels match (T / softened at)"]  # fmt: skip
+    return "\n".join([
+        '<h3 id="distillation">Distilled models: recipe and logit scale</h3>',
+        '<p class="caption">From each model\'s <code>models/distillation_record.json</code> (via the settings): the '
+        "mean per-voxel norm of the class-centred logits of the student over its teacher's on the validation data. "
+        "Defensive distillation works by the student's logits being about T times an undefended network's "
+        "(Papernot et al. 2016); eq. 7's soft Dice rewards sharp outputs, so the ratio can pass the matching "
+        "value.</p>",
+        *_grid(header, rows, "distillation"),
+    ])  # fmt: skip
+
+
 def _environment() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in _ENVIRONMENT_PACKAGES:
@@ -362,6 +408,9 @@ def render_report(
     if not tables:
         out.append("<p>No table could be made from this CSV.</p>")
     out += [_table_html(t) for t in tables]
+    distillation = _distillation_html(settings)
+    if distillation:
+        out.append(distillation)
 
     out.append('<h2 id="paper">The paper\'s Table 1 (comparison)</h2>')
     if synthetic:

@@ -82,6 +82,13 @@ def test_train_evaluate_infer_on_tiny_data(name, tiny_datalist, tiny_baselines, 
         run_bundle("training", root, "train.json", overrides)
     assert (root / "models" / "model.pt").is_file(), "validation must save the best model"
     assert list((root / "models").glob("*checkpoint_epoch=1.pt")), "interval checkpoint for resuming"
+    if name in BASELINES:
+        trained = json.loads((root / "models" / "training_settings.json").read_text())
+        assert trained["train_temperature"] == 1, "a baseline records the temperature it was trained at"
+    if "_distill_" in name:
+        record = json.loads((root / "models" / "distillation_record.json").read_text())
+        assert record["recipe"] == "approximation" and record["teacher_train_temperature"] == 1
+        assert record["student_logit_norm"] > 0 and record["logit_norm_ratio"] > 0
 
     run_bundle("evaluating", root, "evaluate.json", overrides)
     rows = (root / "eval" / "test_dice_per_subject.csv").read_text().strip().splitlines()

@@ -19,13 +19,13 @@ def teacher(make_net):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 20.0])
-@pytest.mark.parametrize("trainer_loss", ["distillation", "soft_dice"])
-def test_loss_pred_and_gradient(temperature, trainer_loss, teacher, make_net, samples, make_trainer, recorder):
+@pytest.mark.parametrize("teacher_temperature", [None, 1.0])
+def test_loss_pred_and_gradient(temperature, teacher_temperature, teacher, make_net, samples, make_trainer, recorder):
     student = make_net(seed=0)
     initial = copy.deepcopy(student)
     teacher_before = copy.deepcopy(teacher.state_dict())
     data = samples(2)
-    loss = DistillationDiceLoss(temperature) if trainer_loss == "distillation" else SoftDiceLoss()
+    loss = DistillationDiceLoss(temperature, teacher_temperature=teacher_temperature)
     step = DistillationStep(teacher, temperature)
     teacher.train()  # e.g. a handler switched every module to train mode after the step was built
     trainer = make_trainer(student, step, data, loss=loss)
@@ -37,7 +37,7 @@ def test_loss_pred_and_gradient(temperature, trainer_loss, teacher, make_net, sa
     with torch.no_grad():
         teacher_logits = copy.deepcopy(teacher).eval()(images)
     student_logits = initial(images)
-    expected = DistillationDiceLoss(temperature)(student_logits, teacher_logits)
+    expected = loss(student_logits, teacher_logits)
     expected.backward()
 
     (output,) = events.outputs
@@ -76,10 +76,18 @@ def test_distillation_lowers_the_loss(teacher, make_net, samples, make_trainer, 
     assert losses[-1] < losses[0]
 
 
-def test_warns_once_when_trainer_loss_is_not_distillation(teacher, make_net, samples, make_trainer, caplog):
-    with caplog.at_level("WARNING", logger="common.defenses.distillation"):
-        make_trainer(make_net(), DistillationStep(teacher, 2.0), samples(4), loss=SoftDiceLoss()).run()
-    assert sum("is not used" in r.getMessage() for r in caplog.records) == 1
+@pytest.mark.parametrize("loss", [SoftDiceLoss(), torch.nn.CrossEntropyLoss()])
+def test_trainer_loss_that_is_not_distillation_is_an_error(loss, teacher, make_net, samples, make_trainer):
+    """No silent fallback to soft labels at T: the trainer's loss must say which teacher temperature it uses."""
+    student = make_net()
+    before = copy.deepcopy(student.state_dict())
+    trainer = make_trainer(student, DistillationStep(teacher, 20.0), samples(2), loss=loss)
+    message = (f"loss_function is a {type(loss).__name__}, expected a DistillationDiceLoss: set loss to "
+               r"common.losses.DistillationDiceLoss\(temperature=20, teacher_temperature")
+    with pytest.raises(RobustsegError, match=message) as info:
+        trainer.run()
+    assert "\n" not in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items()), "no step was taken"
 
 
 def test_temperature_mismatch_with_trainer_loss(teacher, make_net, samples, make_trainer):
@@ -90,15 +98,17 @@ def test_temperature_mismatch_with_trainer_loss(teacher, make_net, samples, make
 
 def test_teacher_is_the_student(make_net, samples, make_trainer):
     student = make_net()
-    trainer = make_trainer(student, DistillationStep(copy.deepcopy(student), 2.0), samples(2))
+    loss = DistillationDiceLoss(2.0)
+    trainer = make_trainer(student, DistillationStep(copy.deepcopy(student), 2.0), samples(2), loss=loss)
     trainer.run()  # a copy is a separate network
-    trainer = make_trainer(student, DistillationStep(student, 2.0), samples(2))
+    trainer = make_trainer(student, DistillationStep(student, 2.0), samples(2), loss=loss)
     with pytest.raises(RobustsegError, match="teacher is the network being trained"):
         trainer.run()
 
 
 def test_teacher_with_other_channels(make_net, samples, make_trainer):
-    trainer = make_trainer(make_net(), DistillationStep(make_net(out_channels=3), 2.0), samples(2))
+    step = DistillationStep(make_net(out_channels=3), 2.0)
+    trainer = make_trainer(make_net(), step, samples(2), loss=DistillationDiceLoss(2.0))
     with pytest.raises(RobustsegError, match="do not match teacher logits"):
         trainer.run()
 

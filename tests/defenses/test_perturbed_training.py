@@ -13,7 +13,7 @@ from common.attacks import FGSM
 from common.defenses import AdversarialTrainingStep, DistillationStep, NoiseAugmentationStep, PerturbedTrainingStep
 from common.engines import AutocastInferer
 from common.errors import RobustsegError
-from common.losses import SoftDiceLoss
+from common.losses import DistillationDiceLoss, SoftDiceLoss
 
 
 def _shift(model, images, labels):
@@ -96,7 +96,8 @@ def test_steps_with_bf16_autocast_inferer(kind, make_net, samples, make_trainer,
     net = make_net()
     initial = copy.deepcopy(net)
     step = DistillationStep(make_net(seed=3), 20.0) if kind == "distillation" else STEPS[kind](0.5)
-    trainer = make_trainer(net, step, samples(2), inferer=AutocastInferer())
+    loss = DistillationDiceLoss(20.0) if kind == "distillation" else SoftDiceLoss()
+    trainer = make_trainer(net, step, samples(2), loss=loss, inferer=AutocastInferer())
     events = recorder(trainer)
     trainer.run()
     (output,) = events.outputs

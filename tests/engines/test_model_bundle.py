@@ -67,6 +67,17 @@ def test_distillation_metadata_gives_temperature(bundles):
     assert (model.defense, model.defense_param, model.temperature) == ("distillation", "T=5", 5.0)
 
 
+@pytest.mark.parametrize("record", [None, {"recipe": "paper", "temperature": 5.0, "logit_norm_ratio": 1.3}])
+def test_distillation_record_reaches_the_settings(record, bundle_factory):
+    """The student's logit-scale record travels with the model into the evaluation's settings.json (and report)."""
+    folder = bundle_factory("tiny_distill_t5")
+    if record is not None:
+        (folder / "models" / "distillation_record.json").write_text(json.dumps(record))
+    model = _load(folder)
+    assert model.distillation == record and model.settings()["distillation"] == record
+    assert "recipe" not in model.trained_with, "a measurement, not a setting to apply to the configs"
+
+
 def test_datalist_is_evaluated_on_request(bundles, tiny_datalist):
     model = _load(bundles["tiny_baseline"], overrides={"datalist": tiny_datalist})
     assert model.datalist() == tiny_datalist

@@ -302,3 +302,31 @@ def test_render_report_lists_skipped_figures(tmp_path, make_row, write_csv):
     records = load_results(write_csv(tmp_path / "r.csv", [make_row(BASELINE, "synth_000", (0.8, 0.7, 0.6))]))
     text = render_report(records, [], [], [SkippedFigure("Zero <gradient>", "no values & so on")])
     assert "<strong>Zero &lt;gradient&gt;</strong>: no values &amp; so on." in text
+
+
+@pytest.mark.parametrize(
+    "record, shown",
+    [
+        ({"recipe": "approximation", "temperature": 5000, "teacher_train_temperature": 1.0,
+          "teacher_temperature": 1.0, "logit_norm_ratio": 812.5, "matching_logit_norm_ratio": 5000.0},
+         ["approximation, not the paper", "5e+03", "1 / 1", "812"]),
+        ({"recipe": "paper", "temperature": 100, "teacher_train_temperature": 100.0, "teacher_temperature": 100.0,
+          "logit_norm_ratio": 1.25, "matching_logit_norm_ratio": 1.0},
+         ["the paper&#x27;s: teacher trained at T", "100 / 100", "1.25"]),
+        (None, ["not recorded (no models/distillation_record.json)"]),
+    ],
+)  # fmt: skip
+def test_distilled_models_show_recipe_and_logit_scale(record, shown, tmp_path, make_row, write_csv):
+    records = load_results(write_csv(tmp_path / "r.csv", [make_row(BASELINE, "synth_000", (0.8, 0.7, 0.6))]))
+    models = [{"model": "brats_unet3d_baseline", "defense": "none"},
+              {"model": "brats_unet3d_distill_t5000", "defense": "distillation", "distillation": record}]  # fmt: skip
+    text = render_report(records, [], [], settings=[("settings.json", {"models": models})])
+    section = text.split('<h3 id="distillation">', 1)[1].split("</table>", 1)[0]
+    assert "brats_unet3d_distill_t5000" in section and "brats_unet3d_baseline" not in section
+    assert all(s in section for s in shown), section
+
+
+def test_no_distillation_section_without_distilled_models(tmp_path, make_row, write_csv):
+    records = load_results(write_csv(tmp_path / "r.csv", [make_row(BASELINE, "synth_000", (0.8, 0.7, 0.6))]))
+    text = render_report(records, [], [], settings=[("settings.json", {"models": [{"defense": "none"}]})])
+    assert 'id="distillation"' not in text
