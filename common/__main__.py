@@ -173,11 +173,18 @@ class CLI:
         path = write_report(csv, out, settings=settings, examples=examples, options=options)
         return f"wrote {path}"
 
-    def demo(self, out: str = "runs/demo", fresh: bool = False) -> str:
-        """The main job on the embedded data: train baseline and defences, attack them, write the report."""
+    def demo(self, out: str = "runs/demo", fresh: bool = False, preset: str = "paper") -> str:
+        """The main job on the embedded data: train baseline and defences, attack them, write the report.
+
+        Args:
+            out: the demo folder (stages done before are skipped).
+            fresh: delete ``out`` first.
+            preset: "paper" (the paper's attacks) or "worst-case" (adds the APGD/PGD ensemble; after a paper demo
+                only the ensemble runs).
+        """
         from common.demo import run_demo
 
-        return run_demo(out, fresh=fresh)
+        return run_demo(out, fresh=fresh, preset=preset)
 
     def reproduce(
         self,

@@ -20,6 +20,30 @@ def test_demo_plan_order(tmp_path):
     assert not (tmp_path / "demo").exists(), "planning writes nothing"
 
 
+def test_worst_case_preset_adds_the_ensemble_to_the_same_results(tmp_path, monkeypatch):
+    """The worst-case stages have names of their own (a paper demo's markers do not skip them) and evaluate into the
+    same results folder with worst_case.json and the demo's quick ensemble settings."""
+    import common.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "_run_bundle", lambda run_id, bundle, configs, overrides: calls.append(
+        (run_id, bundle.name, list(configs), overrides)))  # fmt: skip
+    paper, worst = plan_demo(tmp_path / "d"), plan_demo(tmp_path / "d", preset="worst-case")
+    assert [s.name for s in worst][:-2] == [s.name for s in paper][:-2]
+    assert [s.name for s in worst][-2:] == ["evaluate-worst-case", "report-worst-case"]
+    for stages in (paper, worst):
+        next(s for s in stages if s.name.startswith("evaluate")).work()
+    (_, _, paper_configs, paper_overrides), (_, bundle, configs, overrides) = calls
+    assert bundle == "brats_robustness_eval" and configs == [*paper_configs, "worst_case.json"]
+    assert overrides == {**paper_overrides, **demo.DEMO_WORST_CASE}
+    assert "ensemble_steps" not in paper_overrides
+
+
+def test_demo_rejects_an_unknown_preset(tmp_path):
+    with pytest.raises(RobustsegError, match="preset"):
+        plan_demo(tmp_path / "d", preset="strong")
+
+
 @pytest.fixture(scope="module")
 def tiny_brats(tmp_path_factory) -> Path:
     from common.data import write_synthetic_dataset

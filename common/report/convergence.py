@@ -166,7 +166,8 @@ def convergence(records: Sequence[Record]) -> list[Convergence]:
             continue
         curves = {s: [_member_curve(rows) for rows in jobs.values()] for s, jobs in subjects.items()}
         passes = max(len(c) for per in curves.values() for c, _ in per)
-        longest = max((c for per in curves.values() for c in per), key=lambda c: len(c[0]))
+        # the restart length shown on the curve: that of the member with the most restarts (then the most passes)
+        longest = max((c for per in curves.values() for c in per), key=lambda c: (len(c[0]) // c[1], len(c[0])))
         restarts = max(len(c) // s for per in curves.values() for c, s in per)
         curve = [float(np.mean([min(_value(c, n) for c, _ in per) for per in curves.values()]))
                  for n in range(1, passes + 1)]  # fmt: skip

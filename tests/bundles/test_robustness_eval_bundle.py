@@ -142,6 +142,9 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
         for eps in epsilons
         for name, loss in (("APGD", "masked_ce"), ("APGD", "js"), ("APGD", "segpgd"), ("PGD", "soft_dice"))
     )
+    # random-start PGD with restarts for every model; APGD restarts at its checkpoints instead
+    assert {a["restarts"] for a in attacks[4:-1] if a["name"] == "PGD"} == {2}
+    assert {a["restarts"] for a in attacks[4:-1] if a["name"] == "APGD"} == {1}
     jobs = build_jobs(attacks, parser.get_parsed_content("sweep"), parser.get_parsed_content("sweep_epsilons"),
                       0.05, "soft_dice")  # fmt: skip
     assert len([j for j in jobs if not j.sweep]) == 2 + 1 + 12 + 1

@@ -59,6 +59,8 @@ def test_cells_area_and_test_have_the_known_values(make_row, write_csv, tmp_path
     assert base[6] == "-" and adv[6] == "0.0312\\*"
     assert base[7] == "APGD (white-box, js, iteration 10/10) (6/6)"
     assert adv[7] == "APGD (white-box, js, iteration 10/10) (5/6)"
+    # no member rows to trace the search with: convergence cannot be checked
+    assert table.header[-1] == "Search converged" and base[8] == adv[8] == "not checked"
     assert "worst case over 3 inputs" in table.notes[0]
     assert ["adv", "auc p (Bonferroni)", None, None, 6, pytest.approx(2 / 64)] in table.csv_rows
 
@@ -82,3 +84,22 @@ def test_worst_case_subjects_must_pair_with_clean_ones(make_row, write_csv, tmp_
     records = load_results(write_csv(tmp_path / "r.csv", rows))
     with pytest.raises(RobustsegError, match=r"worst-case subjects of model adv at epsilon 0.05 differ .* \(5 vs 6\)"):
         build_headline(records, "3d", source="r.csv")
+
+
+@pytest.mark.parametrize(("tail", "expected"), [(0.5, "yes"), (0.4, "NO (ε = 0.05; see the sanity table)")])
+def test_a_search_still_improving_is_flagged(tail, expected, make_row, write_csv, tmp_path):
+    """One traced APGD member per subject whose last 20 % of passes lowers the Dice by 0.1 (NO) or by 0 (yes)."""
+    from common.engines.results_io import add_worst_case_rows
+    from common.report.schema import format_trace
+
+    rows = []
+    for subject in SUBJECTS:
+        rows.append(make_row("base", subject, (0.9,) * 3))
+        member = make_row("base", subject, (tail,) * 3, attack="APGD", threat="white-box", epsilon=0.05, steps=10,
+                          iteration=10, quality=(30, 0.9, 0.01))  # fmt: skip
+        member["dice_trace"] = format_trace([0.7, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, tail])
+        rows.append(member)
+    path = write_csv(tmp_path / "r.csv", rows)
+    add_worst_case_rows(path, [0.05])
+    (row,) = build_headline(load_results(path), "3d").rows
+    assert row[-1] == expected
