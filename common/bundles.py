@@ -497,15 +497,19 @@ def training_overrides(root: str | Path) -> dict[str, Any]:
     Raises:
         RobustsegError: if the record exists but is not a JSON object.
     """
-    path = Path(root) / "models" / TRAINING_RECORD
+    return _read_record(Path(root) / "models" / TRAINING_RECORD, "of settings") or {}
+
+
+def _read_record(path: Path, what: str = "") -> dict[str, Any] | None:
+    """A training-time JSON record (an object), or ``None`` when there is none; one line if it is broken."""
     if not path.is_file():
-        return {}
+        return None
     try:
         record = json.loads(path.read_text())
     except ValueError as exc:
         raise RobustsegError(f"{path}: not valid JSON ({exc}); delete it or retrain.") from exc
     if not isinstance(record, dict):
-        raise RobustsegError(f"{path}: expected a JSON object of settings.")
+        raise RobustsegError(f"{path}: expected a JSON object{' ' + what if what else ''}.")
     return record
 
 
@@ -519,13 +523,4 @@ def distillation_record(root: str | Path) -> dict[str, Any] | None:
     Raises:
         RobustsegError: if the record exists but is not a JSON object.
     """
-    path = Path(root) / "models" / DISTILLATION_RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except ValueError as exc:
-        raise RobustsegError(f"{path}: not valid JSON ({exc}); delete it or retrain.") from exc
-    if not isinstance(record, dict):
-        raise RobustsegError(f"{path}: expected a JSON object.")
-    return record
+    return _read_record(Path(root) / "models" / DISTILLATION_RECORD)

@@ -207,7 +207,7 @@ def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper") -> li
     stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune", shared) for m in DEMO_MODELS[1:]]
     if worst_case:
         what = "add the worst-case ensemble (APGD x 3 losses, PGD) to the four models' evaluation"
-        stages.append(Stage("evaluate-worst-case", what, evaluate, "~12 min"))
+        stages.append(Stage("evaluate-worst-case", what, evaluate, "~15 min"))
         stages.append(Stage("report-worst-case", "write the report", report, "~10 s"))
     else:
         stages.append(Stage("evaluate", "attack the four models (brats_robustness_eval)", evaluate, "~4 min"))

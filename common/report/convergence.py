@@ -231,7 +231,8 @@ def convergence_figures(records: Sequence[Record]) -> list[ReportFigure]:
         n = max(c.subjects for c in mine)
         caption = (
             "Worst-case mean Dice (WT, TC, ET) over the attack ensemble vs the gradient passes each member may spend "
-            f"(log scale; mean over {n} subjects), per model and ε; dots mark the end of each restart. A model is "
+            f"(log scale; mean over {n} subjects), per model and ε; dots mark the end of each restart. FGSM, the "
+            "noise control and inputs transferred from another model count from the first pass. A model is "
             f"flagged NOT CONVERGED when the last {100 * LAST_FRACTION:.0f} % of the passes or the last restart "
             f"lowered it by more than {CONVERGENCE_TOLERANCE}: its worst case then overstates robustness. "
             + (f"Not converged: {', '.join(failed)}." if failed else "Every checked search levelled off.")
