@@ -16,7 +16,9 @@ from common import errors
 errors.install_excepthook()
 
 __version__ = "0.1.0"
-_SUBPACKAGES = ("attacks", "bundles", "data", "defenses", "engines", "losses", "metrics", "networks", "report")
+_SUBPACKAGES = (
+    "attacks", "bundles", "corruptions", "data", "defenses", "engines", "losses", "metrics", "networks", "report",
+)  # fmt: skip
 __all__ = ["errors", "__version__", *_SUBPACKAGES]
 
 
