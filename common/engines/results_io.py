@@ -1,7 +1,8 @@
 """The robustness CSV on disk: reading rows back, appending them, the key that identifies a row, and the ranks' part
 files merged into one ``results.csv``.
 
-A row is identified by :data:`KEY_COLUMNS` (model, subject, attack, threat, source model, epsilon, iteration, loss):
+A row is identified by :data:`KEY_COLUMNS` (model, subject, attack, threat, source model, epsilon, iteration, loss,
+severity):
 a rerun of :class:`~common.engines.robustness.RobustnessEvaluation` skips every key already in the CSV, so an
 interrupted evaluation resumes. Under ``torchrun`` each rank appends to its own part file
 (``results.part<rank>.csv``) and rank 0 merges them (:func:`merge_results`) after the ranks' subjects were split by
@@ -49,7 +50,9 @@ __all__ = [
     "shard_subjects",
 ]
 
-KEY_COLUMNS: tuple[str, ...] = ("model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss")
+KEY_COLUMNS: tuple[str, ...] = (
+    "model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss", "severity",
+)  # fmt: skip
 """The columns that identify a row; a rerun skips rows whose key is already in the CSV."""
 RESULTS_NAME = "results.csv"
 """The evaluation's results file in its output folder."""
@@ -57,8 +60,9 @@ SETTINGS_NAME = "settings.json"
 """The evaluation's settings file beside :data:`RESULTS_NAME` (what produced the rows; checked when resuming)."""
 _PART_PREFIX = "results.part"
 
-Key = tuple[str, str, str, str, str, float, int, str]
-"""A row's :data:`KEY_COLUMNS` values (empty strings for a clean row's source model and loss)."""
+Key = tuple[str, str, str, str, str, float, int, str, str]
+"""A row's :data:`KEY_COLUMNS` values (empty strings for a clean row's source model and loss, and for the severity
+of every row but a corruption's)."""
 
 
 def package_versions() -> dict[str, str]:
@@ -106,7 +110,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 def _row_key(row: Mapping[str, Any]) -> Key:
     return (
         str(row["model"]), str(row["subject"]), str(row["attack"]), str(row["threat"]), str(row["source_model"] or ""),
-        float(row["epsilon"]), int(row["iteration"]), str(row["loss"] or ""),
+        float(row["epsilon"]), int(row["iteration"]), str(row["loss"] or ""), str(row.get("severity") or ""),
     )  # fmt: skip
 
 

@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -57,6 +58,7 @@ from ignite.engine import Engine
 from torch import Tensor
 from torch.nn.modules.conv import _ConvNd
 
+from common.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_seed
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
 from common.engines.attack_jobs import (
@@ -90,6 +92,7 @@ from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.report.examples import INDEX_NAME, ExampleWriter
 from common.report.schema import format_trace
+from common.utils.enums import Threat
 from common.utils.files import write_atomic
 from common.utils.validation import check_int, check_number, look_up_option
 
@@ -123,6 +126,30 @@ def _target_attainment(adversarial: Adversarial, prediction: Tensor, label: Tens
     return float(((prediction == target)[0] & brain).sum() / brain.sum())
 
 
+def _check_corruptions(
+    corruptions: Sequence[str] | str | None, severities: Sequence[int]
+) -> tuple[list[str], list[int]]:
+    """The corruption names (``"all"``: every one) and the sorted severities, checked."""
+    if corruptions is None or corruptions == []:
+        return [], []
+    if corruptions == "all":
+        names = list(CORRUPTIONS)
+    elif isinstance(corruptions, str) or not isinstance(corruptions, Sequence):
+        raise RobustsegError(f"corruptions must be a list of names, 'all' or None, got {corruptions!r}.")
+    else:
+        names = list(dict.fromkeys(look_up_option("corruptions", c, list(CORRUPTIONS)) for c in corruptions))
+    if isinstance(severities, (str, bytes)) or not isinstance(severities, Sequence) or not severities:
+        raise RobustsegError(f"severities must be a non-empty list of integers 1-5, got {severities!r}.")
+    levels = sorted({look_up_option("severities", check_int("severities", s, 1), SEVERITIES) for s in severities})
+    return names, levels
+
+
+def _corruption_config(name: str, severity: int) -> str:
+    """The ``attack_config`` of a corruption row: its name, severity and parameter set."""
+    params = ", ".join(f"{k}={v!r}" for k, v in CORRUPTIONS[name].params(severity).items())
+    return f"{name}(severity={severity}, {params})"
+
+
 # -------------------------------------------------------------------------------------------------- evaluation
 class RobustnessEvaluation:
     """Attack trained model bundles on a test set and write the robustness CSV, settings, examples and tables.
@@ -152,6 +179,12 @@ class RobustnessEvaluation:
             subject and epsilon, the lowest mean Dice over every adversarial input scored there, attack
             ``ensemble``, the member in ``winner``); ``None`` (default): the epsilons of the attack specs (not the
             sweep's); ``[]``: none.
+        corruptions: MR artifacts scored on every model (:mod:`common.corruptions`): names of
+            :data:`~common.corruptions.CORRUPTIONS`, ``"all"``, or ``None``/``[]`` (default: none). Each subject's
+            preprocessed input is corrupted once per (corruption, severity), seeded by
+            :func:`~common.corruptions.corruption_seed`, and predicted by every model: rows of threat
+            ``corruption`` with the corruption's name as ``attack`` and its ``severity``; not in the worst case.
+        severities: the corruption severities to score (1-5; default all five).
         transfer_source: the model whose white-box adversarial inputs are applied to every other model: a model
             name, ``"auto"`` (the first undefended model, if there are two models or more) or ``None`` (no transfer).
         example_subject: the subject whose volumes are saved for the figure panels; ``None``: the first test
@@ -189,6 +222,8 @@ class RobustnessEvaluation:
         attack_precision: str = "fp32",
         adaptive: bool = True,
         worst_case_epsilons: Sequence[float] | None = None,
+        corruptions: Sequence[str] | str | None = None,
+        severities: Sequence[int] = SEVERITIES,
         transfer_source: str | None = "auto",
         example_subject: str | bool | None = None,
         device: str | torch.device | None = None,
@@ -222,6 +257,8 @@ class RobustnessEvaluation:
             "attack_precision": attack_precision,
             "adaptive": adaptive,
             "worst_case_epsilons": worst_case_epsilons,
+            "corruptions": corruptions,
+            "severities": list(severities),
             "batch_size": self.batch_size,
             "score_batch_size": score_batch_size,
         }
@@ -233,6 +270,7 @@ class RobustnessEvaluation:
         look_up_option("attack_precision", attack_precision, PRECISIONS)
         self.white_box_jobs = build_jobs(attacks, sweep, sweep_epsilons, epsilon, loss)
         self.attack_specs = [_spec(a, "attacks") for a in attacks]
+        self.corruptions, self.severities = _check_corruptions(corruptions, severities)
 
         self.models: list[ModelBundle] = []
         for bundle in model_bundles:
@@ -333,6 +371,8 @@ class RobustnessEvaluation:
         units = []
         for index in order:
             units.append(Unit(index, "clean", None, None))
+            if self.corruptions:
+                units.append(Unit(index, Threat.CORRUPTION, None, None))
             units += [Unit(index, "white-box", index, job) for job in self.white_box_jobs]
             # a control without gradient (random noise) is white-box only: see Attack.uses_gradient
             units += [Unit(index, "adaptive", index, job) for job in self.adaptive_jobs.get(index, [])
@@ -345,11 +385,15 @@ class RobustnessEvaluation:
     def _keys(self, unit: Unit, subject: str) -> list[tuple[Key, str]]:
         """The row keys of a unit for a subject, each with the attack config the row must carry."""
         model = self.models[unit.model].name
+        if unit.threat == Threat.CORRUPTION:
+            return [((model, subject, name, unit.threat, "", 0.0, 0, "", str(severity)),
+                     _corruption_config(name, severity))
+                    for name in self.corruptions for severity in self.severities]  # fmt: skip
         if unit.job is None:
-            return [((model, subject, "none", "clean", "", 0.0, 0, ""), "")]
+            return [((model, subject, "none", "clean", "", 0.0, 0, "", ""), "")]
         source = self.models[unit.source].name if unit.source is not None else ""
         return [
-            ((model, subject, unit.job.name, unit.threat, source, eps, iteration, unit.job.loss), repr(attack))
+            ((model, subject, unit.job.name, unit.threat, source, eps, iteration, unit.job.loss, ""), repr(attack))
             for attack, eps, iteration in unit.job.slots(final_only=unit.transfer)
         ]
 
@@ -525,6 +569,8 @@ class RobustnessEvaluation:
                 savers[subject] = ExampleWriter(self._examples_dir(subject), subject, image, label, batch.affines[i])
         # (white-box job index, subject) -> the source model's final adversarial inputs of that subject (transfer)
         source_cache: dict[tuple[int, str], list[Adversarial]] = {}
+        # (subject, corruption, severity) -> the corrupted input (1, C, *spatial) and its time, shared by the models
+        corrupted: dict[tuple[str, str, int], tuple[Tensor, float]] = {}
         pending: list[dict[str, Any]] = []
         for k, unit in enumerate(self.units):
             rows = [i for i, s in enumerate(batch.subjects) if k in plan[s]]
@@ -532,7 +578,9 @@ class RobustnessEvaluation:
                 continue
             part = batch.select(rows)
             model = self.models[unit.model]
-            if unit.job is None:
+            if unit.threat == Threat.CORRUPTION:
+                records = self._corruption_records(unit, model, part, corrupted)
+            elif unit.job is None:
                 predictions = self._predict(model, part.images)
                 records = []
                 for i, subject in enumerate(part.subjects):
@@ -563,6 +611,40 @@ class RobustnessEvaluation:
         for saver in savers.values():
             saver.finish()
         return len(pending)
+
+    def _corruption_records(
+        self,
+        unit: Unit,
+        model: ModelBundle,
+        part: SubjectBatch,
+        corrupted: dict[tuple[str, str, int], tuple[Tensor, float]],
+    ) -> list[dict[str, Any]]:
+        """The corruption rows of one model for the subjects of ``part`` (inputs corrupted once, for every model)."""
+        records = []
+        for name in self.corruptions:
+            for i, subject in enumerate(part.subjects):
+                for severity in self.severities:
+                    if (subject, name, severity) not in corrupted:
+                        start = time.perf_counter()
+                        image = corrupt(part.images[i], name, severity, seed=corruption_seed(subject, name, severity))
+                        corrupted[(subject, name, severity)] = (image[None], time.perf_counter() - start)
+            for i, subject in enumerate(part.subjects):
+                images = torch.cat([corrupted[(subject, name, s)][0] for s in self.severities])
+                predictions = self._predict(model, images)
+                label = part.labels[i : i + 1].expand(len(images), *part.labels.shape[1:])
+                dice = region_dice(predictions, label)
+                chunks = [part.qualities[i](chunk) for chunk in images.split(self.score_batch_size)]
+                quality = {column: torch.cat([chunk[column] for chunk in chunks]) for column in chunks[0]}
+                for n, severity in enumerate(self.severities):
+                    record = self._record(unit, subject, None, predictions[n : n + 1], label[:1], None, dice[n])
+                    records.append({
+                        **record,
+                        "attack": name, "threat": unit.threat, "attack_config": _corruption_config(name, severity),
+                        "epsilon": 0.0, "steps": 0, "iteration": 0, "severity": severity,
+                        **{column: float(values[n]) for column, values in quality.items()},
+                        "seconds": corrupted[(subject, name, severity)][1],
+                    })  # fmt: skip
+        return records
 
     def _transfer_inputs(
         self, unit: Unit, part: SubjectBatch, source_cache: dict[tuple[int, str], list[Adversarial]]
@@ -656,7 +738,7 @@ class RobustnessEvaluation:
             return {**record, "attack": "none", "threat": "clean", "source_model": None, "attack_config": None,
                     "loss": None, "epsilon": 0.0, "steps": 0, "iteration": 0, "psnr": None, "ssim": None,
                     "rmse": None, "linf": 0.0, "l2": 0.0, "zero_grad_fraction": None, "seconds": None,
-                    "winner": None, "target_attainment": None, "dice_trace": None}  # fmt: skip
+                    "winner": None, "target_attainment": None, "dice_trace": None, "severity": None}  # fmt: skip
         assert quality is not None and unit.source is not None
         zero = adversarial.zero_grad_fraction
         return {
@@ -678,4 +760,5 @@ class RobustnessEvaluation:
             # a transfer input's trace is its search on the source model, not a score of this one
             "dice_trace": None if unit.transfer or adversarial.trace is None
             else format_trace(adversarial.trace[0].tolist()),
+            "severity": None,
         }

@@ -65,7 +65,8 @@ def _plain_tensor(value: Any) -> Tensor:
 
 @dataclass(frozen=True)
 class Unit:
-    """The rows of one model under one threat for one attack job (``job`` is ``None`` for the clean rows)."""
+    """The rows of one model under one threat for one attack job (``job`` is ``None`` for the clean and the corruption
+    rows)."""
 
     model: int
     threat: str
@@ -79,7 +80,9 @@ class Unit:
     @property
     def has_examples(self) -> bool:
         """Whether some of its inputs are saved as examples (clean, and the Table 1 epsilons of a job)."""
-        return self.job is None or bool(self.job.table_epsilons)
+        if self.job is None:
+            return self.threat == "clean"  # corruption rows save no example volumes (yet)
+        return bool(self.job.table_epsilons)
 
 
 @dataclass(frozen=True)

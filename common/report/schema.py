@@ -16,7 +16,8 @@ attack                 str    ``none`` (clean input), ``FGSM``, ``i-FGSM``, ``ti
 threat                 str    ``clean``, ``white-box`` (the paper's attack on the model itself), ``adaptive`` (attack on
                               logits/T for distillation), ``transfer`` (adversarial input crafted on another model),
                               ``worst-case`` (per subject and epsilon, the lowest mean Dice of all the others;
-                              :mod:`common.engines.worst_case`, attack ``ensemble``)
+                              :mod:`common.engines.worst_case`, attack ``ensemble``), ``corruption`` (an MR artifact
+                              at a ``severity``, :mod:`common.corruptions`; not adversarial)
 source_model           str    model the perturbation was computed on (the model itself for white-box/adaptive; empty
                               for clean)
 attack_config          str    the attack's repr, e.g. ``IterativeFGSM(epsilon=0.05, steps=10, alpha=0.005, ...)``
@@ -45,6 +46,8 @@ dice_trace             str    attacks that return their best iterate (PGD, APGD)
                               the attack had found after each gradient pass, over the restarts so far, space-separated
                               (``restarts x steps`` values; the row's own Dice, which also scores the last iterate, is
                               at most the last one); the convergence figure's data; empty elsewhere
+severity               int    ``corruption`` rows only: the corruption's severity, 1 (mild) to 5 (severe)
+                              (:mod:`common.corruptions`; ``attack`` is the corruption's name); empty elsewhere
 =====================  =====  ==========================================================================================
 
 Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).
@@ -104,7 +107,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("defense_param", str, False, "defence parameter, e.g. T=5000, eps=0.05, r=0.01; empty for none"),
     Column("subject", str, True, "subject id"),
     Column("attack", str, True, "attack display name; none for the clean input"),
-    Column("threat", str, True, "clean, white-box, adaptive, transfer or worst-case"),
+    Column("threat", str, True, "clean, white-box, adaptive, transfer, worst-case or corruption"),
     Column("source_model", str, False, "model the perturbation was computed on; empty for clean"),
     Column("attack_config", str, False, "the attack's repr"),
     Column("loss", str, False, "attack loss name; empty for clean"),
@@ -124,6 +127,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("winner", str, False, "worst-case rows: the attack input that gave the minimum; empty elsewhere"),
     Column("target_attainment", float, False, "targeted attacks: fraction of brain voxels predicted as the target"),
     Column("dice_trace", str, False, "PGD/APGD: best mean Dice after each gradient pass, space-separated"),
+    Column("severity", int, False, "corruption rows: severity 1-5; empty elsewhere"),
 )
 """The columns of the results CSV, in file order."""
 
@@ -135,7 +139,7 @@ DEFENSES: tuple[str, ...] = Defense.values()
 THREATS: tuple[str, ...] = Threat.values()
 """The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
 
-ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment", "dice_trace")
+ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment", "dice_trace", "severity")
 """Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
 

@@ -2,6 +2,8 @@
 
 * **Headline** (:mod:`common.report.headline`), one per net with ``worst-case`` rows: clean Dice, the paper's FGSM
   and the worst case over every attack at each epsilon, its area, and each defence against the baseline.
+* **MR artifacts** (:mod:`common.report.corruption_tables`), per net with ``corruption`` rows: Dice per model,
+  corruption and severity, and the corruptions' PSNR/SSIM calibration.
 * **Sanity checks** (:mod:`common.report.sanity`), one per net, last: pass, fail or not run per model and check.
 * **Table 1** (:mod:`common.report.table1`), one per undefended model: the clean input vs each white-box attack at
   one epsilon, with Wilcoxon tests against "No attack" and the input PSNR, SSIM, RMSE.
@@ -32,6 +34,7 @@ import os
 from collections.abc import Sequence
 
 from common.errors import RobustsegError
+from common.report.corruption_tables import build_corruption_tables
 from common.report.defence_tables import build_defence_tables
 from common.report.headline import build_headline
 from common.report.options import ReportOptions
@@ -85,6 +88,8 @@ def build_tables(
         tables += [build_table1(records, m, options, source) for m in undefended]
     for net in Net:
         tables += build_defence_tables(records, net, options, source)
+    for net in Net:
+        tables += build_corruption_tables(records, net)
     tables += [t for net in Net if (t := build_sanity(records, net)) is not None]
     return tables
 

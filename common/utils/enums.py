@@ -72,3 +72,4 @@ class Threat(StrEnum):
     ADAPTIVE = "adaptive"
     TRANSFER = "transfer"
     WORST_CASE = "worst-case"
+    CORRUPTION = "corruption"

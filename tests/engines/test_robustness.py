@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from common.attacks import FGSM, IterativeFGSM, TargetedIterativeFGSM
+from common.corruptions import corrupt, corruption_seed
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
 from common.engines import KEY_COLUMNS, AttackJob, AutocastInferer, RobustnessEvaluation, load_model_bundle
@@ -31,22 +32,22 @@ from .conftest import ATTACKS, BASELINE, DISTILLED, OVERRIDES, QUICK, STEPS, SUB
 
 
 def _key(row):
-    return tuple(row[c] or "" if c in ("source_model", "loss") else row[c] for c in KEY_COLUMNS)
+    return tuple(row[c] or "" if c in ("source_model", "loss", "severity") else row[c] for c in KEY_COLUMNS)
 
 
 def _expected_keys():
     keys = set()
     for subject in SUBJECTS:
         for model in (BASELINE, DISTILLED):
-            keys.add((model, subject, "none", "clean", "", 0.0, 0, ""))
+            keys.add((model, subject, "none", "clean", "", 0.0, 0, "", ""))
             threats = [("white-box", model)] + ([("adaptive", model)] if model == DISTILLED else [])
             if model == DISTILLED:
                 threats.append(("transfer", BASELINE))
             for threat, source in threats:
-                keys |= {(model, subject, "FGSM", threat, source, eps, 1, "soft_dice") for eps in SWEEP}
+                keys |= {(model, subject, "FGSM", threat, source, eps, 1, "soft_dice", "") for eps in SWEEP}
                 iterations = [STEPS] if threat == "transfer" else range(1, STEPS + 1)
                 for name in ("i-FGSM", "ti-FGSM"):
-                    keys |= {(model, subject, name, threat, source, 0.05, k, "soft_dice") for k in iterations}
+                    keys |= {(model, subject, name, threat, source, 0.05, k, "soft_dice", "") for k in iterations}
     return keys
 
 
@@ -514,3 +515,63 @@ def test_best_iterate_rows_carry_their_trace_and_noise_is_white_box_only(bundles
     assert {r["threat"] for r in noise} == {"white-box"} and len(noise) == 2 * len(SUBJECTS)
     assert all(r["zero_grad_fraction"] is None and r["dice_trace"] is None for r in noise)
     assert all(r["dice_trace"] is None for r in _rows(rows, threat="worst-case"))
+
+
+@pytest.fixture(scope="module")
+def corrupted_run(bundles, tiny_datalist, tmp_path_factory):
+    """Both tiny models scored on two corruptions at three severities (and FGSM, for the worst case)."""
+    out = tmp_path_factory.mktemp("corruptions") / "out"
+    settings = {"attacks": [{"name": "FGSM"}], "sweep": None, "corruptions": ["gibbs", "missing_t2"],
+                "severities": [5, 1, 3], "tables": False}  # fmt: skip
+    evaluation(bundles, tiny_datalist, out, **settings).run()
+    return out, settings, load_results(out / "results.csv")
+
+
+def test_corruption_rows_equal_the_model_on_the_corrupted_input(corrupted_run, bundles, tiny_datalist):
+    _, _, rows = corrupted_run
+    corrupted = _rows(rows, threat="corruption")
+    assert len(corrupted) == 2 * len(SUBJECTS) * 2 * 3
+    assert {(r["attack"], r["severity"]) for r in corrupted} == {(c, s) for c in ("gibbs", "missing_t2")
+                                                                 for s in (1, 3, 5)}  # fmt: skip
+    for row in corrupted:
+        assert row["epsilon"] == 0.0 and row["source_model"] is None and row["zero_grad_fraction"] is None
+        assert row["attack_config"].startswith(f"{row['attack']}(severity={row['severity']}, ")
+    assert all(r["severity"] is None for r in rows if r["threat"] != "corruption")
+    bundle, image, label = _subject_input(bundles, tiny_datalist)
+    for row in _rows(corrupted, model=BASELINE, subject=SUBJECTS[0]):
+        seed = corruption_seed(SUBJECTS[0], row["attack"], row["severity"])
+        noisy = corrupt(image[0], row["attack"], row["severity"], seed=seed)[None]
+        with torch.no_grad():
+            dice = region_dice(logits_to_labels(bundle.network(noisy)), label)[0].tolist()
+        assert [row["dice_wt"], row["dice_tc"], row["dice_et"]] == dice
+        assert row["psnr"] == pytest.approx(float(input_quality(image, noisy)["psnr"][0]), rel=1e-9)
+
+
+def test_corruptions_are_not_attacks_and_resume(corrupted_run, bundles, tiny_datalist):
+    out, settings, rows = corrupted_run
+    # PSNR falls with severity for every subject and corruption; the worst case stays over the attacks only
+    for model in (BASELINE, DISTILLED):
+        for subject in SUBJECTS:
+            for name in ("gibbs", "missing_t2"):
+                psnr = [r["psnr"] for r in sorted(_rows(rows, model=model, subject=subject, attack=name),
+                                                   key=lambda r: r["severity"])]  # fmt: skip
+                assert psnr == sorted(psnr, reverse=True) and len(set(psnr)) == 3
+    assert all("corruption" not in (r["attack_config"] or "") for r in _rows(rows, threat="worst-case"))
+    before = (out / "results.csv").read_bytes()
+    evaluation(bundles, tiny_datalist, out, **settings).run()
+    assert (out / "results.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"corruptions": ["gibs"]}, r"corruptions.*gibs"),
+        ({"corruptions": "gibbs"}, r"corruptions must be a list of names, 'all' or None"),
+        ({"corruptions": "all", "severities": [0]}, r"severities"),
+        ({"corruptions": "all", "severities": [6]}, r"severities"),
+    ],
+)
+def test_bad_corruption_settings_are_one_line(change, message, bundles, tiny_datalist, tmp_path):
+    with pytest.raises(RobustsegError, match=message):
+        evaluation(bundles, tiny_datalist, tmp_path / "out", **change)
+    assert not (tmp_path / "out").exists()

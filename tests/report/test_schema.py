@@ -10,7 +10,8 @@ from common.report.schema import COLUMN_NAMES, COLUMNS, format_record, load_resu
 # The order the module docstring of common/report/schema.py documents (the evaluator writes it, the report reads it).
 SPEC_ORDER = (
     "model net defense defense_param subject attack threat source_model attack_config loss epsilon steps iteration "
-    "dice_wt dice_tc dice_et psnr ssim rmse linf l2 zero_grad_fraction seconds winner target_attainment dice_trace"
+    "dice_wt dice_tc dice_et psnr ssim rmse linf l2 zero_grad_fraction seconds winner target_attainment "
+    "dice_trace severity"
 ).split()
 
 
@@ -24,6 +25,7 @@ def test_column_order_matches_the_spec():
         "winner",
         "target_attainment",
         "dice_trace",
+        "severity",
     }
 
 
@@ -32,7 +34,7 @@ def test_round_trip_keeps_full_precision_and_types(tmp_path, make_row, write_csv
     attacked.update(iteration=1, psnr=math.inf, ssim=0.123456789012345678, rmse=2.5e-17)
     clean = make_row("m", "s1", (0.5, 0.25, 0.0))
     records = load_results(write_csv(tmp_path / "r.csv", [clean, attacked]))
-    later = dict.fromkeys(("winner", "target_attainment", "dice_trace"))
+    later = dict.fromkeys(("winner", "target_attainment", "dice_trace", "severity"))
     assert records[1] == {**attacked, **later}
     assert records[0] == {**clean, **later}
     assert records[0]["psnr"] is None and records[0]["loss"] is None
@@ -147,8 +149,8 @@ def test_a_csv_without_the_later_columns_still_loads(tmp_path, make_row, write_c
     be left out (tested above)."""
     path = write_csv(tmp_path / "r.csv", [make_row("m", "s1", (0.5, 0.4, 0.3))])
     lines = path.read_text().splitlines()
-    assert lines[0].endswith(",winner,target_attainment,dice_trace")
-    path.write_text("\n".join(line.rsplit(",", 3)[0] for line in lines) + "\n")
+    assert lines[0].endswith(",winner,target_attainment,dice_trace,severity")
+    path.write_text("\n".join(line.rsplit(",", 4)[0] for line in lines) + "\n")
     (record,) = load_results(path)
     assert record["winner"] is None and record["target_attainment"] is None and record["dice_et"] == 0.3
-    assert record["dice_trace"] is None
+    assert record["dice_trace"] is None and record["severity"] is None
