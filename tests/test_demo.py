@@ -37,6 +37,7 @@ def test_worst_case_preset_adds_the_ensemble_to_the_same_results(tmp_path, monke
     assert bundle == "brats_robustness_eval" and configs == [*paper_configs, "worst_case.json"]
     assert overrides == {**paper_overrides, **demo.DEMO_WORST_CASE}
     assert "ensemble_steps" not in paper_overrides
+    assert {k: paper_overrides[k] for k in demo.DEMO_CORRUPTIONS} == demo.DEMO_CORRUPTIONS  # both presets
 
 
 def test_demo_rejects_an_unknown_preset(tmp_path):

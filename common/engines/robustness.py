@@ -569,8 +569,8 @@ class RobustnessEvaluation:
                 savers[subject] = ExampleWriter(self._examples_dir(subject), subject, image, label, batch.affines[i])
         # (white-box job index, subject) -> the source model's final adversarial inputs of that subject (transfer)
         source_cache: dict[tuple[int, str], list[Adversarial]] = {}
-        # (subject, corruption, severity) -> the corrupted input (1, C, *spatial) and its time, shared by the models
-        corrupted: dict[tuple[str, str, int], tuple[Tensor, float]] = {}
+        # (subject, corruption) -> the corrupted inputs, their quality and times, shared by the models
+        corrupted: dict[tuple[str, str], tuple[Tensor, dict[str, Tensor], list[float]]] = {}
         pending: list[dict[str, Any]] = []
         for k, unit in enumerate(self.units):
             rows = [i for i, s in enumerate(batch.subjects) if k in plan[s]]
@@ -617,24 +617,32 @@ class RobustnessEvaluation:
         unit: Unit,
         model: ModelBundle,
         part: SubjectBatch,
-        corrupted: dict[tuple[str, str, int], tuple[Tensor, float]],
+        corrupted: dict[tuple[str, str], tuple[Tensor, dict[str, Tensor], list[float]]],
     ) -> list[dict[str, Any]]:
-        """The corruption rows of one model for the subjects of ``part`` (inputs corrupted once, for every model)."""
+        """The corruption rows of one model for the subjects of ``part``.
+
+        Each input is corrupted, and its quality against the clean input measured, once for every model:
+        ``corrupted`` maps (subject, corruption) to the inputs ``(severities, C, *spatial)``, their quality columns
+        and the seconds each took.
+        """
         records = []
         for name in self.corruptions:
             for i, subject in enumerate(part.subjects):
-                for severity in self.severities:
-                    if (subject, name, severity) not in corrupted:
+                if (subject, name) not in corrupted:
+                    images, seconds = [], []
+                    for severity in self.severities:
                         start = time.perf_counter()
-                        image = corrupt(part.images[i], name, severity, seed=corruption_seed(subject, name, severity))
-                        corrupted[(subject, name, severity)] = (image[None], time.perf_counter() - start)
-            for i, subject in enumerate(part.subjects):
-                images = torch.cat([corrupted[(subject, name, s)][0] for s in self.severities])
+                        seed = corruption_seed(subject, name, severity)
+                        images.append(corrupt(part.images[i], name, severity, seed=seed))
+                        seconds.append(time.perf_counter() - start)
+                    stacked = torch.stack(images)
+                    chunks = [part.qualities[i](chunk) for chunk in stacked.split(self.score_batch_size)]
+                    quality = {column: torch.cat([chunk[column] for chunk in chunks]) for column in chunks[0]}
+                    corrupted[(subject, name)] = (stacked, quality, seconds)
+                images, quality, seconds = corrupted[(subject, name)]
                 predictions = self._predict(model, images)
                 label = part.labels[i : i + 1].expand(len(images), *part.labels.shape[1:])
                 dice = region_dice(predictions, label)
-                chunks = [part.qualities[i](chunk) for chunk in images.split(self.score_batch_size)]
-                quality = {column: torch.cat([chunk[column] for chunk in chunks]) for column in chunks[0]}
                 for n, severity in enumerate(self.severities):
                     record = self._record(unit, subject, None, predictions[n : n + 1], label[:1], None, dice[n])
                     records.append({
@@ -642,7 +650,7 @@ class RobustnessEvaluation:
                         "attack": name, "threat": unit.threat, "attack_config": _corruption_config(name, severity),
                         "epsilon": 0.0, "steps": 0, "iteration": 0, "severity": severity,
                         **{column: float(values[n]) for column, values in quality.items()},
-                        "seconds": corrupted[(subject, name, severity)][1],
+                        "seconds": seconds[n],
                     })  # fmt: skip
         return records
 
