@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackProbe, AttackStep
-from common.attacks.pgd import _BestIterate, _random_start, _start_search, _traced
+from common.attacks.pgd import _BestIterate, _column, _random_start, _start_search, _traced
 from common.data.labels import logits_to_labels
 from common.utils.validation import check_int, check_number
 
@@ -316,11 +316,6 @@ class APGD(Attack):
             step, restart, _take(x, rows), logits, _take(labels, rows), _take(loss, rows), _take(zero, rows)
         )
         active[index[self._stopped(probe)]] = False
-
-
-def _column(mask: Tensor, ndim: int) -> Tensor:
-    """A per-sample mask ``(B,)`` shaped to broadcast over ``(B, C, *spatial)``."""
-    return mask.view(-1, *[1] * (ndim - 1))
 
 
 def _rows_of(active: Tensor | None) -> Tensor | None:

@@ -148,7 +148,12 @@ def _random_start(
     start = lower + (upper - lower) * noise
     if active is None:
         return start
-    return torch.where(active.view(-1, *[1] * (start.ndim - 1)), start, tracker.best)
+    return torch.where(_column(active, start.ndim), start, tracker.best)
+
+
+def _column(mask: Tensor, ndim: int) -> Tensor:
+    """A per-sample boolean ``(B,)`` shaped ``(B, 1, ..., 1)`` to select whole samples of an ``ndim`` tensor."""
+    return mask.view(-1, *[1] * (ndim - 1))
 
 
 class _BestIterate:
@@ -165,7 +170,7 @@ class _BestIterate:
         losses = losses.to(self.loss.dtype)
         if index is None:
             better = better_iterate(dice, losses, self.dice, self.loss)
-            self.best = torch.where(better.view(-1, *[1] * (images.ndim - 1)), images, self.best)
+            self.best = torch.where(_column(better, images.ndim), images, self.best)
             self.dice, self.loss = torch.where(better, dice, self.dice), torch.where(better, losses, self.loss)
             return
         better = better_iterate(dice, losses, self.dice[index], self.loss[index])

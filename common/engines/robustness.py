@@ -612,6 +612,14 @@ class RobustnessEvaluation:
             saver.finish()
         return len(pending)
 
+    def _quality(self, part: SubjectBatch, index: int, images: Tensor) -> dict[str, Tensor]:
+        """Input quality (PSNR, SSIM, RMSE, norms) of ``images`` against subject ``index`` of ``part``, per image.
+
+        In chunks of ``score_batch_size``: the float64 SSIM maps of ten 128^3 iterates would take gigabytes at once.
+        """
+        chunks = [part.qualities[index](chunk) for chunk in images.split(self.score_batch_size)]
+        return {column: torch.cat([chunk[column] for chunk in chunks]) for column in chunks[0]}
+
     def _corruption_records(
         self,
         unit: Unit,
@@ -636,9 +644,7 @@ class RobustnessEvaluation:
                         images.append(corrupt(part.images[i], name, severity, seed=seed))
                         seconds.append(time.perf_counter() - start)
                     stacked = torch.stack(images)
-                    chunks = [part.qualities[i](chunk) for chunk in stacked.split(self.score_batch_size)]
-                    quality = {column: torch.cat([chunk[column] for chunk in chunks]) for column in chunks[0]}
-                    corrupted[(subject, name)] = (stacked, quality, seconds)
+                    corrupted[(subject, name)] = (stacked, self._quality(part, i, stacked), seconds)
                 images, quality, seconds = corrupted[(subject, name)]
                 predictions = self._predict(model, images)
                 label = part.labels[i : i + 1].expand(len(images), *part.labels.shape[1:])
@@ -702,10 +708,7 @@ class RobustnessEvaluation:
         brains = part.images.abs().amax(dim=1) > 0  # (n, *spatial): voxels where any clean channel is non-zero
         records, offset = [], 0
         for i, (subject, own) in enumerate(zip(part.subjects, per_subject, strict=True)):
-            images = torch.cat([a.image for a in own])
-            # in chunks: the float64 SSIM maps of ten 128^3 iterates would take gigabytes at once
-            chunks = [part.qualities[i](chunk) for chunk in images.split(self.score_batch_size)]
-            columns = {name: torch.cat([chunk[name] for chunk in chunks]) for name in chunks[0]}
+            columns = self._quality(part, i, torch.cat([a.image for a in own]))
             for n, adversarial in enumerate(own):
                 k = offset + n
                 values = {name: column[n] for name, column in columns.items()}

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from common.report.schema import mean_dice
+from common.report.schema import MEMBER_THREATS, mean_dice
 from common.utils.enums import Threat
 
 __all__ = ["ENSEMBLE", "MEMBER_THREATS", "with_worst_case_rows", "worst_case_rows"]
@@ -29,8 +29,6 @@ __all__ = ["ENSEMBLE", "MEMBER_THREATS", "with_worst_case_rows", "worst_case_row
 ENSEMBLE = "ensemble"
 """The ``attack`` of a worst-case row."""
 
-MEMBER_THREATS = (Threat.WHITE_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
-"""The threats whose adversarial inputs an ensemble takes the worst case over."""
 
 def _describe(row: Mapping[str, str]) -> str:
     source = f" from {row['source_model']}" if row["threat"] == Threat.TRANSFER else ""

@@ -6,7 +6,7 @@ Carlini et al. 2019, "On Evaluating Adversarial Robustness", Sec. 4.3). From the
 subject:
 
 * each **member** of the ensemble (one attack job: attack, threat, source model, loss; the rows the ``worst-case``
-  rows are taken over, :data:`common.engines.worst_case.MEMBER_THREATS`) gives a curve ``b(n)``, the lowest mean
+  rows are taken over, :data:`common.report.schema.MEMBER_THREATS`) gives a curve ``b(n)``, the lowest mean
   Dice (WT, TC, ET) it had found after ``n`` gradient passes: from the ``dice_trace`` of PGD and APGD (``restarts x
   steps`` values; the last point also scores the last iterate, through the row's own Dice), from the running minimum
   over the per-iterate rows of i-FGSM and ti-FGSM, and a constant for FGSM, the noise control and transfer inputs;
@@ -36,7 +36,7 @@ import numpy as np
 
 from common.report.figure import OKABE_ITO, ReportFigure, data_point, new_figure
 from common.report.labels import defence_sort_key, file_stem, format_eps, model_label
-from common.report.schema import Record, mean_dice, parse_trace
+from common.report.schema import MEMBER_THREATS, Record, mean_dice, parse_trace
 from common.report.selection import model_identities
 from common.utils.enums import Net, Threat
 
@@ -47,8 +47,6 @@ CONVERGENCE_TOLERANCE = 0.01
 search."""
 LAST_FRACTION = 0.2
 """The share of the passes at the end whose gain is checked."""
-MEMBER_THREATS = (Threat.WHITE_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
-"""The threats whose rows are ensemble members (as in :mod:`common.engines.worst_case`)."""
 
 
 @dataclass(frozen=True)

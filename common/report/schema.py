@@ -75,6 +75,7 @@ __all__ = [
     "COLUMNS",
     "COLUMN_NAMES",
     "DICE_COLUMNS",
+    "MEMBER_THREATS",
     "mean_dice",
     "format_trace",
     "parse_trace",
@@ -143,6 +144,10 @@ ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment", "dice_trace", "se
 """Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
 
+
+MEMBER_THREATS: tuple[str, ...] = (Threat.WHITE_BOX, Threat.ADAPTIVE, Threat.TRANSFER)
+"""The threats whose rows are adversarial inputs of the worst case (:mod:`common.engines.worst_case`): not the clean
+rows, the derived worst-case rows or the corruptions."""
 
 DICE_COLUMNS: tuple[str, ...] = ("dice_wt", "dice_tc", "dice_et")
 """The Dice columns, one per BraTS region (WT, TC, ET)."""
