@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.data.labels import labels_to_indices, logits_to_labels
+from common.attacks.gradient import input_gradient
 from common.errors import RobustsegError
 from common.losses.segmentation import (
     SegPGDLoss,
@@ -600,7 +601,7 @@ class Attack:
         logits = self.logits(model, images)
         losses = self.sample_losses(logits, labels)
         # the gradient of the sum is each sample's own: the batch mean would scale it by 1/B
-        (grad,) = torch.autograd.grad(losses.sum(), images)
+        grad = input_gradient(losses.sum(), images, fp16=self.amp and self.amp_dtype == torch.float16)
         return losses.detach(), grad, logits.detach()
 
     def _prepare(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from common.attacks.gradient import input_gradient
 from common.data.labels import logits_to_labels
 from common.errors import RobustsegError
 from common.losses.soft_dice import SoftDiceLoss
@@ -112,8 +113,7 @@ def _fwd_bwd(network: Callable[..., Tensor], images: Tensor, labels: Tensor, dty
     with torch.autocast(device_type=images.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         logits = network(x)
     loss = SoftDiceLoss()(logits.float(), labels)
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    return input_gradient(loss, x, fp16=dtype == torch.float16)
 
 
 def cpu_has_bf16() -> bool | None:
