@@ -2,9 +2,12 @@
 
 :func:`build_figures` draws, in the paper's order, the curves of :mod:`common.report.curves` (Dice and input PSNR vs
 attack iteration, Figs. 3-4; Dice vs epsilon per defence family, Figs. 5-8; the zero-gradient fraction), the
-convergence of the worst case (:mod:`common.report.convergence`) and the slice panels of :mod:`common.report.panels`
-(Figs. 2 and 9). Every figure is drawn only when its data exist; what was not
-drawn is returned with the reason. The figure type and the house style are in :mod:`common.report.figure`.
+convergence of the worst case (:mod:`common.report.convergence`), the MR-artifact figures of
+:mod:`common.report.corruption_figures` (per net with ``corruption`` rows: a heat map of the Dice drop per corruption
+and severity, one panel per model, and Dice-vs-severity curves, one panel per corruption) and the slice panels of
+:mod:`common.report.panels` (Figs. 2 and 9). Every figure is drawn only when its data exist; what was not drawn is
+returned with the reason (the MR-artifact figures are simply absent from a CSV without ``corruption`` rows). The
+figure type and the house style are in :mod:`common.report.figure`.
 
 Example::
 
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 
 from common.errors import RobustsegError
 from common.report.convergence import convergence_figures
+from common.report.corruption_figures import corruption_figures
 from common.report.curves import epsilon_figures, iteration_figures, zero_gradient_figure
 from common.report.examples import ExampleSubject
 from common.report.figure import (
@@ -67,8 +71,8 @@ def build_figures(
         ``(figures, skipped)``.
 
     Raises:
-        RobustsegError: if a plotted cell has duplicate subject rows, several losses make the choice ambiguous, or
-            an example volume cannot be read.
+        RobustsegError: if a plotted cell (corruption cells included) has duplicate subject rows, several losses
+            make the choice ambiguous, or an example volume cannot be read.
     """
     from matplotlib import rc_context
 
@@ -103,6 +107,7 @@ def build_figures(
             figures += convergence
         elif any(r["threat"] == Threat.WORST_CASE for r in records):
             skipped.append(SkippedFigure("Convergence of the worst case", "no iterative attack among the members"))
+        figures += corruption_figures(records, source)
         drawn, missed = slice_figures(records, examples, options.attack, options.epsilon, max_example_subjects)
         figures += drawn
         skipped += missed

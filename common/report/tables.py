@@ -3,7 +3,9 @@
 * **Headline** (:mod:`common.report.headline`), one per net with ``worst-case`` rows: clean Dice, the paper's FGSM
   and the worst case over every attack at each epsilon, its area, and each defence against the baseline.
 * **MR artifacts** (:mod:`common.report.corruption_tables`), per net with ``corruption`` rows: Dice per model,
-  corruption and severity, and the corruptions' PSNR/SSIM calibration.
+  corruption and severity, and the corruptions' PSNR/SSIM calibration; then ROOD-MRI's severity-weighted overall
+  and degradation scores per model (:mod:`common.report.rood`, Boone et al. 2023) with a paired Wilcoxon test of
+  each model's per-subject overall score against the undefended model's.
 * **Sanity checks** (:mod:`common.report.sanity`), one per net, last: pass, fail or not run per model and check.
 * **Table 1** (:mod:`common.report.table1`), one per undefended model: the clean input vs each white-box attack at
   one epsilon, with Wilcoxon tests against "No attack" and the input PSNR, SSIM, RMSE.
@@ -38,6 +40,7 @@ from common.report.corruption_tables import build_corruption_tables
 from common.report.defence_tables import build_defence_tables
 from common.report.headline import build_headline
 from common.report.options import ReportOptions
+from common.report.rood import build_rood_table
 from common.report.sanity import build_sanity
 from common.report.schema import Record, load_results
 from common.report.table import Table
@@ -51,7 +54,8 @@ __all__ = ["build_tables", "table_files", "write_tables"]
 def build_tables(
     records: Sequence[Record], options: ReportOptions | None = None, source: str = "results", **values: object
 ) -> list[Table]:
-    """Every table of the report: the headline per net, Table 1 per undefended model and net, Tables 2-3, sanity.
+    """Every table of the report: the headline per net, Table 1 per undefended model and net, Tables 2-3, the MR
+    artifacts (Dice, calibration, ROOD-MRI scores) per net, sanity.
 
     Args:
         records: rows from :func:`common.report.schema.load_results`.
@@ -90,6 +94,8 @@ def build_tables(
         tables += build_defence_tables(records, net, options, source)
     for net in Net:
         tables += build_corruption_tables(records, net)
+        if (rood := build_rood_table(records, net, options, source)) is not None:
+            tables.append(rood)
     tables += [t for net in Net if (t := build_sanity(records, net)) is not None]
     return tables
 

@@ -81,6 +81,52 @@ def write_csv() -> Callable[..., Path]:
     return _write
 
 
+# ------------------------------------------------------------------------------------------------ MR artifacts
+CORRUPTION_MODELS = (
+    ("base", "none", None),
+    ("aug", "noise_augmentation", "r=0.01"),
+    ("at", "adversarial_training", "eps=0.05"),
+)
+
+
+def _corruption_rows(
+    subjects: int = 8,
+    models: Sequence[tuple[str, str, str | None]] = CORRUPTION_MODELS,
+    corruptions: Sequence[str] = ("gibbs", "missing_flair"),
+    severities: Sequence[int] = (1, 3, 5),
+    seed: int = 0,
+) -> list[dict]:
+    """Clean and ``corruption`` rows: per model and subject a random clean Dice, falling with severity plus noise
+    (the later models lose less), so every score differs from subject to subject and model to model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, (model, defense, param) in enumerate(models):
+        kw = {"defense": defense, "defense_param": param}
+        for i in range(subjects):
+            subject = f"s{i}"
+            clean = rng.uniform(0.75, 0.95, 3)
+            rows.append(_row(model, subject, clean, **kw))
+            for c, name in enumerate(corruptions):
+                for severity in severities:
+                    loss = (0.02 + 0.03 * c) * severity / (1 + 0.5 * k)
+                    dice = np.clip(clean - loss + rng.normal(0, 0.02, 3), 0, 1)
+                    quality = (30 - 3 * severity, 0.9 - 0.1 * severity, 0.01)
+                    config = f"{name}(severity={severity})"
+                    row = _row(model, subject, dice, attack=name, threat="corruption", quality=quality,
+                               attack_config=config, **kw)  # fmt: skip
+                    row.update(severity=severity, loss=None, source_model=None, zero_grad_fraction=None)
+                    rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def make_corruption_rows() -> Callable[..., list[dict]]:
+    """``make_corruption_rows(subjects=8, models=..., corruptions=..., severities=(1, 3, 5), seed=0)`` -> rows."""
+    return _corruption_rows
+
+
 # ------------------------------------------------------------------------------------ a realistic synthetic study
 MODELS = {  # model -> (defense, defense_param, FGSM sensitivity white-box, adaptive sensitivity or None, zero-grad)
     "brats_unet3d_baseline": ("none", None, 6.0, None, 0.01),

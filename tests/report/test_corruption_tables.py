@@ -39,7 +39,7 @@ def test_cells_and_calibration_have_the_known_values(make_row, write_csv, tmp_pa
     assert calibration.rows[0] == ["gibbs", "30.5 ± 0.7 dB / 0.800", "25.5 ± 0.7 dB / 0.600", "20.5 ± 0.7 dB / 0.400"]
     assert ["base", "gibbs", 3, pytest.approx(0.705), 2] in dice.csv_rows
     names = [t.name for t in build_tables(records)]  # no white-box rows: no sanity table after them
-    assert names[-2:] == ["corruptions_3d", "corruption_calibration_3d"]
+    assert names[-3:] == ["corruptions_3d", "corruption_calibration_3d", "rood_3d"]
     assert build_corruption_tables(records, "2d") == []
 
 
