@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from common.errors import RobustsegError
 from common.report.convergence import convergence_figures
+from common.report.corruption_panels import corruption_figures
 from common.report.curves import epsilon_figures, iteration_figures, zero_gradient_figure
 from common.report.examples import ExampleSubject
 from common.report.figure import (
@@ -104,6 +105,9 @@ def build_figures(
         elif any(r["threat"] == Threat.WORST_CASE for r in records):
             skipped.append(SkippedFigure("Convergence of the worst case", "no iterative attack among the members"))
         drawn, missed = slice_figures(records, examples, options.attack, options.epsilon, max_example_subjects)
+        figures += drawn
+        skipped += missed
+        drawn, missed = corruption_figures(records, examples, options.baselines)
         figures += drawn
         skipped += missed
     # The paper's order (Figs. 2-9), then the figures it does not have; the sort is stable within a number.
