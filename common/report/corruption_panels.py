@@ -154,7 +154,7 @@ def _figure(
         _segmentation(axis[-1], t1gd, _window(t1gd), truth, truth)
         if r == 0:
             axis[-1].set_title("ground truth\n(clean T1Gd)", fontsize=10)
-    _label_legend(figure)
+    _label_legend(figure, ncol=4 if n_cols >= 6 else 2)  # one line of four needs about 12 inches
     shown = ", ".join(f"`{m}`" for m in models)
     omitted_text = f" Not shown (more than {MAX_CORRUPTION_MODELS} models): {', '.join(omitted)}." if omitted else ""
     caption = (
