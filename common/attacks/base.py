@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.data.labels import labels_to_indices, logits_to_labels
 from common.attacks.gradient import input_gradient
+from common.data.labels import labels_to_indices, logits_to_labels
 from common.errors import RobustsegError
 from common.losses.segmentation import (
     SegPGDLoss,

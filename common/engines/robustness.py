@@ -36,6 +36,11 @@ each rank appends to its own part file, and rank 0 merges them into ``results.cs
 Outputs in ``output_dir``: ``results.csv``, ``settings.json`` (models with their training settings, attacks, data,
 package versions), ``examples/<subject>/`` (NIfTI volumes of one subject and ``index.json``, for the report's figure
 panels; :class:`common.report.examples.ExampleWriter`) and ``tables/`` (:func:`common.report.tables.write_tables`).
+The example subject's volumes are its clean input, each model's clean prediction, the final Table 1 inputs and
+predictions of every attack job, and, when corruptions are scored, each corruption's input at one severity
+(:func:`~common.report.examples.example_severity`: 3 if evaluated) with every model's prediction on it. The index is
+written last, once the subject's rows are; a rerun whose example index lacks this run's corruption entries (an
+earlier run without corruptions) scores the subject's corruptions again and rewrites just those entries.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ from common.engines.results_io import (
 from common.engines.subject_batch import SubjectBatch, Unit, batches_of, files_of, load_subjects, subject_id
 from common.errors import RobustsegError
 from common.metrics.dice import region_dice
-from common.report.examples import INDEX_NAME, ExampleWriter
+from common.report.examples import INDEX_NAME, ExampleWriter, example_severity
 from common.report.schema import format_trace
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
@@ -188,7 +193,8 @@ class RobustnessEvaluation:
         transfer_source: the model whose white-box adversarial inputs are applied to every other model: a model
             name, ``"auto"`` (the first undefended model, if there are two models or more) or ``None`` (no transfer).
         example_subject: the subject whose volumes are saved for the figure panels; ``None``: the first test
-            subject; ``False`` or ``""``: none.
+            subject; ``False`` or ``""``: none. Its corruptions are saved at one severity,
+            :func:`~common.report.examples.example_severity` of ``severities``.
         device: where the models run; ``None``: ``cuda:<local rank>`` if CUDA is available, else the CPU.
         batch_size: test subjects attacked and scored together (each unit of the plan runs on the whole batch);
             the default, :data:`DEFAULT_BATCH_SIZE`, was the fastest on a CPU at the demo's settings.
@@ -271,6 +277,7 @@ class RobustnessEvaluation:
         self.white_box_jobs = build_jobs(attacks, sweep, sweep_epsilons, epsilon, loss)
         self.attack_specs = [_spec(a, "attacks") for a in attacks]
         self.corruptions, self.severities = _check_corruptions(corruptions, severities)
+        self.example_severity = example_severity(self.severities) if self.corruptions else None
 
         self.models: list[ModelBundle] = []
         for bundle in model_bundles:
@@ -430,6 +437,7 @@ class RobustnessEvaluation:
                 "threats": sorted({u.threat for u in self.units}),
                 "transfer_source": self.models[self.source].name if self.source is not None else None,
                 "example_subject": self.example_subject,
+                "example_severity": self.example_severity,
                 "device": str(self.device),
                 "world_size": self.world_size,
                 "torch_threads": torch.get_num_threads(),
@@ -543,13 +551,16 @@ class RobustnessEvaluation:
         written yet); the rows are written per subject, only those not already in the CSV.
         """
         subjects = [subject_id(e) for e in entries]
-        examples = {
-            s for s in subjects if s == self.example_subject and not (self._examples_dir(s) / INDEX_NAME).is_file()
-        }
-        plan = {
-            s: {k for k, u in enumerate(self.units) if self._missing(u, s) or (s in examples and u.has_examples)}
-            for s in subjects
-        }
+        examples = {s: state for s in subjects if (state := self._example_state(s)) is not None}
+
+        def needed(unit: Unit, subject: str) -> bool:
+            if self._missing(unit, subject):
+                return True
+            state = examples.get(subject)
+            corruptions = state == "corruptions" and unit.threat == Threat.CORRUPTION
+            return unit.has_examples and (state == "new" or corruptions)
+
+        plan = {s: {k for k, u in enumerate(self.units) if needed(u, s)} for s in subjects}
         todo = [e for e, s in zip(entries, subjects, strict=True) if plan[s]]
         written = 0
         if todo:
@@ -561,12 +572,34 @@ class RobustnessEvaluation:
     def _examples_dir(self, subject: str) -> Path:
         return self.output_dir / EXAMPLES_DIR / subject
 
-    def _evaluate(self, batch: SubjectBatch, plan: Mapping[str, set[int]], examples: set[str]) -> int:
+    def _example_state(self, subject: str) -> str | None:
+        """What to save of a subject's examples: ``"new"`` (no index yet: everything), ``"corruptions"`` (an index
+        without an entry of some model and corruption of this run at :attr:`example_severity`) or ``None``."""
+        if subject != self.example_subject:
+            return None
+        index = self._examples_dir(subject) / INDEX_NAME
+        if not index.is_file():
+            return "new"
+        if not self.corruptions:
+            return None
+        try:
+            entries = json.loads(index.read_text(encoding="utf-8"))["entries"]
+            present = {(e["model"], e["attack"], e.get("severity")) for e in entries
+                       if e["threat"] == Threat.CORRUPTION}  # fmt: skip
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None  # not ours to repair: the report names what is wrong with it
+        wanted = {(m.name, name, self.example_severity) for m in self.models for name in self.corruptions}
+        return None if wanted <= present else "corruptions"
+
+    def _evaluate(self, batch: SubjectBatch, plan: Mapping[str, set[int]], examples: Mapping[str, str]) -> int:
         savers = {}
         for i, subject in enumerate(batch.subjects):
-            if subject in examples:
+            folder = self._examples_dir(subject)
+            if examples.get(subject) == "new":
                 image, label = batch.images[i : i + 1], batch.labels[i : i + 1]
-                savers[subject] = ExampleWriter(self._examples_dir(subject), subject, image, label, batch.affines[i])
+                savers[subject] = ExampleWriter(folder, subject, image, label, batch.affines[i])
+            elif examples.get(subject) == "corruptions":
+                savers[subject] = ExampleWriter.reopen(folder, subject, drop_threat=Threat.CORRUPTION)
         # (white-box job index, subject) -> the source model's final adversarial inputs of that subject (transfer)
         source_cache: dict[tuple[int, str], list[Adversarial]] = {}
         # (subject, corruption) -> the corrupted inputs, their quality and times, shared by the models
@@ -579,7 +612,7 @@ class RobustnessEvaluation:
             part = batch.select(rows)
             model = self.models[unit.model]
             if unit.threat == Threat.CORRUPTION:
-                records = self._corruption_records(unit, model, part, corrupted)
+                records = self._corruption_records(unit, model, part, corrupted, savers)
             elif unit.job is None:
                 predictions = self._predict(model, part.images)
                 records = []
@@ -626,12 +659,14 @@ class RobustnessEvaluation:
         model: ModelBundle,
         part: SubjectBatch,
         corrupted: dict[tuple[str, str], tuple[Tensor, dict[str, Tensor], list[float]]],
+        savers: Mapping[str, ExampleWriter],
     ) -> list[dict[str, Any]]:
-        """The corruption rows of one model for the subjects of ``part``.
+        """The corruption rows of one model for the subjects of ``part`` (and the example subject's volumes).
 
         Each input is corrupted, and its quality against the clean input measured, once for every model:
         ``corrupted`` maps (subject, corruption) to the inputs ``(severities, C, *spatial)``, their quality columns
-        and the seconds each took.
+        and the seconds each took. A subject in ``savers`` gets, per corruption, the input at
+        :attr:`example_severity` (one file, shared by the models) and this model's prediction on it.
         """
         records = []
         for name in self.corruptions:
@@ -649,6 +684,10 @@ class RobustnessEvaluation:
                 predictions = self._predict(model, images)
                 label = part.labels[i : i + 1].expand(len(images), *part.labels.shape[1:])
                 dice = region_dice(predictions, label)
+                if subject in savers:
+                    n = self.severities.index(self.example_severity)
+                    savers[subject].add(model.name, name, unit.threat, 0.0, images[n : n + 1], predictions[n],
+                                        source=None, severity=self.example_severity)  # fmt: skip
                 for n, severity in enumerate(self.severities):
                     record = self._record(unit, subject, None, predictions[n : n + 1], label[:1], None, dice[n])
                     records.append({

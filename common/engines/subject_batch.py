@@ -79,9 +79,10 @@ class Unit:
 
     @property
     def has_examples(self) -> bool:
-        """Whether some of its inputs are saved as examples (clean, and the Table 1 epsilons of a job)."""
+        """Whether some of its inputs are saved as examples (clean, the corruptions at the example severity, and the
+        Table 1 epsilons of a job)."""
         if self.job is None:
-            return self.threat == "clean"  # corruption rows save no example volumes (yet)
+            return self.threat in ("clean", "corruption")
         return bool(self.job.table_epsilons)
 
 

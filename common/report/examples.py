@@ -8,11 +8,18 @@ The ``brats_robustness_eval`` bundle writes, beside ``results.csv``, ``examples/
      "entries": [{"model": ..., "attack": "none", "threat": "clean", "epsilon": 0.0,
                   "adversarial": null, "prediction": "..._pred.nii.gz"},
                  {"model": ..., "attack": "FGSM", "threat": "white-box", "epsilon": 0.05,
-                  "adversarial": "..._adv.nii.gz", "prediction": "..._pred.nii.gz"}]}
+                  "adversarial": "..._adv.nii.gz", "prediction": "..._pred.nii.gz"},
+                 {"model": ..., "attack": "gibbs", "threat": "corruption", "epsilon": 0.0, "severity": 3,
+                  "adversarial": "gibbs__sev3_corrupted.nii.gz", "prediction": "..._pred.nii.gz"}]}
 
 Every volume lies on the preprocessed grid of the label. Images are accepted channel-first ``(4, X, Y, Z)`` (the
 format note) or channel-last ``(X, Y, Z, 4)`` / ``(X, Y, Z, 1, 4)`` (what MONAI's ``SaveImage`` writes); the
 channel axis is found by matching the label's shape. The perturbation is ``adversarial - image``.
+
+A ``corruption`` entry (an MR artifact, :mod:`common.corruptions`) names its corrupted input under ``adversarial``
+(one file per corruption, shared by every model's entry) and carries the corruption's ``severity`` (1-5); the
+evaluation saves one severity per corruption, :func:`example_severity`. ``severity`` is optional: indexes written
+before it existed (no corruption entries) load as they did, with ``severity`` ``None``.
 
 :func:`load_examples` checks every index and the header of every file it names (existence, readability, shape)
 before anything is drawn, so a broken example set stops the report before a file is written.
@@ -32,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,7 @@ import numpy as np
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
 from common.utils.files import atomic_write, write_atomic
+from common.utils.validation import is_integer
 
 __all__ = [
     "INDEX_NAME",
@@ -49,6 +57,8 @@ __all__ = [
     "ExampleSubject",
     "ExampleVolumes",
     "ExampleWriter",
+    "EXAMPLE_SEVERITY",
+    "example_severity",
     "load_examples",
     "load_example_volumes",
 ]
@@ -56,11 +66,41 @@ __all__ = [
 INDEX_NAME = "index.json"
 """The index of one subject's example folder, written last (a folder without it is unfinished)."""
 _ENTRY_KEYS = ("model", "attack", "threat", "epsilon", "adversarial", "prediction")
+_CORRUPTION = "corruption"  # the Threat value of corruption rows (common.utils.enums.Threat.CORRUPTION)
+_SEVERITY_RANGE = (1, 5)
+EXAMPLE_SEVERITY = 3
+"""The corruption severity whose volumes the evaluation saves as examples (the middle of ImageNet-C's five levels)."""
+
+
+def example_severity(severities: Sequence[int]) -> int:
+    """The one severity of a run whose corrupted inputs are saved as examples, and that the report's panels show.
+
+    :data:`EXAMPLE_SEVERITY` (3) if it was evaluated, else the middle one of the evaluated severities (the lower of
+    the two middle ones for an even count: ``[1, 2, 4, 5]`` -> 2), so one rule serves the writer and the reader.
+
+    Args:
+        severities: the evaluated severities (any order, repeats allowed).
+
+    Returns:
+        The severity.
+
+    Raises:
+        RobustsegError: if ``severities`` is empty or holds anything but integers 1-5.
+    """
+    values = sorted(set(severities)) if isinstance(severities, Iterable) and not isinstance(severities, str) else []
+    low, high = _SEVERITY_RANGE
+    if not values or not all(is_integer(v) and low <= v <= high for v in values):
+        raise RobustsegError(f"severities must be a non-empty list of integers {low}-{high}, got {severities!r}.")
+    return EXAMPLE_SEVERITY if EXAMPLE_SEVERITY in values else int(values[(len(values) - 1) // 2])
 
 
 @dataclass(frozen=True)
 class ExampleEntry:
-    """One model x attack x epsilon example of a subject (``adversarial`` is ``None`` for the clean input)."""
+    """One model x attack x epsilon example of a subject (``adversarial`` is ``None`` for the clean input).
+
+    A ``corruption`` entry's ``attack`` is the corruption's name, ``adversarial`` its corrupted input and ``severity``
+    its level (``None`` for every other threat).
+    """
 
     model: str
     attack: str
@@ -68,6 +108,7 @@ class ExampleEntry:
     epsilon: float
     adversarial: Path | None
     prediction: Path
+    severity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +218,12 @@ def _entry(folder: Path, index: Path, number: int, raw: object) -> ExampleEntry:
         epsilon = math.nan
     if not (epsilon >= 0 and math.isfinite(epsilon)):
         raise RobustsegError(f"{index}: {where}.epsilon is {raw['epsilon']!r}; expected a finite number >= 0.")
+    severity = raw.get("severity")
+    low, high = _SEVERITY_RANGE
+    if severity is not None and not (is_integer(severity) and low <= severity <= high):
+        raise RobustsegError(f"{index}: {where}.severity is {severity!r}; expected an integer {low}-{high} or null.")
+    if raw["threat"] == _CORRUPTION and severity is None:
+        raise RobustsegError(f"{index}: {where} is a corruption entry without a severity; expected an integer 1-5.")
     clean = raw["threat"] == "clean"
     adversarial = None if clean and raw["adversarial"] is None else raw["adversarial"]
     return ExampleEntry(
@@ -186,6 +233,7 @@ def _entry(folder: Path, index: Path, number: int, raw: object) -> ExampleEntry:
         epsilon=epsilon,
         adversarial=None if adversarial is None else _file(folder, index, adversarial, f"{where}.adversarial"),
         prediction=_file(folder, index, raw["prediction"], f"{where}.prediction"),
+        severity=None if severity is None else int(severity),
     )
 
 
@@ -331,6 +379,35 @@ class ExampleWriter:
         self._save("image.nii.gz", image[0], np.float32)
         self._save("label.nii.gz", label[0, 0], np.uint8)
 
+    @classmethod
+    def reopen(cls, folder: Path, subject: str, drop_threat: str) -> ExampleWriter:
+        """A writer that adds entries to a finished folder (one with ``index.json``), e.g. when a resumed evaluation
+        scores corruptions an earlier run did not.
+
+        The image and label stay as written, new volumes get the image's affine, and the index's entries are kept
+        except those of ``drop_threat``, which the caller writes anew (so a rerun never lists an entry twice).
+
+        Args:
+            folder: the subject's folder.
+            subject: the subject id.
+            drop_threat: the threat whose entries are replaced (``"corruption"``).
+
+        Raises:
+            RobustsegError: if the index or the image cannot be read.
+        """
+        index = folder / INDEX_NAME
+        try:
+            raw = json.loads(index.read_text(encoding="utf-8"))
+            entries = [dict(e) for e in raw["entries"]]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise RobustsegError(f"{index}: cannot be read as an example index ({exc}).") from None
+        writer = cls.__new__(cls)
+        writer.folder, writer.subject = folder, subject
+        writer.affine = np.asarray(_header(folder / "image.nii.gz").affine, dtype=np.float64)
+        writer.entries = [e for e in entries if e.get("threat") != drop_threat]
+        writer.written = set()  # a kept file is written again only if an added entry names it
+        return writer
+
     def _save(self, name: str, volume: Any, dtype: Any) -> str:
         import nibabel as nib
 
@@ -350,18 +427,39 @@ class ExampleWriter:
         adversarial: Any | None,
         prediction: Any,
         source: str | None,
+        severity: int | None = None,
     ) -> None:
         """Save one entry: the adversarial input (``None`` for clean) and the model's prediction on it.
 
         Args:
             model: the model whose prediction this is.
-            attack: the attack name (``"none"`` for clean).
-            threat: ``"clean"``, ``"white-box"``, ``"adaptive"`` or ``"transfer"``.
-            epsilon: the attack's epsilon (0 for clean).
-            adversarial: the adversarial input ``(1, 4, *spatial)``, or ``None`` for clean.
+            attack: the attack name (``"none"`` for clean; the corruption's name for a corruption).
+            threat: ``"clean"``, ``"white-box"``, ``"adaptive"``, ``"transfer"`` or ``"corruption"``.
+            epsilon: the attack's epsilon (0 for clean and corruptions).
+            adversarial: the adversarial (or corrupted) input ``(1, 4, *spatial)``, or ``None`` for clean.
             prediction: the model's label map ``(1, 1, *spatial)``.
             source: the model the transfer input was crafted on (``None`` for other threats).
+            severity: a corruption's severity, 1-5 (required for ``"corruption"``, ``None`` for the others).
+
+        Raises:
+            RobustsegError: if ``severity`` is missing for a corruption, given for another threat, or not 1-5.
         """
+        low, high = _SEVERITY_RANGE
+        if (threat == _CORRUPTION) != (severity is not None) or not (
+            severity is None or (is_integer(severity) and low <= severity <= high)
+        ):
+            raise RobustsegError(
+                f"severity must be an integer {low}-{high} for a corruption entry and None otherwise, got "
+                f"{severity!r} for threat {threat!r}."
+            )
+        if severity is not None:
+            # one corrupted input per corruption, whichever model's entry comes first; one prediction per model
+            adv_name = self._save(f"{attack}__sev{severity}_corrupted.nii.gz", adversarial[0], np.float32)
+            pred_name = self._save(f"{model}__{attack}__sev{severity}_pred.nii.gz", prediction[0], np.uint8)
+            self.entries.append({"model": model, "attack": attack, "threat": threat, "epsilon": float(epsilon),
+                                 "severity": int(severity), "adversarial": adv_name,
+                                 "prediction": pred_name})  # fmt: skip
+            return
         eps = f"{epsilon:g}"
         tag = {"white-box": "", "adaptive": "adaptive__", "clean": ""}.get(threat, f"transfer-from-{source}__")
         adv_name = None

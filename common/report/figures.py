@@ -4,8 +4,10 @@
 attack iteration, Figs. 3-4; Dice vs epsilon per defence family, Figs. 5-8; the zero-gradient fraction), the
 convergence of the worst case (:mod:`common.report.convergence`), the MR-artifact figures of
 :mod:`common.report.corruption_figures` (per net with ``corruption`` rows: a heat map of the Dice drop per corruption
-and severity, one panel per model, and Dice-vs-severity curves, one panel per corruption) and the slice panels of
-:mod:`common.report.panels` (Figs. 2 and 9). Every figure is drawn only when its data exist; what was not drawn is
+and severity, one panel per model, and Dice-vs-severity curves, one panel per corruption), the slice panels of
+:mod:`common.report.panels` (Figs. 2 and 9) and the MR-artifact example panel of :mod:`common.report.corruption_panels`
+(one row per corruption at the example severity: corrupted input, its change, each model's prediction, the ground
+truth). Every figure is drawn only when its data exist; what was not drawn is
 returned with the reason (the MR-artifact figures are simply absent from a CSV without ``corruption`` rows). The
 figure type and the house style are in :mod:`common.report.figure`.
 
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from common.errors import RobustsegError
 from common.report.convergence import convergence_figures
 from common.report.corruption_figures import corruption_figures
+from common.report.corruption_panels import corruption_example_figures
 from common.report.curves import epsilon_figures, iteration_figures, zero_gradient_figure
 from common.report.examples import ExampleSubject
 from common.report.figure import (
@@ -109,6 +112,9 @@ def build_figures(
             skipped.append(SkippedFigure("Convergence of the worst case", "no iterative attack among the members"))
         figures += corruption_figures(records, source)
         drawn, missed = slice_figures(records, examples, options.attack, options.epsilon, max_example_subjects)
+        figures += drawn
+        skipped += missed
+        drawn, missed = corruption_example_figures(records, examples, options.baselines)
         figures += drawn
         skipped += missed
     # The paper's order (Figs. 2-9), then the figures it does not have; the sort is stable within a number.

@@ -90,13 +90,13 @@ def _dice_text(records: Sequence[Record], subject: str, entry: ExampleEntry | No
     return "  ".join(f"{region} {row[DICE_COLUMNS[region]]:.2f}" for region in REGIONS)
 
 
-def _label_legend(figure) -> None:
+def _label_legend(figure, ncol: int = 4) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=colour, edgecolor="0.3", label=name) for name, colour in LABEL_COLOURS.values()]
     handles.append(Line2D([], [], color="0.25", linewidth=1.5, label="ground-truth whole-tumour outline (white)"))
-    figure.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+    figure.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
 
 
 def _slice_figure(

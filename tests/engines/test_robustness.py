@@ -575,3 +575,66 @@ def test_bad_corruption_settings_are_one_line(change, message, bundles, tiny_dat
     with pytest.raises(RobustsegError, match=message):
         evaluation(bundles, tiny_datalist, tmp_path / "out", **change)
     assert not (tmp_path / "out").exists()
+
+
+def test_corruption_examples_are_saved_once_per_corruption_at_the_example_severity(
+    corrupted_run, bundles, tiny_datalist
+):
+    """Severities [5, 1, 3] save severity 3 only: one corrupted input per corruption, one prediction per model."""
+    out, _, rows = corrupted_run
+    folder = out / "examples" / SUBJECTS[0]
+    index = json.loads((folder / "index.json").read_text())
+    entries = [e for e in index["entries"] if e["threat"] == "corruption"]
+    assert Counter((e["model"], e["attack"], e["severity"]) for e in entries) == {
+        (m, c, 3): 1 for m in (BASELINE, DISTILLED) for c in ("gibbs", "missing_t2")
+    }
+    assert all("severity" not in e for e in index["entries"] if e["threat"] != "corruption")
+    assert json.loads((out / "settings.json").read_text())["evaluation"]["example_severity"] == 3
+    inputs = {c: {e["adversarial"] for e in entries if e["attack"] == c} for c in ("gibbs", "missing_t2")}
+    assert all(len(files) == 1 for files in inputs.values())  # shared by the two models
+    assert sorted(p.name for p in folder.glob("*sev*")) == sorted(
+        [*(f for files in inputs.values() for f in files), *(e["prediction"] for e in entries)]
+    )  # no other severity saved
+    _, image, label = _subject_input(bundles, tiny_datalist)
+    for entry in entries:
+        expected = corrupt(image[0], entry["attack"], 3, seed=corruption_seed(SUBJECTS[0], entry["attack"], 3))
+        np.testing.assert_allclose(nib.load(folder / entry["adversarial"]).get_fdata(), expected.numpy(), atol=1e-6)
+        prediction = torch.as_tensor(nib.load(folder / entry["prediction"]).get_fdata())[None, None]
+        (row,) = _rows(rows, model=entry["model"], subject=SUBJECTS[0], attack=entry["attack"], severity=3)
+        assert region_dice(prediction, label)[0].tolist() == [row["dice_wt"], row["dice_tc"], row["dice_et"]]
+    (subject,) = load_examples(out / "examples")
+    assert {e.severity for e in subject.entries} == {None, 3}
+
+
+def test_a_rerun_adds_corruption_examples_to_an_index_without_them(corrupted_run, bundles, tiny_datalist, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    """An output folder of a run without corruptions (its index lacks them) gets them on a rerun that scores
+    corruptions: only the example subject's corruptions are recomputed, no attack runs, no row is added."""
+    source, settings, _ = corrupted_run
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    folder = out / "examples" / SUBJECTS[0]
+    complete = json.loads((folder / "index.json").read_text())
+    for path in folder.glob("*sev3*"):
+        path.unlink()
+    older = {**complete, "entries": [e for e in complete["entries"] if e["threat"] != "corruption"]}
+    (folder / "index.json").write_text(json.dumps(older, indent=1) + "\n")
+    before = (out / "results.csv").read_bytes()
+    attacked = []
+    run = AttackJob.run
+    monkeypatch.setattr(AttackJob, "run", lambda self, *a, **k: attacked.append(1) or run(self, *a, **k))
+    job = evaluation(bundles, tiny_datalist, out, **settings)
+    assert [job._example_state(s) for s in SUBJECTS] == ["corruptions", None, None]
+    job.run()
+    assert not attacked and (out / "results.csv").read_bytes() == before
+    again = json.loads((folder / "index.json").read_text())
+    assert again["entries"][: len(older["entries"])] == older["entries"]
+    assert sorted(map(json.dumps, again["entries"])) == sorted(map(json.dumps, complete["entries"]))
+    assert evaluation(bundles, tiny_datalist, out, **settings)._example_state(SUBJECTS[0]) is None
+
+
+@pytest.mark.parametrize(("severities", "expected"), [([5, 1, 3], 3), ([4, 5], 4), ([1, 2, 4, 5], 2), ([5], 5)])
+def test_the_example_severity_is_three_else_the_middle_one(severities, expected, bundles, tiny_datalist, tmp_path):
+    job = evaluation(bundles, tiny_datalist, tmp_path / "out", models=(BASELINE,), corruptions=["gibbs"],
+                     severities=severities)  # fmt: skip
+    assert job.example_severity == expected and job.settings()["evaluation"]["example_severity"] == expected

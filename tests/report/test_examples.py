@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.errors import RobustsegError
-from common.report.examples import ExampleWriter, load_example_volumes, load_examples
+from common.report.examples import ExampleWriter, example_severity, load_example_volumes, load_examples
 
 
 @pytest.fixture
@@ -91,6 +91,8 @@ def _drop_key(folder):
         (_edit_entry("adversarial", 5), r"entries\[1\].adversarial is 5; expected a file name"),
         (_drop_key, r"entries\[0\] is .*; expected an object with keys"),
         (_edit_entry("epsilon", "abc"), r"entries\[1\].epsilon is 'abc'; expected a finite number >= 0"),
+        (_edit_entry("severity", 7), r"entries\[1\].severity is 7; expected an integer 1-5 or null"),
+        (_edit_entry("threat", "corruption"), r"entries\[1\] is a corruption entry without a severity"),
         (lambda f: (f / "label.nii.gz").write_bytes(b"garbage"), "cannot read the NIfTI file"),
         (_replace_volume("label", lambda: np.zeros((16, 16, 16, 2), np.int16)), "expected a 3-D label map"),
         (_replace_volume("prediction", lambda: np.zeros((16, 16, 15), np.int16)), "expected a label map of shape"),
@@ -161,3 +163,85 @@ def test_written_examples_read_back(tmp_path):
     np.testing.assert_array_equal(volumes.prediction(subject.entries[2]), ras)
     np.testing.assert_allclose(volumes.channel(volumes.adversarial(subject.entries[1]), "t2"),
                                adversarial[0, 2].numpy()[::-1, ::-1, :])  # fmt: skip
+
+
+def _tensors(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 4, 8, 8, 8, generator=generator)
+    label = torch.tensor([0, 1, 2, 4])[torch.randint(0, 4, (1, 1, 8, 8, 8), generator=generator)]
+    return image, label
+
+
+@pytest.mark.parametrize("with_corruptions", [False, True])
+def test_index_round_trips_with_and_without_severity(tmp_path, with_corruptions):
+    """Attack-only indexes keep the old format (no ``severity`` key) and load with ``severity`` None; corruption
+    entries carry theirs, and one corrupted input serves every model."""
+    image, label = _tensors()
+    folder = tmp_path / "examples" / "synth_000"
+    writer = ExampleWriter(folder, "synth_000", image, label)
+    writer.add("base", "none", "clean", 0.0, None, label[0], source=None)
+    writer.add("base", "FGSM", "white-box", 0.05, (image + 0.05).clamp(0, 1), label[0], source=None)
+    if with_corruptions:
+        corrupted = image.clone()
+        corrupted[:, 2] = 0  # missing_t2 at its worst
+        for model in ("base", "other"):
+            writer.add(model, "missing_t2", "corruption", 0.0, corrupted, label[0], source=None, severity=3)
+    raw = json.loads(writer.finish().read_text())["entries"]
+    assert [e.get("severity") for e in raw] == [None, None] + ([3, 3] if with_corruptions else [])
+    assert ["severity" in e for e in raw[:2]] == [False, False]
+    (subject,) = load_examples(tmp_path / "examples")
+    assert [e.severity for e in subject.entries] == [e.get("severity") for e in raw]
+    if with_corruptions:
+        base, other = subject.entries[2:]
+        assert base.adversarial == other.adversarial == folder / "missing_t2__sev3_corrupted.nii.gz"
+        assert base.prediction.name == "base__missing_t2__sev3_pred.nii.gz" and base.threat == "corruption"
+        volumes = load_example_volumes(subject)
+        assert not volumes.channel(volumes.adversarial(other), "t2").any()
+        kept = volumes.channel(volumes.adversarial(other), "t1")
+        np.testing.assert_array_equal(kept, volumes.channel(volumes.image, "t1"))
+
+
+@pytest.mark.parametrize(
+    ("threat", "severity"), [("corruption", None), ("white-box", 3), ("corruption", 6), ("corruption", True)]
+)
+def test_writer_refuses_a_severity_that_does_not_fit_the_threat(tmp_path, threat, severity):
+    image, label = _tensors()
+    writer = ExampleWriter(tmp_path / "s", "s", image, label)
+    with pytest.raises(RobustsegError, match=rf"severity must be an integer 1-5 .* got {severity!r} for threat"):
+        writer.add("base", "gibbs", threat, 0.0, image, label[0], source=None, severity=severity)
+
+
+def test_reopen_keeps_the_other_entries_and_replaces_those_of_the_threat(tmp_path):
+    image, label = _tensors()
+    folder = tmp_path / "examples" / "s"
+    writer = ExampleWriter(folder, "s", image, label, affine=torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0])))
+    writer.add("base", "none", "clean", 0.0, None, label[0], source=None)
+    writer.add("base", "gibbs", "corruption", 0.0, image, label[0], source=None, severity=1)
+    writer.finish()
+    again = ExampleWriter.reopen(folder, "s", drop_threat="corruption")
+    again.add("base", "gibbs", "corruption", 0.0, image * 0.5, label[0], source=None, severity=3)
+    again.finish()
+    (subject,) = load_examples(tmp_path / "examples")
+    assert [(e.threat, e.severity) for e in subject.entries] == [("clean", None), ("corruption", 3)]
+    np.testing.assert_array_equal(nib.load(folder / "gibbs__sev3_corrupted.nii.gz").affine, np.diag([-1.0, -1, 1, 1]))
+
+
+def test_reopen_of_an_unreadable_index_raises(tmp_path):
+    image, label = _tensors()
+    ExampleWriter(tmp_path / "s", "s", image, label)  # no finish(): no index
+    with pytest.raises(RobustsegError, match="cannot be read as an example index"):
+        ExampleWriter.reopen(tmp_path / "s", "s", drop_threat="corruption")
+
+
+@pytest.mark.parametrize(
+    ("severities", "expected"),
+    [([1, 2, 3, 4, 5], 3), ([5, 1, 3], 3), ([1, 5], 1), ([4, 5], 4), ([1, 2, 4, 5], 2), ([2, 4, 5], 4), ([5, 5], 5)],
+)
+def test_example_severity_is_three_else_the_lower_middle(severities, expected):
+    assert example_severity(severities) == expected
+
+
+@pytest.mark.parametrize("severities", [[], [0, 3], [6], [True], "3", None])
+def test_example_severity_refuses_anything_but_severities(severities):
+    with pytest.raises(RobustsegError, match=r"severities must be a non-empty list of integers 1-5"):
+        example_severity(severities)
