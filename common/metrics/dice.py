@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.metrics import compute_dice
+import torch
 from torch import Tensor
 
-from common.data.labels import REGIONS, labels_to_indices, region_masks
+from common.data.labels import BRATS_LABELS, REGIONS, labels_to_indices
 from common.errors import RobustsegError
 
 __all__ = ["region_dice"]
@@ -17,8 +17,11 @@ def region_dice(prediction: Tensor, label: Tensor, regions: Sequence[str] = ("WT
     """Dice of a predicted BraTS label map against the ground truth, per sample and per BraTS region.
 
     The paper's "Dice coefficient" (Liu et al. 2021, Tables 1-3) of the thresholded prediction: for each region R
-    (WT = {1, 2, 4}, TC = {1, 4}, ET = {4}), ``2 |P_R & Y_R| / (|P_R| + |Y_R|)``, computed by MONAI's
-    :func:`~monai.metrics.compute_dice` on the binary region masks of :func:`common.data.labels.region_masks`.
+    (WT = {1, 2, 4}, TC = {1, 4}, ET = {4}), ``2 |P_R & Y_R| / (|P_R| + |Y_R|)``. It equals MONAI's
+    :func:`~monai.metrics.compute_dice` on the binary region masks of :func:`common.data.labels.region_masks` (the
+    tests compare the two), but is computed in one pass from each sample's joint count of predicted and true labels
+    (a 4 x 4 ``torch.bincount``): the masks and ``compute_dice`` took 16 % of the MR-artifact scoring's time, because
+    every attack iterate and every corrupted input is scored.
 
     Empty masks, as MONAI's ``ignore_empty=False`` defines them (the BraTS challenge convention), so that a subject
     is never dropped from a paired test:
@@ -56,11 +59,19 @@ def region_dice(prediction: Tensor, label: Tensor, regions: Sequence[str] = ("WT
     if unknown:
         raise RobustsegError(f"regions: unknown region(s) {unknown}, expected some of {list(REGIONS)}.")
     # A value outside {0, 1, 2, 4} (e.g. MSD's label 3) would silently fall out of every region: refuse it.
-    labels_to_indices(prediction)
-    labels_to_indices(label)
-    return compute_dice(
-        region_masks(prediction, regions),
-        region_masks(label, regions),
-        include_background=True,  # every channel is a region; there is no background channel here
-        ignore_empty=False,
-    )
+    pred = labels_to_indices(prediction)
+    true = labels_to_indices(label)
+    k = len(BRATS_LABELS)
+    # one pass over the voxels: each sample's joint count of (predicted, true) label, k x k
+    pairs = (pred * k + true).flatten(1) + torch.arange(len(pred), device=pred.device)[:, None] * (k * k)
+    counts = torch.bincount(pairs.flatten(), minlength=len(pred) * k * k).view(len(pred), k, k).double()
+    columns = []
+    for r in regions:
+        member = torch.tensor([v in REGIONS[r] for v in BRATS_LABELS], device=counts.device)
+        both = counts[:, member][:, :, member].sum(dim=(1, 2))
+        predicted = counts[:, member].sum(dim=(1, 2))
+        true_size = counts[:, :, member].sum(dim=(1, 2))
+        total = predicted + true_size
+        # MONAI's ignore_empty=False: both empty -> 1, else 2|P&Y| / (|P| + |Y|)
+        columns.append(torch.where(total > 0, 2 * both / total.clamp_min(1), torch.ones_like(total)))
+    return torch.stack(columns, dim=1).float()

@@ -78,3 +78,25 @@ def test_non_brats_label_raises():
     truth = torch.tensor([0, 1, 3, 2]).reshape(1, 1, 4)  # MSD's label 3 must not be silently ignored
     with pytest.raises(RobustsegError, match="not BraTS labels"):
         region_dice(torch.zeros(1, 1, 4, dtype=torch.long), truth)
+
+
+@pytest.mark.parametrize("spatial", [(7, 5, 3), (16, 16), (9, 8, 7, 2)])
+@pytest.mark.parametrize("regions", [("WT", "TC", "ET"), ("ET", "WT"), ("TC",)])
+def test_equals_monai_compute_dice_on_region_masks(spatial, regions):
+    """The one-pass joint-count Dice is MONAI's compute_dice (ignore_empty=False) on the region masks."""
+    from monai.metrics import compute_dice
+
+    from common.data.labels import BRATS_LABELS, region_masks
+
+    g = torch.Generator().manual_seed(len(spatial) * 10 + len(regions))
+    values = torch.tensor(BRATS_LABELS)
+    pred = values[torch.randint(0, 4, (5, 1, *spatial), generator=g)]
+    true = values[torch.randint(0, 4, (5, 1, *spatial), generator=g)]
+    pred[0], true[1] = 0, 0  # an empty prediction, an empty truth
+    pred[2], true[2] = 0, 0  # both empty
+    pred[3][pred[3] == 4] = 1  # no ET predicted in one sample
+    expected = compute_dice(region_masks(pred, regions), region_masks(true, regions), include_background=True,
+                            ignore_empty=False)  # fmt: skip
+    got = region_dice(pred, true, regions)
+    assert got.shape == (5, len(regions)) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected.float(), rtol=1e-6, atol=1e-7)
