@@ -4,9 +4,10 @@ The defence against artifacts (issue 15) trains on inputs corrupted the way the 
 probability ``prob`` a sample gets one corruption drawn uniformly from a list (default: all of
 :data:`~common.corruptions.CORRUPTIONS`) at a severity drawn uniformly from a list (default: 1-5), through
 :func:`~common.corruptions.corrupt`, so training and the ``corruption`` threat share one artifact model and one
-severity table. This is the augmentation-with-corruptions idea of ImageNet-C's robustness training and of ROOD-MRI
-(Boone et al. 2023, "ROOD-MRI: Benchmarking the robustness of deep learning segmentation models to
-out-of-distribution and corrupted data in MRI"), in the style of TorchIO's random artifact transforms.
+severity table, in the style of TorchIO's random artifact transforms. A model trained this way has seen the
+evaluation's corruptions, so its ``corruption`` rows measure robustness to known artifacts, not to unseen ones:
+Hendrycks & Dietterich (2019, ImageNet-C) ask that benchmark corruptions not be trained on for that reason. Hold some
+out (``corruptions=[...]``) to measure generalisation.
 
 All draws (whether to corrupt, which corruption, which severity, and the corruption's own seed) come from the
 transform's ``R`` (NumPy), so :meth:`set_random_state` -- which MONAI's ``DataLoader`` and ``set_determinism`` drive
