@@ -173,7 +173,7 @@ class CLI:
         path = write_report(csv, out, settings=settings, examples=examples, options=options)
         return f"wrote {path}"
 
-    def demo(self, out: str = "runs/demo", fresh: bool = False, preset: str = "paper") -> str:
+    def demo(self, out: str = "runs/demo", fresh: bool = False, preset: str = "paper", artaug: bool = False) -> str:
         """The main job on the embedded data: train baseline and defences, attack them, write the report.
 
         Args:
@@ -181,10 +181,12 @@ class CLI:
             fresh: delete ``out`` first.
             preset: "paper" (the paper's attacks) or "worst-case" (adds the APGD/PGD ensemble; after a paper demo
                 only the ensemble runs).
+            artaug: also fine-tune and evaluate the artifact-augmentation defence (brats_unet3d_artaug); after a demo
+                without it only that model trains and is evaluated.
         """
         from common.demo import run_demo
 
-        return run_demo(out, fresh=fresh, preset=preset)
+        return run_demo(out, fresh=fresh, preset=preset, artaug=artaug)
 
     def reproduce(
         self,
@@ -195,7 +197,7 @@ class CLI:
         quick: bool = False,
         distillation: str = "paper",
     ) -> str:
-        """The paper's full protocol on real BraTS data (all 18 model bundles, evaluation, report).
+        """The paper's full protocol on real BraTS data (all 20 model bundles, evaluation, report).
 
         Args:
             data: a BraTS 2017-2021 or MSD Task01 folder.

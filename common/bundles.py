@@ -144,7 +144,7 @@ class BundleSpec:
 
     Attributes:
         name: folder name under ``bundles/``.
-        family: "baseline", "distill", "advtrain", "noiseaug" (model bundles) or "robustness_eval".
+        family: "baseline", "distill", "advtrain", "noiseaug", "artaug" (model bundles) or "robustness_eval".
         net: "3d" or "2d" for model bundles, ``None`` for the evaluation bundle.
         variables: values substituted for ``${key}`` in the templates.
     """
@@ -158,6 +158,9 @@ class BundleSpec:
 QUICK_FINE_TUNE_EPOCHS = 3
 """Epochs of the quick overlays of the defences, which fine-tune the quick baseline instead of training anew."""
 
+ARTIFACT_PROB = 0.5
+"""Probability that the artifact-augmentation bundles corrupt a training volume (``artifact_prob``)."""
+
 _NETS = {
     "3d": {"net": "3d", "net_title": "3D", "network_class": "UNet3D"},
     "2d": {"net": "2d", "net_title": "2D", "network_class": "UNet2D"},
@@ -165,7 +168,7 @@ _NETS = {
 
 
 def bundle_specs() -> list[BundleSpec]:
-    """Every bundle of the project: 2 baselines, 8 distilled, 6 adversarially trained, 2 noise-augmented, 1 eval.
+    """Every bundle: 2 baselines, 8 distilled, 6 adversarially trained, 2 noise- and 2 artifact-augmented, 1 eval.
 
     Returns:
         The specs in a stable order (by family, network, parameter).
@@ -196,6 +199,12 @@ def bundle_specs() -> list[BundleSpec]:
         specs.append(BundleSpec(name, "noiseaug", net, {
             **net_vars, "name": name, "defense": Defense.NOISE_AUGMENTATION.value, "defense_param": "r=0.01",
             "radius": 0.01, "baseline": baseline, "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
+        }))
+        name = f"{prefix}_artaug"
+        specs.append(BundleSpec(name, "artaug", net, {
+            **net_vars, "name": name, "defense": Defense.ARTIFACT_AUGMENTATION.value,
+            "defense_param": f"p={ARTIFACT_PROB}", "artifact_prob": ARTIFACT_PROB, "baseline": baseline,
+            "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
         }))
     specs.append(BundleSpec("brats_robustness_eval", "robustness_eval", None, {"name": "brats_robustness_eval"}))
     return specs

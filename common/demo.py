@@ -20,7 +20,17 @@ from typing import Any
 
 from common.errors import RobustsegError
 
-__all__ = ["DEMO_MODELS", "DISTILLATION_RECIPES", "Stage", "plan_demo", "plan_reproduce", "run_demo", "run_reproduce"]
+__all__ = [
+    "DEMO_ARTIFACT_MODEL",
+    "DEMO_MODELS",
+    "DISTILLATION_RECIPES",
+    "Stage",
+    "demo_models",
+    "plan_demo",
+    "plan_reproduce",
+    "run_demo",
+    "run_reproduce",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +46,10 @@ DEMO_MODELS = (
 """The models the demo trains (quick overlays; the defences fine-tune the baseline) and attacks. Its distilled model
 keeps the approximation of the committed bundle (the baseline as teacher, soft labels at T = 1), which its training
 record names (``recipe: approximation``) and the report shows; ``robustseg reproduce`` runs the paper's recipe."""
+DEMO_ARTIFACT_MODEL = "brats_unet3d_artaug"
+"""The artifact-augmentation defence (issue 15), trained and evaluated by the demo only with ``artaug=True``
+(``robustseg demo --artaug``): a fine-tune of the quick baseline like the other defences. Off by default, so the
+default demo's models, time and numbers stay those the README reports."""
 
 DEMO_SUBJECTS = 40
 DEMO_SHAPE = 64
@@ -152,8 +166,22 @@ def _test_dice(bundle: Path) -> str:
     return "test Dice " + " / ".join(f"{r} {summary[f'dice_{r.lower()}_mean']:.3f}" for r in ("WT", "TC", "ET"))
 
 
-def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper") -> list[Stage]:
-    """The demo's stages (nothing is run): data, baseline, three defences, evaluation, report.
+def demo_models(artaug: bool = False) -> tuple[str, ...]:
+    """The demo's model bundles: :data:`DEMO_MODELS`, plus :data:`DEMO_ARTIFACT_MODEL` with ``artaug``.
+
+    Raises:
+        RobustsegError: if ``artaug`` is not a boolean.
+    """
+    from common.utils.validation import check_bool
+
+    return DEMO_MODELS + ((DEMO_ARTIFACT_MODEL,) if check_bool("artaug", artaug) else ())
+
+
+_COUNTS = {4: "four", 5: "five"}
+
+
+def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper", artaug: bool = False) -> list[Stage]:
+    """The demo's stages (nothing is run): data, baseline, three defences (four with ``artaug``), evaluation, report.
 
     Args:
         out: the demo folder.
@@ -161,21 +189,25 @@ def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper") -> li
             ``worst_case.json`` ensemble with :data:`DEMO_WORST_CASE`). The worst-case stages have names of their own
             and write into the same ``results.csv``, so after a ``paper`` demo they add only the ensemble's rows (the
             evaluation resumes) and rewrite the report.
+        artaug: also train :data:`DEMO_ARTIFACT_MODEL` (fine-tuning the baseline) and evaluate it. Its evaluation and
+            report stages have names of their own (suffix ``-artaug``) and the same ``results.csv``, so after a demo
+            without it only the new model's rows are computed.
 
     Raises:
-        RobustsegError: for an unknown ``preset``.
+        RobustsegError: for an unknown ``preset`` or an ``artaug`` that is not a boolean.
     """
     from common.data import ensure_synthetic_dataset
     from common.utils.validation import look_up_option
 
     preset = look_up_option("preset", preset, PRESETS)
+    models = demo_models(artaug)
 
     out = Path(out).resolve()
     bundles = out / "bundles"
     data_dir = out / "data" / f"synthetic-{DEMO_SHAPE}"
     datalist = str(data_dir / "datalist.json")
     quick = ["train.json", "quick.json"]
-    baseline = bundles / DEMO_MODELS[0]
+    baseline = bundles / models[0]
     results = out / "results"
     shared = _shared_cache(out)
 
@@ -192,7 +224,7 @@ def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper") -> li
 
     def evaluate() -> str:
         _run_bundle("evaluating", bundles / EVAL_BUNDLE, configs, {
-            "model_bundles": [str(bundles / m) for m in DEMO_MODELS],
+            "model_bundles": [str(bundles / m) for m in models],
             "datalist": datalist,
             "output_dir": str(results),
             **DEMO_CORRUPTIONS,
@@ -208,15 +240,17 @@ def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper") -> li
     stages = [Stage("data", "generate the embedded synthetic data", data, "~30 s")]
     stages.append(_train_stage(baseline, datalist, None, quick, "quick overlay", shared))
     stages.append(Stage("test-baseline", f"score {baseline.name} on the test split", test_baseline, "~10 s"))
-    stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune", shared) for m in DEMO_MODELS[1:]]
+    stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune", shared) for m in models[1:]]
+    count = _COUNTS.get(len(models), str(len(models)))
+    suffix = "-artaug" if artaug else ""
     if worst_case:
-        what = "add the worst-case ensemble (APGD x 3 losses, PGD) to the four models' evaluation"
-        stages.append(Stage("evaluate-worst-case", what, evaluate, "~15 min"))
-        stages.append(Stage("report-worst-case", "write the report", report, "~10 s"))
+        what = f"add the worst-case ensemble (APGD x 3 losses, PGD) to the {count} models' evaluation"
+        stages.append(Stage(f"evaluate-worst-case{suffix}", what, evaluate, "~15 min"))
+        stages.append(Stage(f"report-worst-case{suffix}", "write the report", report, "~10 s"))
     else:
-        what = "attack the four models and score them under MR artifacts (brats_robustness_eval)"
-        stages.append(Stage("evaluate", what, evaluate, "~6 min"))
-        stages.append(Stage("report", "write the report", report, "~10 s"))
+        what = f"attack the {count} models and score them under MR artifacts (brats_robustness_eval)"
+        stages.append(Stage(f"evaluate{suffix}", what, evaluate, "~6 min"))
+        stages.append(Stage(f"report{suffix}", "write the report", report, "~10 s"))
     return stages
 
 
@@ -252,7 +286,9 @@ def _headline(out: Path) -> str:
     return ("## " + first[1]).strip() if len(first) > 1 else text.strip()
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", fresh: bool = False, preset: str = "paper") -> str:
+def run_demo(
+    out: str | os.PathLike = "runs/demo", fresh: bool = False, preset: str = "paper", artaug: bool = False
+) -> str:
     """Run the demo end to end: data -> quick baseline -> quick defences -> robustness evaluation -> report.
 
     Each stage goes through the bundles' MONAI workflows (``monai.bundle.run``) on copies rendered into
@@ -263,21 +299,22 @@ def run_demo(out: str | os.PathLike = "runs/demo", fresh: bool = False, preset: 
         out: the demo folder.
         fresh: delete ``out`` first and redo everything.
         preset: the evaluation preset, ``"paper"`` or ``"worst-case"`` (see :func:`plan_demo`).
+        artaug: also train and evaluate the artifact-augmentation defence :data:`DEMO_ARTIFACT_MODEL`.
 
     Returns:
         Where the report is, and the headline table.
 
     Raises:
-        RobustsegError: if ``out`` is a file or ``preset`` is unknown.
+        RobustsegError: if ``out`` is a file, ``preset`` is unknown or ``artaug`` is not a boolean.
     """
     out_path = Path(out).resolve()
     if fresh and out_path.exists():
         shutil.rmtree(out_path)
     if out_path.exists() and not out_path.is_dir():
         raise RobustsegError(f"out: {out_path} is a file, expected a folder for the demo.")
-    stages = plan_demo(out_path, preset)
+    stages = plan_demo(out_path, preset, artaug)
     start = time.perf_counter()
-    _run_stages(stages, out_path, lambda: _render_bundles([*DEMO_MODELS, EVAL_BUNDLE], out_path / "bundles"))
+    _run_stages(stages, out_path, lambda: _render_bundles([*demo_models(artaug), EVAL_BUNDLE], out_path / "bundles"))
     elapsed = time.perf_counter() - start
     report = out_path / "report" / "report.html"
     return f"demo finished in {_fmt_seconds(elapsed)}; report: {report}\n\n{_headline(out_path)}"

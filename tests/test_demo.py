@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.demo import DEMO_MODELS, plan_demo, plan_reproduce, run_reproduce
+from common.demo import DEMO_ARTIFACT_MODEL, DEMO_MODELS, demo_models, plan_demo, plan_reproduce, run_reproduce
 from common.errors import RobustsegError
 
 
@@ -45,6 +45,42 @@ def test_demo_rejects_an_unknown_preset(tmp_path):
         plan_demo(tmp_path / "d", preset="strong")
 
 
+@pytest.mark.parametrize("preset", ["paper", "worst-case"])
+def test_artifact_defence_only_when_asked_for(preset, tmp_path, monkeypatch):
+    """The default demo keeps its four models; artaug=True fine-tunes the artaug bundle from the quick baseline (like
+    noiseaug) and evaluates it in stages of their own, into the same results folder."""
+    import common.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "_run_bundle", lambda run_id, bundle, configs, overrides: calls.append(
+        (run_id, bundle.name, list(configs), overrides)))  # fmt: skip
+    assert DEMO_ARTIFACT_MODEL == "brats_unet3d_artaug" and DEMO_ARTIFACT_MODEL not in DEMO_MODELS
+    assert demo_models() == DEMO_MODELS and demo_models(True) == (*DEMO_MODELS, DEMO_ARTIFACT_MODEL)
+    plain = plan_demo(tmp_path / "d", preset=preset)
+    with_artaug = plan_demo(tmp_path / "d", preset=preset, artaug=True)
+    assert f"train-{DEMO_ARTIFACT_MODEL}" not in [s.name for s in plain]
+    names = [s.name for s in with_artaug]
+    assert names[:-2] == [s.name for s in plain][:-2] + [f"train-{DEMO_ARTIFACT_MODEL}"]
+    assert names[-2:] == [f"{s.name}-artaug" for s in plain][-2:], "a plain demo's markers do not skip them"
+    for stages, trained in ((plain, DEMO_MODELS[-1]), (with_artaug, DEMO_ARTIFACT_MODEL)):
+        for stage in stages:
+            if stage.name == f"train-{trained}" or stage.name.startswith("evaluate"):
+                stage.work()
+    (_, _, _, noiseaug), (_, _, _, plain_eval), (_, _, configs, artaug), (_, _, _, artaug_eval) = calls
+    baseline = str((tmp_path / "d").resolve() / "bundles" / DEMO_MODELS[0] / "models" / "model.pt")
+    assert configs == ["train.json", "quick.json"] and artaug["init_weights"] == baseline
+    assert artaug == noiseaug, "the same fine-tune settings as the noise augmentation"
+    assert [Path(m).name for m in plain_eval.pop("model_bundles")] == list(DEMO_MODELS)
+    assert [Path(m).name for m in artaug_eval.pop("model_bundles")] == [*DEMO_MODELS, DEMO_ARTIFACT_MODEL]
+    assert artaug_eval == plain_eval, "same data, output folder, corruptions and preset settings"
+
+
+@pytest.mark.parametrize("artaug", ["yes", 1, None])
+def test_demo_rejects_a_non_boolean_artaug(artaug, tmp_path):
+    with pytest.raises(RobustsegError, match="artaug must be True or False"):
+        plan_demo(tmp_path / "d", artaug=artaug)
+
+
 @pytest.fixture(scope="module")
 def tiny_brats(tmp_path_factory) -> Path:
     from common.data import write_synthetic_dataset
@@ -56,7 +92,7 @@ def tiny_brats(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("distillation, trainings", [("paper", 26), ("approx", 18)])
+@pytest.mark.parametrize("distillation, trainings", [("paper", 28), ("approx", 20)])
 def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, tiny_brats, tmp_path):
     plan = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", dry_run=True, distillation=distillation)
     lines = plan.splitlines()[1:]
@@ -71,7 +107,9 @@ def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, 
     assert len(students) == 8
     expected = "soft labels at T = {}" if distillation == "paper" else "soft labels at T = 1: the approximation"
     assert all(expected.format(line.split("_distill_t")[1].split()[0]) in line for line in students)
-    assert "attack all 18 models" in plan and "write the report" in plan
+    artaug = [line for line in trains if line.split()[2].endswith("_artaug")]
+    assert [line.split()[2] for line in artaug] == ["brats_unet2d_artaug", "brats_unet3d_artaug"]
+    assert "attack all 20 models" in plan and "write the report" in plan
     assert not (tmp_path / "out").exists()
 
 
@@ -119,6 +157,20 @@ def test_reproduce_approx_distillation_keeps_the_baseline_teacher(quick, tiny_br
         assert "teacher_temperature" not in calls[name], "the committed bundles' teacher_temperature (1)"
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_reproduce_trains_the_artifact_defence_of_both_nets(quick, tiny_brats, tmp_path, monkeypatch):
+    """Like noise augmentation: after its baseline, from scratch at the paper's settings, fine-tuned when quick."""
+    out = tmp_path / "out"
+    calls = _planned_trainings(tiny_brats, out, quick, "approx", monkeypatch)
+    order = list(calls)
+    for net in ("3d", "2d"):
+        baseline, artaug = f"brats_unet{net}_baseline", f"brats_unet{net}_artaug"
+        assert order.index(baseline) < order.index(artaug)
+        assert calls[artaug]["configs"] == (["train.json", "quick.json"] if quick else ["train.json"])
+        weights = str(out.resolve() / "bundles" / baseline / "models" / "model.pt")
+        assert calls[artaug].get("init_weights") == (weights if quick else None)
+
+
 @pytest.mark.parametrize("net", ["3d", "2d"])
 @pytest.mark.parametrize("temperature", [20, 5000])
 def test_teacher_bundle_trains_at_its_temperature(net, temperature):
@@ -161,7 +213,7 @@ def test_reproduce_quick_on_tiny_data(tiny_brats, tmp_path):
     message = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", quick=True, overrides=tiny)
     assert "report" in message
     settings = json.loads((tmp_path / "out" / "results" / "settings.json").read_text())
-    assert len(settings["models"]) == 18
+    assert len(settings["models"]) == 20
     assert (tmp_path / "out" / "report" / "report.html").is_file()
     # one preprocessing cache for the whole run: items shared by bundles that preprocess alike, none per bundle
     assert list((tmp_path / "out" / "cache").glob("*.pt"))

@@ -2,7 +2,8 @@
 
 MR acquisition artifacts (bias field, Gibbs ringing, a k-space spike, Rician noise, ghosting, rigid motion), loss of
 resolution (blur, thick slices), a contrast change (gamma) and a missing modality, each with a documented parameter
-table (:mod:`common.corruptions.registry`). ``corrupt(image, name, severity, seed)`` is the entry point.
+table (:mod:`common.corruptions.registry`). ``corrupt(image, name, severity, seed)`` is the entry point;
+:class:`RandMRArtifactd` is the MONAI random transform that trains on them (the ``artaug`` defence bundles).
 
 Example::
 
@@ -15,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+from common.corruptions.augmentation import RandMRArtifact, RandMRArtifactd
 from common.corruptions.base import SEVERITIES, Corruption
 from common.corruptions.registry import CORRUPTIONS, MISSING_MODALITY, corrupt, corruption_seed, severity_table
 
@@ -22,6 +24,8 @@ __all__ = [
     "CORRUPTIONS",
     "Corruption",
     "MISSING_MODALITY",
+    "RandMRArtifact",
+    "RandMRArtifactd",
     "SEVERITIES",
     "corrupt",
     "corruption_seed",

@@ -59,7 +59,7 @@ class ModelBundle:
         spatial_size: the preprocessed grid (``spatial_size``).
         net: ``"3d"`` or ``"2d"`` (metadata).
         family: template family, e.g. ``"baseline"``, ``"distill"`` (metadata).
-        defense: ``"none"``, ``"distillation"``, ``"adversarial_training"`` or ``"noise_augmentation"`` (metadata).
+        defense: a :class:`~common.utils.enums.Defense` value, e.g. ``"none"``, ``"distillation"`` (metadata).
         defense_param: e.g. ``"T=100"``; ``""`` for none (metadata).
         temperature: the distillation temperature T (metadata), ``None`` for other defences.
         weights: the weights file loaded (``<ckpt_dir>/model.pt``).

@@ -31,12 +31,17 @@ class StrEnum(str, Enum):
 
 
 class Defense(StrEnum):
-    """The defence families of Liu et al. 2021 ("Defenses"), in the order the report's tables list them."""
+    """The defence families, in the order the report's tables list them.
+
+    The first four are those of Liu et al. 2021 ("Defenses"); ``ARTIFACT_AUGMENTATION`` (training on the MR artifacts
+    of :mod:`common.corruptions`) is robustseg's own.
+    """
 
     NONE = "none"
     DISTILLATION = "distillation"
     ADVERSARIAL_TRAINING = "adversarial_training"
     NOISE_AUGMENTATION = "noise_augmentation"
+    ARTIFACT_AUGMENTATION = "artifact_augmentation"
 
     @property
     def title(self) -> str:  # type: ignore[override]
@@ -49,6 +54,7 @@ _DEFENSE_TITLES = {
     Defense.DISTILLATION: "Distillation",
     Defense.ADVERSARIAL_TRAINING: "Adversarial training",
     Defense.NOISE_AUGMENTATION: "Noise augmentation",
+    Defense.ARTIFACT_AUGMENTATION: "Artifact augmentation",
 }
 
 

@@ -62,8 +62,41 @@ def test_configs_parse_with_overlays(name, overlay):
         assert sum(p.numel() for p in net.parameters()) > 0
 
 
+def _transforms(name: str, config: str, section: str) -> list:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / name / "configs" / config))
+    return list(parser.get_parsed_content(f"{section}#preprocessing").transforms)
+
+
+@pytest.mark.parametrize("name", [n for n in MODEL_BUNDLES if n.endswith("_artaug")])
+def test_artifact_augmentation_is_the_baseline_recipe_plus_one_random_transform(name):
+    """After the cached deterministic preprocessing, before the 2D slices are drawn; validation stays clean."""
+    from monai.transforms import Randomizable
+
+    from common.corruptions import CORRUPTIONS, SEVERITIES, RandMRArtifactd
+    from common.data.slices import RandAxialSlicesd
+
+    train = _transforms(name, "train.json", "train")
+    artifacts = [i for i, t in enumerate(train) if isinstance(t, RandMRArtifactd)]
+    assert len(artifacts) == 1
+    index, artifact = artifacts[0], train[artifacts[0]]
+    first_random = next(i for i, t in enumerate(train) if isinstance(t, Randomizable))
+    assert index > first_random, "PersistentDataset caches up to the first random transform: the artifact is after it"
+    slicing = [i for i, t in enumerate(train) if isinstance(t, RandAxialSlicesd)]
+    assert slicing == ([index + 1] if "_unet2d_" in name else []), "2D: the volume is corrupted, then sliced"
+    assert artifact.prob == 0.5 and artifact.keys == ("image",)
+    assert artifact.artifact.corruptions == tuple(CORRUPTIONS) and artifact.artifact.severities == SEVERITIES
+    assert not any(isinstance(t, RandMRArtifactd) for t in _transforms(name, "train.json", "validate"))
+
+    baseline = name.replace("_artaug", "_baseline")
+    baseline_train = _transforms(baseline, "train.json", "train")
+    assert [type(t) for t in train[:index] + train[index + 1:]] == [type(t) for t in baseline_train]
+    trainer = json.loads((BUNDLES / name / "configs" / "train.json").read_text())["train"]["trainer"]
+    assert "iteration_update" not in trainer, "the baseline's training step"
+
+
 # every family x net in the default run; the other parameter values of a family differ only in numbers (slow run)
-ONE_PER_FAMILY = [n for n in MODEL_BUNDLES if n.endswith(("_distill_t20", "_advtrain_eps0.05", "_noiseaug"))]
+ONE_PER_FAMILY = [n for n in MODEL_BUNDLES if n.endswith(("_distill_t20", "_advtrain_eps0.05", "_noiseaug", "_artaug"))]
 OTHERS = [n for n in MODEL_BUNDLES if n not in ONE_PER_FAMILY and n not in BASELINES]
 
 

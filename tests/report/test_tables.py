@@ -23,6 +23,7 @@ EPSILONS = (0.0, 0.05, 0.1)
 BASE = "brats_unet3d_baseline"
 # model -> (defense, param, white-box gain, adaptive gain or None); listed in a scrambled order on purpose
 DEFENDED = {
+    "brats_unet3d_artaug": ("artifact_augmentation", "p=0.5", 0.01, None),
     "brats_unet3d_noiseaug": ("noise_augmentation", "r=0.01", 0.03, None),
     "brats_unet3d_distill_t500": ("distillation", "T=500", 0.2, 0.05),  # adaptive gain < half: dagger
     "brats_unet3d_advtrain_eps0.05": ("adversarial_training", "eps=0.05", 0.1, None),
@@ -36,6 +37,7 @@ ORDER = [
     "brats_unet3d_distill_t500",
     "brats_unet3d_advtrain_eps0.05",
     "brats_unet3d_noiseaug",
+    "brats_unet3d_artaug",
 ]
 LABELS = {
     BASE: "No defence",
@@ -44,6 +46,7 @@ LABELS = {
     "brats_unet3d_distill_t500": "Distillation (T=500)",
     "brats_unet3d_advtrain_eps0.05": "Adversarial training (eps=0.05)",
     "brats_unet3d_noiseaug": "Noise augmentation (r=0.01)",
+    "brats_unet3d_artaug": "Artifact augmentation (p=0.5)",
 }
 REGION_TITLES = {"WT": "Whole tumour", "TC": "Tumour core", "ET": "Enhancing tumour"}
 
@@ -241,7 +244,8 @@ def test_table2_white_box_and_adaptive_with_daggers(tmp_path, results_csv, study
     lines, _ = _expected_defence_rows(wb_cells, expected_daggers)
     for line in lines:
         assert line in md
-    assert "m = 45 comparisons" in md and "n = 12 subjects" in md and "FGSM (white-box; loss soft_dice; 1 step" in md
+    assert f"m = {len(DEFENDED) * len(REGIONS) * len(EPSILONS)} comparisons" in md  # every defence x region x eps
+    assert "n = 12 subjects" in md and "FGSM (white-box; loss soft_dice; 1 step" in md
     assert "gradient masking" in md
 
     md_adaptive = (tmp_path / "out" / "table2_3d_adaptive.md").read_text()

@@ -12,7 +12,7 @@ from common.utils.enums import Defense, Net, Threat
 @pytest.mark.parametrize(
     "enum, values",
     [
-        (Defense, ("none", "distillation", "adversarial_training", "noise_augmentation")),
+        (Defense, ("none", "distillation", "adversarial_training", "noise_augmentation", "artifact_augmentation")),
         (Net, ("3d", "2d")),
         (Threat, ("clean", "white-box", "adaptive", "transfer", "worst-case", "corruption")),
     ],
@@ -32,6 +32,7 @@ def test_values_and_string_behaviour(enum, values):
         (Defense.DISTILLATION, "Distillation"),
         (Defense.ADVERSARIAL_TRAINING, "Adversarial training"),
         (Defense.NOISE_AUGMENTATION, "Noise augmentation"),
+        (Defense.ARTIFACT_AUGMENTATION, "Artifact augmentation"),
         (Net.UNET3D, "3D-UNet"),
         (Net.UNET2D, "2D-UNet"),
     ],
