@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from common.corruptions.augmentation import RandMRArtifact, RandMRArtifactd
 from common.corruptions.base import SEVERITIES, Corruption
-from common.corruptions.registry import CORRUPTIONS, MISSING_MODALITY, corrupt, corruption_seed, severity_table
+from common.corruptions.registry import (
+    CORRUPTIONS,
+    MISSING_MODALITY,
+    check_corruption_names,
+    check_severities,
+    corrupt,
+    corruption_seed,
+    severity_table,
+)
 
 __all__ = [
     "CORRUPTIONS",
@@ -27,6 +35,8 @@ __all__ = [
     "RandMRArtifact",
     "RandMRArtifactd",
     "SEVERITIES",
+    "check_corruption_names",
+    "check_severities",
     "corrupt",
     "corruption_seed",
     "severity_table",

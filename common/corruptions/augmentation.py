@@ -33,31 +33,10 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
 from common.corruptions.base import SEVERITIES
-from common.corruptions.registry import _SEED_LIMIT, CORRUPTIONS, corrupt
-from common.errors import RobustsegError
-from common.utils.validation import check_int, check_number, look_up_option
+from common.corruptions.registry import _SEED_LIMIT, check_corruption_names, check_severities, corrupt
+from common.utils.validation import check_number
 
 __all__ = ["RandMRArtifact", "RandMRArtifactd"]
-
-
-def _check_names(corruptions: str | Sequence[str]) -> tuple[str, ...]:
-    """``"all"``, one name or a non-empty list of names -> the names, in registry order, without repeats."""
-    if isinstance(corruptions, str):
-        names = list(CORRUPTIONS) if corruptions == "all" else [corruptions]
-    elif isinstance(corruptions, Sequence) and len(corruptions) > 0:
-        names = list(corruptions)
-    else:
-        raise RobustsegError(f"corruptions must be 'all', a corruption name or a non-empty list of them, "
-                             f"got {corruptions!r}.")  # fmt: skip
-    chosen = {look_up_option("corruptions", name, list(CORRUPTIONS)) for name in names}
-    return tuple(name for name in CORRUPTIONS if name in chosen)
-
-
-def _check_severities(severities: Sequence[int]) -> tuple[int, ...]:
-    """A non-empty list of severities 1-5 -> sorted, without repeats."""
-    if isinstance(severities, (str, bytes)) or not isinstance(severities, Sequence) or not severities:
-        raise RobustsegError(f"severities must be a non-empty list of integers 1-5, got {severities!r}.")
-    return tuple(sorted({check_int("severities", s, min(SEVERITIES), max(SEVERITIES)) for s in severities}))
 
 
 class RandMRArtifact(RandomizableTransform):
@@ -89,8 +68,8 @@ class RandMRArtifact(RandomizableTransform):
         self, prob: float = 0.5, corruptions: str | Sequence[str] = "all", severities: Sequence[int] = SEVERITIES
     ) -> None:
         RandomizableTransform.__init__(self, check_number("prob", prob, 0.0, 1.0))
-        self.corruptions = _check_names(corruptions)
-        self.severities = _check_severities(severities)
+        self.corruptions = check_corruption_names(corruptions)
+        self.severities = check_severities(severities)
         # the (corruption, severity, seed) of the last draw; None when it left the image clean
         self.last: tuple[str, int, int] | None = None
 

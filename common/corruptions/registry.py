@@ -56,6 +56,7 @@ scanner's windowing would); for ``blur``, ``downsample`` and ``gamma`` it only r
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -69,7 +70,15 @@ from common.data.labels import MODALITIES
 from common.errors import RobustsegError
 from common.utils.validation import check_int, look_up_option
 
-__all__ = ["CORRUPTIONS", "MISSING_MODALITY", "corrupt", "corruption_seed", "severity_table"]
+__all__ = [
+    "CORRUPTIONS",
+    "MISSING_MODALITY",
+    "check_corruption_names",
+    "check_severities",
+    "corrupt",
+    "corruption_seed",
+    "severity_table",
+]
 
 
 def _levels(**columns: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
@@ -180,6 +189,34 @@ def _check(name: object, severity: object) -> Corruption:
     corruption = CORRUPTIONS[look_up_option("corruption name", name, CORRUPTIONS)]
     check_int("severity", severity, min(SEVERITIES), max(SEVERITIES))
     return corruption
+
+
+def check_corruption_names(corruptions: str | Sequence[str]) -> tuple[str, ...]:
+    """``"all"``, one corruption name or a non-empty list of names -> the names, in registry order, without repeats.
+
+    Raises:
+        RobustsegError: naming ``corruptions`` for another type or an empty list, or the unknown name.
+    """
+    if isinstance(corruptions, str):
+        names = list(CORRUPTIONS) if corruptions == "all" else [corruptions]
+    elif isinstance(corruptions, Sequence) and len(corruptions) > 0:
+        names = list(corruptions)
+    else:
+        raise RobustsegError(f"corruptions must be 'all', a corruption name or a non-empty list of them, "
+                             f"got {corruptions!r}.")  # fmt: skip
+    chosen = {look_up_option("corruptions", name, list(CORRUPTIONS)) for name in names}
+    return tuple(name for name in CORRUPTIONS if name in chosen)
+
+
+def check_severities(severities: Sequence[int]) -> tuple[int, ...]:
+    """A non-empty list of severities 1-5 -> sorted, without repeats.
+
+    Raises:
+        RobustsegError: naming ``severities`` for another type, an empty list or a level outside 1-5.
+    """
+    if isinstance(severities, (str, bytes)) or not isinstance(severities, Sequence) or not severities:
+        raise RobustsegError(f"severities must be a non-empty list of integers 1-5, got {severities!r}.")
+    return tuple(sorted({check_int("severities", s, min(SEVERITIES), max(SEVERITIES)) for s in severities}))
 
 
 def corruption_seed(subject: str, name: str, severity: int) -> int:

@@ -63,7 +63,14 @@ from ignite.engine import Engine
 from torch import Tensor
 from torch.nn.modules.conv import _ConvNd
 
-from common.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_seed
+from common.corruptions import (
+    CORRUPTIONS,
+    SEVERITIES,
+    check_corruption_names,
+    check_severities,
+    corrupt,
+    corruption_seed,
+)
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
 from common.engines.attack_jobs import (
@@ -137,16 +144,7 @@ def _check_corruptions(
     """The corruption names (``"all"``: every one) and the sorted severities, checked."""
     if corruptions is None or corruptions == []:
         return [], []
-    if corruptions == "all":
-        names = list(CORRUPTIONS)
-    elif isinstance(corruptions, str) or not isinstance(corruptions, Sequence):
-        raise RobustsegError(f"corruptions must be a list of names, 'all' or None, got {corruptions!r}.")
-    else:
-        names = list(dict.fromkeys(look_up_option("corruptions", c, list(CORRUPTIONS)) for c in corruptions))
-    if isinstance(severities, (str, bytes)) or not isinstance(severities, Sequence) or not severities:
-        raise RobustsegError(f"severities must be a non-empty list of integers 1-5, got {severities!r}.")
-    levels = sorted({look_up_option("severities", check_int("severities", s, 1), SEVERITIES) for s in severities})
-    return names, levels
+    return list(check_corruption_names(corruptions)), list(check_severities(severities))
 
 
 def _corruption_config(name: str, severity: int) -> str:

@@ -566,7 +566,8 @@ def test_corruptions_are_not_attacks_and_resume(corrupted_run, bundles, tiny_dat
     ("change", "message"),
     [
         ({"corruptions": ["gibs"]}, r"corruptions.*gibs"),
-        ({"corruptions": "gibbs"}, r"corruptions must be a list of names, 'all' or None"),
+        ({"corruptions": 3}, r"corruptions must be 'all', a corruption name or a non-empty list of them, got 3"),
+        ({"corruptions": "gibs"}, r"corruptions.*gibs"),
         ({"corruptions": "all", "severities": [0]}, r"severities"),
         ({"corruptions": "all", "severities": [6]}, r"severities"),
     ],
