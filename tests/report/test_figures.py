@@ -177,7 +177,7 @@ def test_fgsm_only_on_the_baseline_draws_no_defence_or_iteration_figure(no_rende
     assert [f.name for f in figures] == ["zero_gradient_fraction"]
     reasons = " | ".join(f"{s.title}: {s.reason}" for s in skipped)
     assert "no distillation models of the 3D-UNet" in reasons
-    assert "no adversarial training and noise augmentation models" in reasons
+    assert "no adversarial training and augmentation models" in reasons
     assert "no iterative white-box attack" in reasons
 
 
@@ -244,4 +244,4 @@ def test_2d_models_get_the_papers_2d_figure_numbers(no_render, tmp_path, make_ro
     (distillation,) = [f for f in figures if "distillation" in f.name]
     assert distillation.name == "fig6_dice_vs_epsilon_2d_distillation" and distillation.paper_figure == "Fig. 6"
     assert "2D-UNet" in distillation.title
-    assert any("no adversarial training and noise augmentation models of the 2D-UNet" in s.reason for s in skipped)
+    assert any("no adversarial training and augmentation models of the 2D-UNet" in s.reason for s in skipped)
