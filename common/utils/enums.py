@@ -73,3 +73,4 @@ class Threat(StrEnum):
     TRANSFER = "transfer"
     WORST_CASE = "worst-case"
     CORRUPTION = "corruption"
+    CERTIFIED = "certified"
