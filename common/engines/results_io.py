@@ -2,7 +2,7 @@
 files merged into one ``results.csv``.
 
 A row is identified by :data:`KEY_COLUMNS` (model, subject, attack, threat, source model, epsilon, iteration, loss,
-severity):
+severity, sigma, radius):
 a rerun of :class:`~common.engines.robustness.RobustnessEvaluation` skips every key already in the CSV, so an
 interrupted evaluation resumes. Under ``torchrun`` each rank appends to its own part file
 (``results.part<rank>.csv``) and rank 0 merges them (:func:`merge_results`) after the ranks' subjects were split by
@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 KEY_COLUMNS: tuple[str, ...] = (
-    "model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss", "severity",
+    "model", "subject", "attack", "threat", "source_model", "epsilon", "iteration", "loss", "severity", "sigma",
+    "radius",
 )  # fmt: skip
 """The columns that identify a row; a rerun skips rows whose key is already in the CSV."""
 RESULTS_NAME = "results.csv"
@@ -60,9 +61,10 @@ SETTINGS_NAME = "settings.json"
 """The evaluation's settings file beside :data:`RESULTS_NAME` (what produced the rows; checked when resuming)."""
 _PART_PREFIX = "results.part"
 
-Key = tuple[str, str, str, str, str, float, int, str, str]
-"""A row's :data:`KEY_COLUMNS` values (empty strings for a clean row's source model and loss, and for the severity
-of every row but a corruption's)."""
+Key = tuple[str, str, str, str, str, float, int, str, str, str, str]
+"""A row's :data:`KEY_COLUMNS` values (empty strings for a clean row's source model and loss, for the severity of
+every row but a corruption's, and for the sigma and radius of every row but a certified one's; those two as the
+``repr`` of the float, so a record and its CSV cells give one key)."""
 
 
 def package_versions() -> dict[str, str]:
@@ -111,7 +113,13 @@ def _row_key(row: Mapping[str, Any]) -> Key:
     return (
         str(row["model"]), str(row["subject"]), str(row["attack"]), str(row["threat"]), str(row["source_model"] or ""),
         float(row["epsilon"]), int(row["iteration"]), str(row["loss"] or ""), str(row.get("severity") or ""),
+        _float_cell(row.get("sigma")), _float_cell(row.get("radius")),
     )  # fmt: skip
+
+
+def _float_cell(value: Any) -> str:
+    """A key's text of an optional float column: ``""`` when empty, else the float's ``repr`` (``"0.0"`` for 0)."""
+    return "" if value is None or value == "" else repr(float(value))
 
 
 def _part_file(output_dir: Path, rank: int) -> Path:

@@ -391,14 +391,15 @@ class RobustnessEvaluation:
         """The row keys of a unit for a subject, each with the attack config the row must carry."""
         model = self.models[unit.model].name
         if unit.threat == Threat.CORRUPTION:
-            return [((model, subject, name, unit.threat, "", 0.0, 0, "", str(severity)),
+            return [((model, subject, name, unit.threat, "", 0.0, 0, "", str(severity), "", ""),
                      _corruption_config(name, severity))
                     for name in self.corruptions for severity in self.severities]  # fmt: skip
         if unit.job is None:
-            return [((model, subject, "none", "clean", "", 0.0, 0, "", ""), "")]
+            return [((model, subject, "none", "clean", "", 0.0, 0, "", "", "", ""), "")]
         source = self.models[unit.source].name if unit.source is not None else ""
         return [
-            ((model, subject, unit.job.name, unit.threat, source, eps, iteration, unit.job.loss, ""), repr(attack))
+            ((model, subject, unit.job.name, unit.threat, source, eps, iteration, unit.job.loss, "", "", ""),
+             repr(attack))
             for attack, eps, iteration in unit.job.slots(final_only=unit.transfer)
         ]
 

@@ -18,7 +18,10 @@ threat                 str    ``clean``, ``white-box`` (the paper's attack on th
                               logits/T for distillation), ``transfer`` (adversarial input crafted on another model),
                               ``worst-case`` (per subject and epsilon, the lowest mean Dice of all the others;
                               :mod:`common.engines.worst_case`, attack ``ensemble``), ``corruption`` (an MR artifact
-                              at a ``severity``, :mod:`common.corruptions`; not adversarial)
+                              at a ``severity``, :mod:`common.corruptions`; not adversarial), ``certified``
+                              (randomized-smoothing certificate of the clean input at an L2 ``radius``,
+                              :mod:`common.certify`, attack ``smoothing``: the Dice columns hold the certified Dice,
+                              epsilon, steps, iteration, linf and l2 are 0)
 source_model           str    model the perturbation was computed on (the model itself for white-box/adaptive; empty
                               for clean)
 attack_config          str    the attack's repr, e.g. ``IterativeFGSM(epsilon=0.05, steps=10, alpha=0.005, ...)``
@@ -49,6 +52,16 @@ dice_trace             str    attacks that return their best iterate (PGD, APGD)
                               at most the last one); the convergence figure's data; empty elsewhere
 severity               int    ``corruption`` rows only: the corruption's severity, 1 (mild) to 5 (severe)
                               (:mod:`common.corruptions`; ``attack`` is the corruption's name); empty elsewhere
+sigma                  float  ``certified`` rows only: the noise level of the Gaussian smoothing (input units: a
+                              fraction of the [0, 1] intensity range); empty elsewhere
+radius                 float  ``certified`` rows only: the L2 radius (input units) at which the row's Dice is certified;
+                              empty elsewhere
+n_samples              int    ``certified`` rows only: the estimation samples per subject (SegCertify's ``n``); empty
+                              elsewhere
+alpha                  float  ``certified`` rows only: the family-wise error of the subject's certificate; empty
+                              elsewhere
+abstain_fraction       float  ``certified`` rows only: the fraction of voxels not certified at ``radius``; empty
+                              elsewhere
 =====================  =====  ==========================================================================================
 
 Missing values are empty fields; floats are written with full precision (``repr``, so ``nan``/``inf`` round-trip).
@@ -110,7 +123,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("defense_param", str, False, "defence parameter, e.g. T=5000, eps=0.05, r=0.01, p=0.5; empty for none"),
     Column("subject", str, True, "subject id"),
     Column("attack", str, True, "attack display name; none for the clean input"),
-    Column("threat", str, True, "clean, white-box, adaptive, transfer, worst-case or corruption"),
+    Column("threat", str, True, "clean, white-box, adaptive, transfer, worst-case, corruption or certified"),
     Column("source_model", str, False, "model the perturbation was computed on; empty for clean"),
     Column("attack_config", str, False, "the attack's repr"),
     Column("loss", str, False, "attack loss name; empty for clean"),
@@ -131,6 +144,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("target_attainment", float, False, "targeted attacks: fraction of brain voxels predicted as the target"),
     Column("dice_trace", str, False, "PGD/APGD: best mean Dice after each gradient pass, space-separated"),
     Column("severity", int, False, "corruption rows: severity 1-5; empty elsewhere"),
+    Column("sigma", float, False, "certified rows: the smoothing noise level; empty elsewhere"),
+    Column("radius", float, False, "certified rows: the certified L2 radius of the row's Dice; empty elsewhere"),
+    Column("n_samples", int, False, "certified rows: estimation samples per subject; empty elsewhere"),
+    Column("alpha", float, False, "certified rows: the certificate's family-wise error; empty elsewhere"),
+    Column("abstain_fraction", float, False, "certified rows: fraction of voxels not certified at radius"),
 )
 """The columns of the results CSV, in file order."""
 
@@ -142,7 +160,10 @@ DEFENSES: tuple[str, ...] = Defense.values()
 THREATS: tuple[str, ...] = Threat.values()
 """The values of the ``threat`` column (:class:`~common.utils.enums.Threat`)."""
 
-ADDED_LATER: tuple[str, ...] = ("winner", "target_attainment", "dice_trace", "severity")
+ADDED_LATER: tuple[str, ...] = (
+    "winner", "target_attainment", "dice_trace", "severity", "sigma", "radius", "n_samples", "alpha",
+    "abstain_fraction",
+)  # fmt: skip
 """Optional columns added after the first release: a CSV (or a record) without them still loads (empty values)."""
 _ALLOWED: dict[str, tuple[str, ...]] = {"net": NETS, "defense": DEFENSES, "threat": THREATS}
 

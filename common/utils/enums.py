@@ -79,3 +79,4 @@ class Threat(StrEnum):
     TRANSFER = "transfer"
     WORST_CASE = "worst-case"
     CORRUPTION = "corruption"
+    CERTIFIED = "certified"

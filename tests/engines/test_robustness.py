@@ -32,22 +32,25 @@ from .conftest import ATTACKS, BASELINE, DISTILLED, OVERRIDES, QUICK, STEPS, SUB
 
 
 def _key(row):
-    return tuple(row[c] or "" if c in ("source_model", "loss", "severity") else row[c] for c in KEY_COLUMNS)
+    optional = ("source_model", "loss", "severity", "sigma", "radius")
+    return tuple(row[c] or "" if c in optional else row[c] for c in KEY_COLUMNS)
 
 
 def _expected_keys():
     keys = set()
     for subject in SUBJECTS:
         for model in (BASELINE, DISTILLED):
-            keys.add((model, subject, "none", "clean", "", 0.0, 0, "", ""))
+            keys.add((model, subject, "none", "clean", "", 0.0, 0, "", "", "", ""))
             threats = [("white-box", model)] + ([("adaptive", model)] if model == DISTILLED else [])
             if model == DISTILLED:
                 threats.append(("transfer", BASELINE))
             for threat, source in threats:
-                keys |= {(model, subject, "FGSM", threat, source, eps, 1, "soft_dice", "") for eps in SWEEP}
+                keys |= {(model, subject, "FGSM", threat, source, eps, 1, "soft_dice", "", "", "") for eps in SWEEP}
                 iterations = [STEPS] if threat == "transfer" else range(1, STEPS + 1)
                 for name in ("i-FGSM", "ti-FGSM"):
-                    keys |= {(model, subject, name, threat, source, 0.05, k, "soft_dice", "") for k in iterations}
+                    keys |= {
+                        (model, subject, name, threat, source, 0.05, k, "soft_dice", "", "", "") for k in iterations
+                    }
     return keys
 
 

@@ -11,8 +11,9 @@ from common.report.schema import COLUMN_NAMES, COLUMNS, format_record, load_resu
 SPEC_ORDER = (
     "model net defense defense_param subject attack threat source_model attack_config loss epsilon steps iteration "
     "dice_wt dice_tc dice_et psnr ssim rmse linf l2 zero_grad_fraction seconds winner target_attainment "
-    "dice_trace severity"
+    "dice_trace severity sigma radius n_samples alpha abstain_fraction"
 ).split()
+CERTIFIED_COLUMNS = ("sigma", "radius", "n_samples", "alpha", "abstain_fraction")
 
 
 def test_column_order_matches_the_spec():
@@ -26,6 +27,7 @@ def test_column_order_matches_the_spec():
         "target_attainment",
         "dice_trace",
         "severity",
+        *CERTIFIED_COLUMNS,
     }
 
 
@@ -34,7 +36,7 @@ def test_round_trip_keeps_full_precision_and_types(tmp_path, make_row, write_csv
     attacked.update(iteration=1, psnr=math.inf, ssim=0.123456789012345678, rmse=2.5e-17)
     clean = make_row("m", "s1", (0.5, 0.25, 0.0))
     records = load_results(write_csv(tmp_path / "r.csv", [clean, attacked]))
-    later = dict.fromkeys(("winner", "target_attainment", "dice_trace", "severity"))
+    later = dict.fromkeys(("winner", "target_attainment", "dice_trace", "severity", *CERTIFIED_COLUMNS))
     assert records[1] == {**attacked, **later}
     assert records[0] == {**clean, **later}
     assert records[0]["psnr"] is None and records[0]["loss"] is None
@@ -149,8 +151,18 @@ def test_a_csv_without_the_later_columns_still_loads(tmp_path, make_row, write_c
     be left out (tested above)."""
     path = write_csv(tmp_path / "r.csv", [make_row("m", "s1", (0.5, 0.4, 0.3))])
     lines = path.read_text().splitlines()
-    assert lines[0].endswith(",winner,target_attainment,dice_trace,severity")
-    path.write_text("\n".join(line.rsplit(",", 4)[0] for line in lines) + "\n")
+    assert lines[0].endswith(",winner,target_attainment,dice_trace,severity," + ",".join(CERTIFIED_COLUMNS))
+    path.write_text("\n".join(line.rsplit(",", 4 + len(CERTIFIED_COLUMNS))[0] for line in lines) + "\n")
     (record,) = load_results(path)
     assert record["winner"] is None and record["target_attainment"] is None and record["dice_et"] == 0.3
     assert record["dice_trace"] is None and record["severity"] is None
+    assert all(record[name] is None for name in CERTIFIED_COLUMNS)
+
+
+def test_a_certified_row_round_trips(tmp_path, make_row, write_csv):
+    """A ``certified`` row (attack ``smoothing``) keeps its certificate columns, typed."""
+    row = make_row("m", "s1", (0.7, 0.6, 0.5), attack="smoothing", threat="certified")
+    row.update(sigma=0.25, radius=0.1, n_samples=100, alpha=0.001, abstain_fraction=0.125)
+    (record,) = load_results(write_csv(tmp_path / "r.csv", [row]))
+    assert record["threat"] == "certified" and record["n_samples"] == 100 and isinstance(record["n_samples"], int)
+    assert (record["sigma"], record["radius"], record["alpha"], record["abstain_fraction"]) == (0.25, 0.1, 0.001, 0.125)

@@ -1,0 +1,101 @@
+"""Tests for :mod:`common.engines.certification` and ``robustseg certify``: certified-Dice rows of a tiny model bundle
+on the tiny test subjects, in the results schema, resumable, with one-line errors before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.__main__ import main
+from common.engines.certification import SETTINGS_FILE, run_certification, subject_seed
+from common.errors import RobustsegError
+from common.report import load_results
+
+from .conftest import BASELINE, OVERRIDES, QUICK, SUBJECTS
+
+RADII = [0.0, 0.02, 0.05, 0.2]
+SETTINGS = {"sigma": 0.1, "n": 30, "n0": 5, "alpha": 0.01, "radii": RADII, "batch_size": 15}
+
+
+def _run(bundles, datalist, out, **kwargs):
+    settings = {**SETTINGS, "config_files": QUICK, "overrides": OVERRIDES, **kwargs}
+    return run_certification(bundles[BASELINE], datalist, out, **settings)
+
+
+@pytest.fixture(scope="module")
+def certified(bundles, tiny_datalist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("certify") / "out"
+    path, summary = _run(bundles, tiny_datalist, out)
+    return out, load_results(path), summary
+
+
+def test_one_schema_row_per_subject_and_radius(certified):
+    out, rows, summary = certified
+    assert sorted((r["subject"], r["radius"]) for r in rows) == sorted((s, r) for s in SUBJECTS for r in RADII)
+    for row in rows:
+        assert (row["model"], row["threat"], row["attack"]) == (BASELINE, "certified", "smoothing")
+        assert (row["sigma"], row["n_samples"], row["alpha"]) == (0.1, 30, 0.01)
+        assert row["epsilon"] == 0.0 and row["l2"] == 0.0 and row["severity"] is None
+        assert 0.0 <= row["abstain_fraction"] <= 1.0 and row["seconds"] > 0
+        assert row["attack_config"].startswith("SegCertify(sigma=0.1, n0=5, n=30, alpha=0.01, tau=0.75")
+    assert list(summary) == RADII and all(len(v) == 3 for v in summary.values())
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    assert settings["certify"]["radii"] == RADII and settings["model"]["model"] == BASELINE
+
+
+def test_dice_falls_and_abstention_grows_with_the_radius(certified):
+    _, rows, _ = certified
+    for subject in SUBJECTS:
+        mine = sorted((r for r in rows if r["subject"] == subject), key=lambda r: r["radius"])
+        for earlier, later in zip(mine, mine[1:]):
+            assert later["abstain_fraction"] >= earlier["abstain_fraction"]
+            assert all(later[c] <= earlier[c] + 1e-12 for c in ("dice_wt", "dice_tc", "dice_et"))
+        assert mine[-1]["abstain_fraction"] == 1.0  # sigma 0.1 with n = 30 cannot certify 0.2 (Phi(2) needs more)
+
+
+def test_a_rerun_resumes_and_other_settings_stop(certified, bundles, tiny_datalist):
+    out, rows, _ = certified
+    before = (out / "results.csv").read_text()
+    _run(bundles, tiny_datalist, out)
+    assert (out / "results.csv").read_text() == before  # every row was there: nothing recomputed or appended
+    with pytest.raises(RobustsegError, match="holds certified rows of tiny_baseline made by SegCertify"):
+        _run(bundles, tiny_datalist, out, n0=6)
+
+
+def test_the_subject_seed_does_not_depend_on_the_order():
+    assert subject_seed(0, "a") == subject_seed(0, "a") != subject_seed(0, "b") != subject_seed(1, "b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sigma": 0.0}, "sigma must be a finite number > 0"),
+        ({"n": 0}, "n must be an integer >= 1"),
+        ({"n0": -1}, "n0 must be an integer >= 1"),
+        ({"alpha": 2.0}, "alpha must be a finite number in"),
+        ({"tau": 0.3}, r"tau must be a finite number in \[0.5, 1\)"),
+        ({"radii": []}, "radii must be a non-empty list"),
+        ({"radii": [0.1, -0.1]}, "radii: radius must be a finite number >= 0"),
+        ({"non_certified": "ignore"}, "non_certified must be one of"),
+        ({"correction": "fdr"}, "correction must be one of"),
+    ],
+)
+def test_bad_settings_stop_before_anything_is_written(bundles, tiny_datalist, tmp_path, kwargs, match):
+    with pytest.raises(RobustsegError, match=match):
+        _run(bundles, tiny_datalist, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_one_error_line(bundles, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["certify", "--bundle", str(bundles[BASELINE]), "--data", str(tmp_path), "--sigma", "-1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: sigma must be a finite number > 0 (the smoothing noise level), got -1."]
+
+
+def test_cli_names_a_missing_datalist(bundles, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["certify", "--bundle", str(bundles[BASELINE]), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "datalist.json not found" in capsys.readouterr().err
