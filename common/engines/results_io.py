@@ -32,7 +32,7 @@ from monai.data import partition_dataset
 
 from common.engines.worst_case import with_worst_case_rows
 from common.errors import RobustsegError
-from common.report.schema import COLUMN_NAMES, format_record
+from common.report.schema import ADDED_LATER, COLUMN_NAMES, format_record
 from common.utils.enums import Threat
 from common.utils.files import atomic_write
 
@@ -101,12 +101,25 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     header = next(reader, None)
     if header is None:
         return []
-    if tuple(header) != COLUMN_NAMES:
+    if tuple(header) != COLUMN_NAMES and not _older_header(header):
         raise RobustsegError(
             f"{path}: its columns differ from this version's ({list(COLUMN_NAMES)}); choose another output_dir or "
             "move the file away."
         )
-    return [dict(zip(header, fields)) for fields in reader if len(fields) == len(header)]
+    empty = dict.fromkeys((c for c in COLUMN_NAMES if c not in header), "")  # an earlier release's file
+    return [{**empty, **dict(zip(header, fields))} for fields in reader if len(fields) == len(header)]
+
+
+def _header(path: Path) -> tuple[str, ...]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return tuple(next(csv.reader(handle), ()))
+
+
+def _older_header(header: Sequence[str]) -> bool:
+    """Whether ``header`` is this version's columns less some of :data:`ADDED_LATER` (a file of an earlier release,
+    which :class:`_RowWriter` upgrades in place, its rows unchanged and the new columns empty)."""
+    missing = set(COLUMN_NAMES) - set(header)
+    return bool(missing) and missing <= set(ADDED_LATER) and list(header) == [c for c in COLUMN_NAMES if c in header]
 
 
 def _row_key(row: Mapping[str, Any]) -> Key:
@@ -270,8 +283,10 @@ class _RowWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n"):
-            # a line cut short by an interruption: drop it before appending after it
+        if path.is_file() and path.stat().st_size > 0 and (
+            not path.read_bytes().endswith(b"\n") or _header(path) != COLUMN_NAMES
+        ):
+            # a line cut short by an interruption, or an earlier release's columns: rewrite before appending
             _write_rows_atomic(path, _read_rows(path))
         self.handle = open(path, "a", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle)

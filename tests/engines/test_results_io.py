@@ -48,3 +48,40 @@ def test_merge_joins_parts_in_subject_order_without_duplicates(finished, tmp_pat
     assert not list(tmp_path.glob("results.part*"))
 
 
+
+
+@pytest.mark.parametrize("dropped", [("severity",), ("sigma", "radius", "n_samples", "alpha", "abstain_fraction"),
+                                     ("winner", "target_attainment", "dice_trace", "severity")])  # fmt: skip
+def test_an_earlier_releases_file_is_upgraded_in_place_before_appending(finished, tmp_path, dropped):
+    from common.engines.results_io import _read_rows, _RowWriter
+
+    with open(finished[0] / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    old = [c for c in COLUMN_NAMES if c not in dropped]
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(old)
+        writer.writerows([[r[c] for c in old] for r in rows])
+    expected = [{**r, **dict.fromkeys(dropped, "")} for r in rows]
+    assert _read_rows(path) == expected
+    _RowWriter(path).close()
+    with open(path, newline="") as handle:
+        assert tuple(next(csv.reader(handle))) == COLUMN_NAMES
+    assert _read_rows(path) == expected
+
+
+@pytest.mark.parametrize("header", [
+    [*COLUMN_NAMES, "extra"],  # a column this version does not know
+    [c for c in COLUMN_NAMES if c != "dice_wt"],  # a first-release column missing
+    ["severity", *[c for c in COLUMN_NAMES if c != "severity"]],  # another order
+])  # fmt: skip
+def test_a_file_with_other_columns_is_refused(tmp_path, header):
+    from common.engines.results_io import _RowWriter
+
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(header) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(RobustsegError, match="columns differ"):
+        _RowWriter(path)
+    assert path.read_bytes() == before
