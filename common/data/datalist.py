@@ -194,7 +194,12 @@ def find_subjects(root: str | os.PathLike) -> list[dict]:
         return _msd_subjects(task)
     entries = _brats_subjects(folder)
     if not entries:
-        raise RobustsegError(f"{folder}: no BraTS subject folders or MSD imagesTr/ found (expected {_LAYOUT_HELP}).")
+        empty = sorted(p.name for p in folder.iterdir() if p.is_dir() and not _is_hidden(p)
+                       and not any(not _is_hidden(q) for q in p.iterdir()))  # fmt: skip
+        hint = f"; empty subfolder(s): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}" if empty else ""
+        raise RobustsegError(
+            f"{folder}: no BraTS subject folders or MSD imagesTr/ found{hint} (expected {_LAYOUT_HELP})."
+        )
     return entries
 
 

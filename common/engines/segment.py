@@ -38,6 +38,12 @@ def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
         return [str(found[m].resolve()) for m in MODALITIES]
     items = [p.strip() for p in inputs.split(",")] if isinstance(inputs, str) else [str(p) for p in inputs]
     items = [p for p in items if p]
+    if len(items) == 1 and not Path(items[0]).exists():
+        raise RobustsegError(f"input: {items[0]} does not exist, expected a subject folder or {len(MODALITIES)} NIfTI "
+                             f"files in the order {', '.join(MODALITIES)}.")  # fmt: skip
+    if len(items) == 1 and not Path(items[0]).is_dir():
+        raise RobustsegError(f"input: {items[0]} is a single file, expected a subject folder or {len(MODALITIES)} "
+                             f"NIfTI files in the order {', '.join(MODALITIES)}.")  # fmt: skip
     if len(items) != len(MODALITIES):
         raise RobustsegError(
             f"input: {len(items)} image(s) given, expected a subject folder or {len(MODALITIES)} NIfTI files in the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -102,6 +103,11 @@ def test_resolve_inputs(tmp_path):
         resolve_inputs(files[:3])
     with pytest.raises(RobustsegError, match="not found"):
         resolve_inputs([*files[:3], str(tmp_path / "missing.nii.gz")])
+    nowhere = tmp_path / "no such dir"
+    with pytest.raises(RobustsegError, match=rf"input: {re.escape(str(nowhere))} does not exist, expected a subject"):
+        resolve_inputs(str(nowhere))
+    with pytest.raises(RobustsegError, match=rf"input: {re.escape(files[0])} is a single file, expected a subject"):
+        resolve_inputs(files[0])
 
 
 @pytest.mark.parametrize("problem", ["missing_modality", "corrupt_checkpoint", "wrong_checkpoint", "three_channel"])

@@ -151,6 +151,8 @@ def unrecognised_root(kind: str, tmp: Path) -> Path:
         (tmp / "odd" / "a.png").write_text("x")
     elif kind == "empty":
         (tmp / kind).mkdir()
+    elif kind == "empty_subject":
+        (tmp / kind / "BraTS20_Training_001").mkdir(parents=True)
     return tmp / kind
 
 
@@ -160,7 +162,8 @@ def unrecognised_root(kind: str, tmp: Path) -> Path:
         ("nowhere", r"nowhere: no such folder \(expected a BraTS 2017-2021 folder"),
         ("file", r"f\.txt: not a folder"),
         ("empty", r"empty: the folder is empty \(expected"),
-        ("odd", r"odd: no BraTS subject folders or MSD imagesTr/ found \(expected"),
+        ("odd", r"odd: no BraTS subject folders or MSD imagesTr/ found; empty subfolder\(s\): sub \(expected"),
+        ("empty_subject", r"empty_subject: .* found; empty subfolder\(s\): BraTS20_Training_001 \(expected"),
     ],
 )
 def test_unrecognised_roots(kind, match, tmp_path):
