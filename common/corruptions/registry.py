@@ -18,13 +18,13 @@ kspace_spike     amplitude        0.04    0.08    0.12    0.18    0.25
 kspace_spike     (PSNR dB)        34.2    28.1    24.6    21.1    18.3
 rician_noise     std              0.02    0.04    0.06    0.09    0.12
 rician_noise     (PSNR dB)        32.7    26.7    23.2    19.6    17.2
-ghosting         period              4       4       4       4       4
-ghosting         intensity         0.3    0.45     0.6    0.75     0.9
-ghosting         (PSNR dB)        41.9    38.4    35.9    33.9    32.3
-motion           degrees             1       2     3.5       5       7
-motion           translation       0.5       1    1.75     2.5     3.5
-motion           moved             0.3     0.4     0.5    0.65     0.8
-motion           (PSNR dB)        36.6    31.7    28.9    27.1    24.4
+ghosting         num_ghosts          4       4       4       2       2
+ghosting         intensity         0.4     0.6     0.8     0.8       1
+ghosting         (PSNR dB)        39.4    35.9    33.4    26.7    24.7
+motion           movements           2       4       6       8      12
+motion           degrees          0.25     0.5       1       2       4
+motion           translation     0.125    0.25     0.5       1       2
+motion           (PSNR dB)        41.1    35.4    29.8    25.8    23.5
 blur             sigma             0.5    0.75       1     1.5       2
 blur             (PSNR dB)        29.9    27.1    25.7    23.9    22.7
 downsample       factor              2       3       4       6       8
@@ -46,7 +46,11 @@ missing_flair    (PSNR dB)        27.1    24.5    22.5    21.2    20.4
 ===============  =============  ======  ======  ======  ======  ======
 
 Random (seeded): ``bias_field`` (the field's shape), ``rician_noise`` (the noise), ``kspace_spike`` (the spike's
-location), ``motion`` (rotation axis, translation direction). The others are deterministic and ignore the seed.
+location), ``motion`` (each movement's angles, shifts and time). The others are deterministic and ignore the seed.
+``ghosting`` and ``motion`` are TorchIO's ``Ghosting`` and ``Motion`` (:mod:`common.corruptions.kspace`). Ghosting's
+levels raise the intensity and, at 4 and 5, modulate every 2nd k-space plane instead of every 4th: one stronger ghost
+at half the field of view instead of three; the planes of a level include those below it and the intensity never
+falls, so PSNR falls at any image size. Motion's levels add movements and double their size.
 Every result is clipped to the clean image's per-channel ``[min, max]`` except ``missing_*`` (its fill value is 0):
 for ``bias_field``, ``rician_noise``, ``gibbs``, ``kspace_spike``, ``ghosting`` and ``motion`` the clip matters (the
 network never saw intensities outside its normalised range; the bias field saturates the brightest voxels as a
@@ -124,20 +128,20 @@ _TABLE: list[Corruption] = [
     Corruption(
         "ghosting",
         ghosting,
-        _levels(period=(4,), intensity=(0.3, 0.45, 0.6, 0.75, 0.9)),
+        _levels(num_ghosts=(4, 4, 4, 2, 2), intensity=(0.4, 0.6, 0.8, 0.8, 1.0)),
         random=False,
         clip=True,
-        summary="periodic phase-encoding ghosts",
+        summary="periodic phase-encoding ghosts (TorchIO Ghosting)",
     ),
     Corruption(
         "motion",
         motion,
         _levels(
-            degrees=(1.0, 2.0, 3.5, 5.0, 7.0), translation=(0.5, 1.0, 1.75, 2.5, 3.5), moved=(0.3, 0.4, 0.5, 0.65, 0.8)
+            movements=(2, 4, 6, 8, 12), degrees=(0.25, 0.5, 1.0, 2.0, 4.0), translation=(0.125, 0.25, 0.5, 1.0, 2.0)
         ),
         random=True,
         clip=True,
-        summary="one rigid head movement during a centric acquisition",
+        summary="rigid head movements during the acquisition (TorchIO Motion)",
     ),
     Corruption(
         "blur",

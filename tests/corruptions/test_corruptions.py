@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
+import torchio as tio
 from monai.data import MetaTensor
 
 from common.corruptions import CORRUPTIONS, MISSING_MODALITY, SEVERITIES, corrupt, corruption_seed, severity_table
@@ -169,20 +173,98 @@ def test_meta_tensor_keeps_its_affine(name, subject):
     assert torch.equal(out.as_tensor(), corrupt(subject, name, 2, seed=3))
 
 
-def test_motion_moves_along_every_axis(subject):
-    """The pose has a rotation and a shift for each spatial axis (a shift on one axis only was a bug)."""
-    from common.corruptions.kspace import motion
+# -- ghosting and motion are TorchIO's -----------------------------------------------------------------------------
 
-    shifted = motion(subject, {"degrees": 0.0, "translation": 3.0, "moved": 1.0}, seed=0)
-    low = subject.flatten(1).amin(1)
-    centre = torch.stack(torch.meshgrid(*[torch.arange(32.0)] * 3, indexing="ij"))
 
-    def centroid(image):
-        weight = (image[0] - low[0]).clamp_min(0)
-        return (centre * weight).flatten(1).sum(1) / weight.sum()
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("severity", [1, 5])
+def test_motion_is_torchio_motion_with_the_drawn_movements(spatial_dims, severity):
+    from common.corruptions.kspace import motion, motion_parameters
 
-    moved_by = (centroid(shifted) - centroid(subject)).abs()
-    assert bool((moved_by > 1.0).all()) and bool((moved_by < 2.5).all()), moved_by
+    image = synthetic_subject(size=24, spatial_dims=spatial_dims)
+    params = CORRUPTIONS["motion"].params(severity)
+    drawn = motion_parameters(params, 5, spatial_dims)
+    volume = image[:, None] if spatial_dims == 2 else image  # TorchIO's axes; see kspace._as_volume
+    expected = tio.Motion(**drawn, image_interpolation="linear")(tio.ScalarImage(tensor=volume, affine=np.eye(4))).data
+    out = motion(image, params, 5)
+    assert torch.equal(out, expected[:, 0] if spatial_dims == 2 else expected)
+    assert not torch.equal(out, image)
+
+
+@pytest.mark.parametrize("spatial_dims, axis", [(2, 1), (3, 0)])
+@pytest.mark.parametrize("severity", [1, 4])
+def test_ghosting_is_torchio_ghosting_along_the_first_spatial_axis(spatial_dims, axis, severity):
+    from common.corruptions.kspace import ghosting
+
+    image = synthetic_subject(size=24, spatial_dims=spatial_dims)
+    params = CORRUPTIONS["ghosting"].params(severity)
+    volume = image[:, None] if spatial_dims == 2 else image
+    transform = tio.Ghosting(num_ghosts=params["num_ghosts"], axis=axis, intensity=params["intensity"], restore=None)
+    expected = transform(tio.ScalarImage(tensor=volume, affine=np.eye(4))).data
+    out = ghosting(image, params, 0)
+    assert torch.equal(out, expected[:, 0] if spatial_dims == 2 else expected)
+    # ghosts lie along the first spatial axis only: the image's projection onto the others is unchanged
+    assert torch.allclose(out.sum(1), image.sum(1), atol=1e-4)
+    assert not torch.allclose(out.sum(2), image.sum(2), atol=1e-2)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_motion_parameters_are_seeded_and_bounded_by_the_severity(spatial_dims, severity):
+    from common.corruptions.kspace import motion_parameters
+
+    params = CORRUPTIONS["motion"].params(severity)
+    drawn = motion_parameters(params, 123, spatial_dims)
+    again = motion_parameters(params, 123, spatial_dims)
+    other = motion_parameters(params, 124, spatial_dims)
+    assert all((drawn[key] == again[key]).all() for key in drawn)
+    assert not (drawn["degrees"] == other["degrees"]).all()
+    n = params["movements"]
+    assert drawn["degrees"].shape == drawn["translation"].shape == (n, 3) and drawn["times"].shape == (n,)
+    # severity sets each movement's size, the seed only its direction
+    assert np.allclose(np.linalg.norm(drawn["degrees"], axis=1), params["degrees"])
+    assert np.allclose(np.linalg.norm(drawn["translation"], axis=1), params["translation"])
+    times = drawn["times"]
+    assert (times > 0).all() and (times < 1).all() and (times[1:] > times[:-1]).all()
+    if spatial_dims == 2:  # in the slice's plane: rotation about TorchIO's singleton first axis, no shift along it
+        assert (drawn["degrees"][:, 1:] == 0).all() and (drawn["translation"][:, 0] == 0).all()
+    else:
+        assert (drawn["degrees"] != 0).all() and (drawn["translation"] != 0).all()
+
+
+@pytest.mark.parametrize(
+    "params, seed, spatial_dims, message",
+    [
+        ({"movements": 0, "degrees": 1.0, "translation": 1.0}, 0, 3, "movements must be an integer >= 1"),
+        ({"movements": 1.5, "degrees": 1.0, "translation": 1.0}, 0, 3, "movements must be an integer >= 1"),
+        ({"movements": 2, "degrees": -1.0, "translation": 1.0}, 0, 3, "degrees must be a finite number >= 0"),
+        ({"movements": 2, "degrees": 1.0, "translation": float("nan")}, 0, 3, "translation must be a finite number"),
+        ({"movements": 2, "degrees": 1.0, "translation": 1.0}, -1, 3, "seed must be an integer >= 0"),
+        ({"movements": 2, "degrees": 1.0, "translation": 1.0}, 0, 4, r"spatial_dims must be an integer in \[2, 3\]"),
+    ],
+)
+def test_motion_parameters_bad_arguments_are_one_line(params, seed, spatial_dims, message):
+    from common.corruptions.kspace import motion_parameters
+
+    with pytest.raises(RobustsegError, match=message) as caught:
+        motion_parameters(params, seed, spatial_dims)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["ghosting", "motion"])
+def test_torchio_corruptions_leave_the_global_torch_generator_alone(name, subject):
+    """TorchIO's Transform.__call__ draws torch.rand(1) for its probability; the caller's stream must not shift."""
+    torch.manual_seed(0)
+    corrupt(subject, name, 2, seed=4)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_importing_the_corruptions_does_not_import_torchio():
+    code = "import sys, common.corruptions; print('torchio' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -192,7 +274,7 @@ def test_same_seed_same_result(name, subject):
 
 @pytest.mark.parametrize("name", RANDOM)
 def test_random_corruptions_depend_on_the_seed(name, subject):
-    """Motion draws only signs (64 poses in 3D), so two seeds may agree; four others cannot all agree with the first."""
+    """Four other seeds cannot all agree with the first."""
     first = corrupt(subject, name, 2, seed=11)
     assert not all(torch.equal(first, corrupt(subject, name, 2, seed=seed)) for seed in (12, 13, 14, 15))
 
