@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,10 +53,25 @@ def _summary(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, sd if math.isfinite(sd) else 0.0, len(values)
 
 
-def _models(records: Sequence[Record], net: str, source: str) -> tuple[list[str], dict[str, CorruptionScores]]:
-    """The net's models with corruption rows (defence order) and their per-subject mean-Dice scores."""
+@dataclass(frozen=True)
+class _Panel:
+    """What both figures draw from: the net's models with corruption rows (defence order), their per-subject
+    mean-Dice scores, identities and labels, and the corruptions present (registry order)."""
+
+    models: list[str]
+    scores: dict[str, CorruptionScores]
+    info: dict[str, tuple[str, str, str]]
+    labels: dict[str, str]
+    names: list[str]
+
+
+def _panel(records: Sequence[Record], net: str, source: str) -> _Panel | None:
     models = corruption_models(records, net, source)
-    return models, {m: corruption_scores(records, m, "mean", source) for m in models}
+    if not models:
+        return None
+    scores = {m: corruption_scores(records, m, "mean", source) for m in models}
+    info = model_identities(records, net)
+    return _Panel(models, scores, info, _labels(models, info), _corruption_order(scores))
 
 
 def _corruption_order(scores: dict[str, CorruptionScores]) -> list[str]:
@@ -84,12 +100,10 @@ def corruption_heatmap(records: Sequence[Record], net: str, source: str = "resul
     """
     from matplotlib.colors import Normalize
 
-    models, scores = _models(records, net, source)
-    if not models:
+    panel = _panel(records, net, source)
+    if panel is None:
         return None
-    info = model_identities(records, net)
-    labels = _labels(models, info)
-    names = _corruption_order(scores)
+    models, scores, labels, names = panel.models, panel.scores, panel.labels, panel.names
     severities = sorted({s for sc in scores.values() for _, s in sc.cells})
     grids, data, counts = {}, [], []
     for m in models:
@@ -154,12 +168,10 @@ def corruption_curves(records: Sequence[Record], net: str, source: str = "result
     Raises:
         RobustsegError: if a subject has several rows in one cell.
     """
-    models, scores = _models(records, net, source)
-    if not models:
+    panel = _panel(records, net, source)
+    if panel is None:
         return None
-    info = model_identities(records, net)
-    labels = _labels(models, info)
-    names = _corruption_order(scores)
+    models, scores, info, labels, names = panel.models, panel.scores, panel.info, panel.labels, panel.names
     undefended = [m for m in models if info[m][1] == Defense.NONE]
     reference_model = undefended[0] if len(undefended) == 1 else None  # drawn in black, as in Figs. 5-8
     others = [m for m in models if m != reference_model]
