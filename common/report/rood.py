@@ -72,7 +72,8 @@ MIN_SUBJECTS = 6
 """The fewest paired subjects a Wilcoxon test is run on (below 6 the exact two-sided p cannot reach 0.05)."""
 ROOD_CSV_COLUMNS: tuple[str, ...] = (
     "model", "defense", "defense_param", "corruption", "region", "clean", "overall", "degradation", "n", "reference",
-    "overall_difference", "n_paired", "p", "p_bonferroni", "p_note",
+    "overall_difference", "n_paired", "p", "p_bonferroni", "p_note", "degradation_difference", "p_degradation",
+    "p_degradation_bonferroni",
 )  # fmt: skip
 """Columns of the table's long-format CSV: per model, corruption (``all``: the mean over corruptions) and region
 (``mean``: the mean Dice over WT, TC and ET per subject); the test columns on the ``all``/``mean`` lines only."""
@@ -298,6 +299,7 @@ class ModelRood:
         degradation: the same for the degradation.
         per_corruption: metric -> corruption -> (overall, degradation).
         subject_overall: subject -> the mean over corruptions of the subject's own overall score (``mean`` metric).
+        subject_degradation: the same for the degradation, which leaves out the clean Dice (robustness alone).
         n: the number of subjects with a clean score.
         severities: the severities present.
     """
@@ -308,6 +310,7 @@ class ModelRood:
     degradation: dict[str, float]
     per_corruption: dict[str, dict[str, tuple[float, float]]]
     subject_overall: dict[str, float]
+    subject_degradation: dict[str, float]
     n: int
     severities: list[int]
 
@@ -315,6 +318,7 @@ class ModelRood:
 def _model_rood(records: Sequence[Record], model: str, order: Sequence[str], alpha: float, source: str) -> ModelRood:
     clean_means, overall, degradation, per_corruption = {}, {}, {}, {}
     subject_overall: dict[str, float] = {}
+    subject_degradation: dict[str, float] = {}
     n, severities = 0, []
     for metric in METRICS:
         scores = corruption_scores(records, model, metric, source)
@@ -330,13 +334,14 @@ def _model_rood(records: Sequence[Record], model: str, order: Sequence[str], alp
             n, severities = len(scores.clean), scores.severities()
             for subject, value in scores.clean.items():
                 own = [
-                    overall_score(value, {s: scores.cells[(c, s)][subject] for s in scores.severities(c)
-                                          if subject in scores.cells[(c, s)]}, alpha)
+                    {s: scores.cells[(c, s)][subject] for s in scores.severities(c) if subject in scores.cells[(c, s)]}
                     for c in scores.corruptions(order)
                     if any(subject in scores.cells[(c, s)] for s in scores.severities(c))
                 ]  # fmt: skip
-                subject_overall[subject] = float(np.mean(own))
-    return ModelRood(model, clean_means, overall, degradation, per_corruption, subject_overall, n, severities)
+                subject_overall[subject] = float(np.mean([overall_score(value, m, alpha) for m in own]))
+                subject_degradation[subject] = float(np.mean([degradation_score(value, m, alpha) for m in own]))
+    return ModelRood(model, clean_means, overall, degradation, per_corruption, subject_overall, subject_degradation,
+                     n, severities)  # fmt: skip
 
 
 def rood_scores(
@@ -433,44 +438,57 @@ def build_rood_table(
     unique = len({model_label(m, info) for m in models}) == len(models)
     label = {m: model_label(m, info, unique) for m in models}
 
-    tests: dict[str, tuple[PairedTest, float]] = {}  # model -> (test, mean paired difference of the overall score)
-    if reference is not None:
-        base = scores[reference].subject_overall
-        for m in models:
-            if m != reference:
-                own = scores[m].subject_overall
-                shared = sorted(set(own) & set(base))
-                a, b = np.array([own[k] for k in shared]), np.array([base[k] for k in shared])
-                tests[m] = (paired_wilcoxon(a, b), float(np.mean(a - b)) if shared else math.nan)
-    tested = [m for m, (t, _) in tests.items() if t.tested]
-    corrected = dict(zip(tested, bonferroni([tests[m][0].p for m in tested]).tolist(), strict=True))
+    def paired(score: str) -> tuple[dict[str, tuple[PairedTest, float]], dict[str, float]]:
+        """model -> (test, mean paired difference) of a per-subject score against the reference; Bonferroni p's."""
+        found: dict[str, tuple[PairedTest, float]] = {}
+        if reference is not None:
+            base = getattr(scores[reference], score)
+            for m in models:
+                if m != reference:
+                    own = getattr(scores[m], score)
+                    shared = sorted(set(own) & set(base))
+                    a, b = np.array([own[k] for k in shared]), np.array([base[k] for k in shared])
+                    found[m] = (paired_wilcoxon(a, b), float(np.mean(a - b)) if shared else math.nan)
+        done = [m for m, (t, _) in found.items() if t.tested]
+        return found, dict(zip(done, bonferroni([found[m][0].p for m in done]).tolist(), strict=True))
 
-    header = ["Model", "Clean", "Overall", "Degradation", "Δ overall vs reference", "p", "p (Bonferroni)", "n"]
+    tests, corrected = paired("subject_overall")
+    tested = [m for m, (t, _) in tests.items() if t.tested]
+    degradation_tests, degradation_corrected = paired("subject_degradation")
+
+    header = ["Model", "Clean", "Overall", "Degradation", "Δ overall vs reference", "p", "p (Bonferroni)", "n",
+              "Δ degradation", "p degradation (Bonferroni)"]  # fmt: skip
     rows, csv_rows, notes = [], [], []
     for m in models:
         s = scores[m]
         scores_text = [f"{s.clean['mean']:.3f}", f"{s.overall['mean']:.3f}", f"{s.degradation['mean']:.3f}"]
-        test_line: list[object] = [None, None, None, None, ""]
+        test_line: list[object] = [None, None, None, None, "", None, None, None]
         if m in tests:
             test, difference = tests[m]
             p_corr = corrected.get(m)
             mark = "*" if p_corr is not None and p_corr <= options.alpha else ""
+            d_test, d_difference = degradation_tests[m]
+            d_corr = degradation_corrected.get(m)
+            d_mark = "*" if d_corr is not None and d_corr <= options.alpha else ""
             rows.append([label[m], *scores_text, "n/a" if math.isnan(difference) else f"{difference:+.3f}",
                          format_p(test.p) if test.tested else "n/a",
-                         "n/a" if p_corr is None else format_p(p_corr) + mark, str(test.n)])  # fmt: skip
+                         "n/a" if p_corr is None else format_p(p_corr) + mark, str(test.n),
+                         "n/a" if math.isnan(d_difference) else f"{d_difference:+.3f}",
+                         "n/a" if d_corr is None else format_p(d_corr) + d_mark])  # fmt: skip
             if test.note:
                 notes.append(f"{label[m]}: {'p = 1' if test.tested else 'no test'}: {test.note}.")
-            test_line = [difference, test.n, test.p, p_corr, test.note]
+            test_line = [difference, test.n, test.p, p_corr, test.note, d_difference, d_test.p, d_corr]
         else:
             dash = "-" if m == reference else "n/a"
-            rows.append([label[m], *scores_text, dash, dash, dash, str(s.n)])
+            rows.append([label[m], *scores_text, dash, dash, dash, str(s.n), dash, dash])
         lead = [m, info[m][1], info[m][2]]
         for metric in METRICS:
             scored = [s.clean[metric], s.overall[metric], s.degradation[metric], s.n, reference or ""]
-            csv_rows.append([*lead, "all", metric, *scored, *(test_line if metric == "mean" else [None] * 4 + [""])])
+            blank = [None, None, None, None, "", None, None, None]
+            csv_rows.append([*lead, "all", metric, *scored, *(test_line if metric == "mean" else blank)])
             for name, (oa, deg) in s.per_corruption[metric].items():
                 scored = [s.clean[metric], oa, deg, s.n, reference or ""]
-                csv_rows.append([*lead, name, metric, *scored, None, None, None, None, ""])
+                csv_rows.append([*lead, name, metric, *scored, *blank])
 
     severities = sorted({v for s in scores.values() for v in s.severities})
     weights = severity_weights(severities, alpha)
@@ -489,7 +507,8 @@ def build_rood_table(
         "not comparable. Δ: mean over the shared subjects of the model's "
         f"per-subject overall score minus the reference's ({reference_text}); p: two-sided paired Wilcoxon "
         "signed-rank test of the per-subject overall scores (uncorrected, then Bonferroni over the "
-        f"{len(tested)} model(s) tested)."
+        f"{len(tested)} model(s) tested). Δ degradation and its p: the same paired test of the per-subject "
+        "degradation (lower is more robust), which leaves the clean Dice out."
     )
     notes.insert(0, f"\\* p ≤ {options.alpha:g} after Bonferroni correction. No test below {MIN_SUBJECTS} paired "
                     "subjects (the exact two-sided p cannot reach 0.05 with 5).")  # fmt: skip

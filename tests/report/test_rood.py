@@ -157,8 +157,12 @@ def _expected(rows: list[dict], model: str, alpha: float = ROOD_ALPHA) -> tuple[
     overall = np.mean([transcribed_overall(m0, ms[c], alpha) for c in ms])
     degradation = np.mean([transcribed_degradation(m0, ms[c], alpha) for c in ms])
     per_subject = {
-        subject: np.mean([transcribed_overall(clean[subject], {s: v[subject] for s, v in by_s.items()}, alpha)
-                          for by_s in cells.values()])
+        subject: (
+            np.mean([transcribed_overall(clean[subject], {s: v[subject] for s, v in by_s.items()}, alpha)
+                     for by_s in cells.values()]),
+            np.mean([transcribed_degradation(clean[subject], {s: v[subject] for s, v in by_s.items()}, alpha)
+                     for by_s in cells.values()]),
+        )
         for subject in clean
     }  # fmt: skip
     return float(overall), float(degradation), per_subject
@@ -176,20 +180,28 @@ def test_table_scores_and_tests_follow_the_formulas(make_corruption_rows, write_
     for row, model in zip(table.rows, ("base", "at", "aug"), strict=True):
         overall, degradation, subjects = _expected(rows, model)
         assert row[2:4] == [f"{overall:.3f}", f"{degradation:.3f}"]
-        # the mean of the per-subject scores is the model's overall score when every cell is complete
-        assert np.mean(list(subjects.values())) == pytest.approx(overall)
+        # the mean of the per-subject scores is the model's score when every cell is complete
+        assert np.mean([v[0] for v in subjects.values()]) == pytest.approx(overall)
+        assert np.mean([v[1] for v in subjects.values()]) == pytest.approx(degradation)
         line = next(c for c in table.csv_rows if c[0] == model and c[3] == "all" and c[4] == "mean")
         assert line[6:8] == [pytest.approx(overall), pytest.approx(degradation)]
         if model == "base":
-            assert row[4:] == ["-", "-", "-", "8"]
+            assert row[4:] == ["-", "-", "-", "8", "-", "-"]
             continue
-        a = [subjects[s] for s in sorted(subjects)]
-        b = [base_subjects[s] for s in sorted(subjects)]
+        a = [subjects[s][0] for s in sorted(subjects)]
+        b = [base_subjects[s][0] for s in sorted(subjects)]
         raw[model] = wilcoxon(a, b, zero_method="wilcox").pvalue
         assert row[4] == f"{np.mean(np.subtract(a, b)):+.3f}"
         # n paired, p, and p Bonferroni-corrected over the two defended models
         assert line[11:14] == [8, pytest.approx(raw[model]), pytest.approx(min(1.0, 2 * raw[model]))]
         assert row[7] == "8"
+        # the same paired test of the per-subject degradation (robustness without the clean Dice)
+        da = [subjects[s][1] for s in sorted(subjects)]
+        db = [base_subjects[s][1] for s in sorted(subjects)]
+        p_degradation = wilcoxon(da, db, zero_method="wilcox").pvalue
+        assert row[8] == f"{np.mean(np.subtract(da, db)):+.3f}"
+        assert line[15:18] == [pytest.approx(np.mean(np.subtract(da, db))), pytest.approx(p_degradation),
+                               pytest.approx(min(1.0, 2 * p_degradation))]  # fmt: skip
     assert "1, 3, 5" in table.caption and "w1 = 0.667, w3 = 0.296, w5 = 0.132" in table.caption
     assert table.extra[0][1] == ["Corruption", "No defence", "Adversarial training (eps=0.05)",
                                  "Noise augmentation (r=0.01)"]  # fmt: skip
@@ -226,7 +238,7 @@ def test_one_severity_only_gives_the_plain_drop(make_corruption_rows, write_csv,
 def test_too_few_subjects_give_no_p_and_say_why(make_corruption_rows, write_csv, tmp_path):
     records = load_results(write_csv(tmp_path / "r.csv", make_corruption_rows(subjects=3)))
     table = build_rood_table(records, "3d")
-    assert [row[5:] for row in table.rows[1:]] == [["n/a", "n/a", "3"], ["n/a", "n/a", "3"]]
+    assert [row[5:8] + row[9:] for row in table.rows[1:]] == [["n/a", "n/a", "3", "n/a"]] * 2
     assert "Adversarial training (eps=0.05): no test: 3 paired subjects < 6." in table.notes
     assert [t.name for t in build_tables(records)][-3:] == ["corruptions_3d", "corruption_calibration_3d", "rood_3d"]
 
