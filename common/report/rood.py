@@ -385,6 +385,14 @@ def corruption_models(records: Sequence[Record], net: str, source: str = "result
 
 
 # ------------------------------------------------------------------------------------------------------ the table
+def _signed(value: float) -> str:
+    """A difference with its sign, ``"n/a"`` for NaN; one that rounds to zero is ``+0.000``, never ``-0.000``."""
+    if math.isnan(value):
+        return "n/a"
+    text = f"{value:+.3f}"
+    return "+0.000" if text == "-0.000" else text
+
+
 def _reference(scores: Mapping[str, ModelRood], info: Mapping[str, tuple[str, str, str]], net: str,
                baselines: Sequence[str]) -> tuple[str | None, str]:  # fmt: skip
     """The reference model of the tests and, when there is none, why."""
@@ -470,10 +478,10 @@ def build_rood_table(
             d_test, d_difference = degradation_tests[m]
             d_corr = degradation_corrected.get(m)
             d_mark = "*" if d_corr is not None and d_corr <= options.alpha else ""
-            rows.append([label[m], *scores_text, "n/a" if math.isnan(difference) else f"{difference:+.3f}",
+            rows.append([label[m], *scores_text, _signed(difference),
                          format_p(test.p) if test.tested else "n/a",
                          "n/a" if p_corr is None else format_p(p_corr) + mark, str(test.n),
-                         "n/a" if math.isnan(d_difference) else f"{d_difference:+.3f}",
+                         _signed(d_difference),
                          "n/a" if d_corr is None else format_p(d_corr) + d_mark])  # fmt: skip
             if test.note:
                 notes.append(f"{label[m]}: {'p = 1' if test.tested else 'no test'}: {test.note}.")

@@ -278,3 +278,11 @@ def test_duplicate_subject_rows_are_refused(make_corruption_rows, write_csv, tmp
     rows.append(next(r for r in rows if r["threat"] == "corruption"))
     with pytest.raises(RobustsegError, match="subject s0 has several rows for model base corruption gibbs"):
         build_rood_table(load_results(write_csv(tmp_path / "r.csv", rows)), "3d")
+
+
+@pytest.mark.parametrize(("value", "text"), [(-0.0004, "+0.000"), (0.0004, "+0.000"), (-0.0006, "-0.001"),
+                                             (0.0126, "+0.013"), (float("nan"), "n/a")])  # fmt: skip
+def test_differences_are_signed_and_never_negative_zero(value, text):
+    from common.report.rood import _signed
+
+    assert _signed(value) == text
