@@ -13,6 +13,7 @@ Set ``ROBUSTSEG_TRACEBACK=1`` to see the full traceback instead.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from types import TracebackType
@@ -24,8 +25,32 @@ class RobustsegError(ValueError):
     """A problem with the user's input or settings, reported as one line (file or parameter, problem, expectation)."""
 
 
+_FILESYSTEM_ERRNOS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+    errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP,
+})  # fmt: skip
+"""``OSError`` numbers that describe the user's files or disk (a path that is not a folder, a read-only or full
+disk), not a bug: reported as one line like a :class:`RobustsegError`."""
+
+
+def _filesystem_error(exc: OSError) -> RobustsegError | None:
+    if exc.errno not in _FILESYSTEM_ERRNOS:
+        return None
+    what = (exc.strerror or str(exc)).rstrip(".").lower()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return RobustsegError(f"{where}{what}; expected free space for the output (nothing was kept of it).")
+    if not exc.filename:
+        return None
+    also = f" -> {exc.filename2}" if exc.filename2 else ""
+    return RobustsegError(f"{exc.filename}{also}: {what}; expected a writable/readable path of the right kind.")
+
+
 def find_user_error(exc: BaseException | None) -> RobustsegError | None:
     """Return the first :class:`RobustsegError` in ``exc``'s cause/context chain, or ``None``.
+
+    Without one, a file-system ``OSError`` in the chain (a path that is not a folder, permission denied, a
+    read-only or full disk; :data:`_FILESYSTEM_ERRNOS`) is the user's error too, turned into one.
 
     Args:
         exc: the exception raised to the top level.
@@ -33,12 +58,19 @@ def find_user_error(exc: BaseException | None) -> RobustsegError | None:
     Returns:
         The user-facing error that caused ``exc``, if any.
     """
+    chain: list[BaseException] = []
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, RobustsegError):
             return exc
         seen.add(id(exc))
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
+    for link in chain:
+        if isinstance(link, OSError):
+            found = _filesystem_error(link)
+            if found is not None:
+                return found
     return None
 
 

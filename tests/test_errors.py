@@ -45,3 +45,51 @@ def test_hook_prints_one_line(traceback_env, expect_traceback):
         assert "Traceback" in proc.stderr
     else:
         assert proc.stderr.strip() == "error: datalist.json: no such file."
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (NotADirectoryError(20, "Not a directory", "/tmp/f/sub"), "/tmp/f/sub: not a directory; expected"),
+        (PermissionError(13, "Permission denied", "/ro/out.csv"), "/ro/out.csv: permission denied; expected"),
+        (OSError(30, "Read-only file system", "/ro/x", None, "/ro/y"), "/ro/x -> /ro/y: read-only file system"),
+        (OSError(28, "No space left on device"), "no space left on device; expected free space"),
+        (OSError(28, "No space left on device", "/full/x.pt"), "/full/x.pt: no space left on device"),
+        (OSError(5, "Input/output error", "/dev/sdz"), None),  # not the user's: a traceback
+        (FileNotFoundError(2, "No such file or directory"), None),  # no path to name: a traceback
+        (KeyError("x"), None),
+    ],
+)
+def test_file_system_errors_are_the_users(error, expected):
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        found = find_user_error(outer)
+    if expected is None:
+        assert found is None
+    else:
+        assert isinstance(found, RobustsegError) and str(found).startswith(expected), found
+
+
+def test_a_robustseg_error_in_the_chain_wins_over_an_os_error():
+    try:
+        try:
+            raise NotADirectoryError(20, "Not a directory", "/a")
+        except OSError as inner:
+            raise RobustsegError("out: bad folder") from inner
+    except RobustsegError as outer:
+        assert str(find_user_error(outer)) == "out: bad folder"
+
+
+def test_cli_names_an_output_path_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub"
+    done = subprocess.run([sys.executable, "-m", "common", "data", "synth", "--out", str(out), "--subjects", "2",
+                           "--shape", "32"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    expected = f"error: {out}: not a directory; expected a writable/readable path of the right kind."
+    assert done.stderr.strip() == expected
+    assert (tmp_path / "afile").read_text() == "x"
