@@ -353,7 +353,8 @@ class ExampleWriter:
     The clean input and the label are written at once; :meth:`add` writes one entry's adversarial input and
     prediction (a file already written, such as a source's input that a transfer entry reuses, is not written
     again) and :meth:`finish` writes the index. Every file is written atomically. Volumes are tensors (or arrays)
-    with ``.detach().cpu().numpy()``; this module itself does not import torch, so the report runs without it.
+    with ``.detach().cpu().numpy()``; this module itself does not import torch (the report as a whole does, through
+    the MR-artifact tables' :mod:`common.corruptions`).
 
     Args:
         folder: the subject's folder (``<output_dir>/examples/<subject>``), created if missing.
