@@ -38,11 +38,10 @@ from torch import Tensor, nn
 
 from common.certify import NON_CERTIFIED, GaussianSmoothing, certified_dice, certify
 from common.certify.segcertify import _check_settings
-from common.data.splits import load_split
 from common.engines.inferers import AutocastInferer
 from common.engines.model_bundle import load_model_bundle
 from common.engines.results_io import RESULTS_NAME, _read_rows, _row_key, _RowWriter, package_versions
-from common.engines.subject_batch import files_of, load_subjects, subject_id
+from common.engines.subject_batch import load_subjects, subject_id, test_entries
 from common.errors import RobustsegError
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
@@ -145,13 +144,7 @@ def run_certification(
     non_certified = look_up_option("non_certified", non_certified, NON_CERTIFIED)
     seed = check_int("seed", seed)
     datalist = _datalist(data)
-    entries = load_split(datalist, "testing")
-    for entry in entries:
-        if entry.get("label") is None:
-            raise RobustsegError(f"{datalist}: test subject {subject_id(entry)} has no label to score with.")
-        missing = [f for f in files_of(entry) if not os.path.isfile(f)]
-        if missing:
-            raise RobustsegError(f"{missing[0]}: file of test subject {subject_id(entry)} not found.")
+    entries = test_entries(datalist)
     model = load_model_bundle(bundle, config_files, device, overrides)
     network: nn.Module = _Autocast(model.network, model.amp_dtype) if model.amp else model.network
     smoothing = GaussianSmoothing(network, smoothing_checks.sigma, smoothing_checks.batch_size)

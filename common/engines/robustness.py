@@ -72,7 +72,6 @@ from common.corruptions import (
     corruption_seed,
 )
 from common.data.labels import logits_to_labels
-from common.data.splits import load_split
 from common.engines.attack_jobs import (
     DEFAULT_ATTACKS,
     DEFAULT_SWEEP_EPSILONS,
@@ -99,7 +98,7 @@ from common.engines.results_io import (
     package_versions,
     shard_subjects,
 )
-from common.engines.subject_batch import SubjectBatch, Unit, batches_of, files_of, load_subjects, subject_id
+from common.engines.subject_batch import SubjectBatch, Unit, batches_of, load_subjects, subject_id, test_entries
 from common.errors import RobustsegError
 from common.metrics.dice import region_dice
 from common.report.examples import INDEX_NAME, ExampleWriter, example_severity
@@ -311,17 +310,8 @@ class RobustnessEvaluation:
             )
 
         self.datalist = str(Path(datalist if datalist is not None else self.models[0].datalist()).resolve())
-        self.entries = load_split(self.datalist, "testing")
+        self.entries = test_entries(self.datalist)
         self.subjects = [subject_id(e) for e in self.entries]
-        duplicate_subjects = sorted({s for s in self.subjects if self.subjects.count(s) > 1})
-        if duplicate_subjects:
-            raise RobustsegError(f"{self.datalist}: subject id(s) {duplicate_subjects} appear twice in 'testing'.")
-        for entry in self.entries:
-            missing = [f for f in files_of(entry) if not os.path.isfile(f)]
-            if missing:
-                raise RobustsegError(f"{missing[0]}: file of test subject {subject_id(entry)} not found.")
-            if entry.get("label") is None:
-                raise RobustsegError(f"{self.datalist}: test subject {subject_id(entry)} has no label to score with.")
         if example_subject is None:
             self.example_subject: str | None = self.subjects[0]
         elif example_subject is False or example_subject == "":

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ import torch
 from monai.data import MetaTensor
 from torch import Tensor
 
+from common.data.splits import load_split
 from common.engines.attack_jobs import AttackJob
 from common.engines.quality import InputQuality
 from common.errors import RobustsegError
 from common.utils.validation import check_int
 
-__all__ = ["SubjectBatch", "Unit", "batches_of", "load_subjects", "subject_id"]
+__all__ = ["SubjectBatch", "Unit", "batches_of", "load_subjects", "subject_id", "test_entries"]
 
 
 def subject_id(entry: Mapping[str, Any]) -> str:
@@ -56,6 +58,27 @@ def files_of(entry: Mapping[str, Any]) -> list[str]:
         value = entry.get(key)
         out += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
     return out
+
+
+def test_entries(datalist: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``testing`` entries of a datalist, checked before anything is computed: every subject id once, every file
+    there, every subject labelled (the test split is scored against its labels).
+
+    Raises:
+        RobustsegError: naming the datalist or the missing file.
+    """
+    entries = load_split(str(datalist), "testing")
+    subjects = [subject_id(e) for e in entries]
+    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
+    if duplicates:
+        raise RobustsegError(f"{datalist}: subject id(s) {duplicates} appear twice in 'testing'.")
+    for entry in entries:
+        missing = [f for f in files_of(entry) if not os.path.isfile(f)]
+        if missing:
+            raise RobustsegError(f"{missing[0]}: file of test subject {subject_id(entry)} not found.")
+        if entry.get("label") is None:
+            raise RobustsegError(f"{datalist}: test subject {subject_id(entry)} has no label to score with.")
+    return entries
 
 
 def _plain_tensor(value: Any) -> Tensor:
