@@ -380,16 +380,20 @@ class RobustnessEvaluation:
     def _keys(self, unit: Unit, subject: str) -> list[tuple[Key, str]]:
         """The row keys of a unit for a subject, each with the attack config the row must carry."""
         model = self.models[unit.model].name
+
+        def key(attack: str, source: str, epsilon: float, iteration: int, loss: str, severity: object = "") -> Key:
+            return _row_key({"model": model, "subject": subject, "attack": attack, "threat": unit.threat,
+                             "source_model": source, "epsilon": epsilon, "iteration": iteration, "loss": loss,
+                             "severity": severity})  # fmt: skip
+
         if unit.threat == Threat.CORRUPTION:
-            return [((model, subject, name, unit.threat, "", 0.0, 0, "", str(severity), "", ""),
-                     _corruption_config(name, severity))
+            return [(key(name, "", 0.0, 0, "", severity), _corruption_config(name, severity))
                     for name in self.corruptions for severity in self.severities]  # fmt: skip
         if unit.job is None:
-            return [((model, subject, "none", "clean", "", 0.0, 0, "", "", "", ""), "")]
+            return [(key("none", "", 0.0, 0, ""), "")]
         source = self.models[unit.source].name if unit.source is not None else ""
         return [
-            ((model, subject, unit.job.name, unit.threat, source, eps, iteration, unit.job.loss, "", "", ""),
-             repr(attack))
+            (key(unit.job.name, source, eps, iteration, unit.job.loss), repr(attack))
             for attack, eps, iteration in unit.job.slots(final_only=unit.transfer)
         ]
 
