@@ -24,6 +24,7 @@ from common.corruptions.registry import (
     check_corruption_names,
     check_severities,
     corrupt,
+    corruption_order,
     corruption_seed,
     severity_table,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "check_corruption_names",
     "check_severities",
     "corrupt",
+    "corruption_order",
     "corruption_seed",
     "severity_table",
 ]

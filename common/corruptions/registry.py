@@ -60,7 +60,7 @@ scanner's windowing would); for ``blur``, ``downsample`` and ``gamma`` it only r
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -80,6 +80,7 @@ __all__ = [
     "check_corruption_names",
     "check_severities",
     "corrupt",
+    "corruption_order",
     "corruption_seed",
     "severity_table",
 ]
@@ -210,6 +211,13 @@ def check_corruption_names(corruptions: str | Sequence[str]) -> tuple[str, ...]:
                              f"got {corruptions!r}.")  # fmt: skip
     chosen = {look_up_option("corruptions", name, list(CORRUPTIONS)) for name in names}
     return tuple(name for name in CORRUPTIONS if name in chosen)
+
+
+def corruption_order(names: Iterable[str]) -> list[str]:
+    """``names`` without repeats: the registered corruptions in :data:`CORRUPTIONS` order, then any others sorted (a
+    CSV may name corruptions of another version), the order of every corruption table and figure."""
+    present = set(names)
+    return [n for n in CORRUPTIONS if n in present] + sorted(present - set(CORRUPTIONS))
 
 
 def check_severities(severities: Sequence[int]) -> tuple[int, ...]:

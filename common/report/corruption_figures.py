@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.corruptions import CORRUPTIONS
+from common.corruptions import corruption_order
 from common.metrics.stats import mean_sd
 from common.report.figure import (
     MODEL_COLOURS,
@@ -71,12 +71,8 @@ def _panel(records: Sequence[Record], net: str, source: str) -> _Panel | None:
         return None
     scores = {m: corruption_scores(records, m, "mean", source) for m in models}
     info = model_identities(records, net)
-    return _Panel(models, scores, info, _labels(models, info), _corruption_order(scores))
-
-
-def _corruption_order(scores: dict[str, CorruptionScores]) -> list[str]:
-    names = {name for s in scores.values() for name, _ in s.cells}
-    return [n for n in CORRUPTIONS if n in names] + sorted(names - set(CORRUPTIONS))
+    names = corruption_order(name for s in scores.values() for name, _ in s.cells)
+    return _Panel(models, scores, info, _labels(models, info), names)
 
 
 def _labels(models: Sequence[str], info: dict[str, tuple[str, str, str]]) -> dict[str, str]:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.corruptions import CORRUPTIONS
+from common.corruptions import CORRUPTIONS, corruption_order
 from common.data.labels import MODALITIES
 from common.report.examples import ExampleEntry, ExampleSubject, ExampleVolumes, example_severity, load_example_volumes
 from common.report.figure import ReportFigure, SkippedFigure, data_point, new_figure
@@ -59,11 +59,6 @@ def shown_channel(corruption: str, severity: int) -> str:
     known = CORRUPTIONS.get(corruption)
     channel = known.params(severity).get("channel") if known is not None else None
     return MODALITIES[channel] if isinstance(channel, int) and 0 <= channel < len(MODALITIES) else _DEFAULT_CHANNEL
-
-
-def _order(names: set[str]) -> list[str]:
-    known = [n for n in CORRUPTIONS if n in names]
-    return known + sorted(names - set(known))
 
 
 def _dice_row(records: Sequence[Record], subject: str, entry: ExampleEntry) -> Record | None | str:
@@ -220,7 +215,7 @@ def corruption_example_figures(
         entries = [e for e in entries if e.severity == severity]
         shown = _shown_models([m for m in models if any(e.model == m for e in entries)], info, baselines)
         rows: dict[str, dict[str, ExampleEntry]] = {}
-        for name in _order({e.attack for e in entries if e.model in shown}):
+        for name in corruption_order({e.attack for e in entries if e.model in shown}):
             rows[name] = {e.model: e for e in entries if e.attack == name and e.model in shown}
         omitted = [m for m in models if m not in shown]
         volumes = load_example_volumes(subject)

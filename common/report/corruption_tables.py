@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.corruptions import CORRUPTIONS
+from common.corruptions import corruption_order
 from common.metrics.stats import mean_sd
 from common.report.labels import defence_sort_key, model_label
 from common.report.schema import Record, mean_dice
@@ -29,11 +29,6 @@ __all__ = ["MONOTONE_TOLERANCE", "build_corruption_tables"]
 
 MONOTONE_TOLERANCE = 0.01
 """The Dice rise between successive severities that the Dice table's note reports."""
-
-
-def _order(names: set[str]) -> list[str]:
-    known = [n for n in CORRUPTIONS if n in names]
-    return known + sorted(names - set(known))
 
 
 def build_corruption_tables(records: Sequence[Record], net: str) -> list[Table]:
@@ -52,7 +47,7 @@ def build_corruption_tables(records: Sequence[Record], net: str) -> list[Table]:
         return []
     info = model_identities(records, net)
     models = sorted({str(r["model"]) for r in rows}, key=lambda m: defence_sort_key(info[m][1], info[m][2], m))
-    names = _order({str(r["attack"]) for r in rows})
+    names = corruption_order({str(r["attack"]) for r in rows})
     severities = sorted({int(r["severity"]) for r in rows})  # type: ignore[arg-type]
     cell: dict[tuple[str, str, int], list[float]] = {}
     for r in rows:

@@ -323,3 +323,17 @@ def test_missing_slices_are_nested_across_severities(subject):
     masks = [(corrupt(subject, "missing_t2", s)[2] == 0).all(dim=(0, 1)) for s in SEVERITIES]
     for lower, higher in zip(masks, masks[1:]):
         assert bool((higher | ~lower).all()) and int(higher.sum()) > int(lower.sum())
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["missing_t1", "blur", "gibbs", "blur"], ["gibbs", "blur", "missing_t1"]),
+        (["zeta", "gamma", "alpha"], ["gamma", "alpha", "zeta"]),  # unregistered names last, sorted
+        ([], []),
+    ],
+)
+def test_corruption_order_is_the_registry_order_then_the_rest_sorted(names, expected):
+    from common.corruptions import corruption_order
+
+    assert corruption_order(iter(names)) == expected
