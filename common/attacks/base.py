@@ -8,14 +8,13 @@ evaluation sweep. A subclass holds only its update rule (:meth:`Attack.step`) an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from common.attacks.gradient import input_gradient
 from common.data.labels import labels_to_indices, logits_to_labels
@@ -29,6 +28,7 @@ from common.losses.segmentation import (
 )
 from common.losses.soft_dice import SoftDiceLoss
 from common.metrics.dice import region_dice
+from common.networks.modes import eval_mode
 from common.utils.validation import check_int, check_number
 
 __all__ = [
@@ -170,22 +170,6 @@ STOP_CRITERIA: dict[str, StopCriterion] = {"gradient_vanished": _gradient_vanish
 """Stop criteria by name (``stop="..."``): ``gradient_vanished`` (exact for attacks without restarts: the remaining
 iterates are identical) and ``dice_zero`` (every region already lost against the labels the loss aims at; for the
 worst-case ensembles, it changes the iterates reported after the stop)."""
-
-
-@contextmanager
-def _eval_mode(model: Callable[..., Tensor]) -> Iterator[None]:
-    """Run ``model`` in eval mode and give every submodule back its own train/eval flag, even on error."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        # set the flag module by module: model.train(mode) would overwrite submodules the caller had set differently
-        for module, training in modes:
-            module.training = training
 
 
 def check_linf_radius(value: float, relative: bool, name: str = "epsilon") -> float:
@@ -488,7 +472,7 @@ class Attack:
         """
         clean, labels, scale = self._prepare(images, labels)
         lower, upper = self._bounds(clean, self.epsilon * scale)
-        with _eval_mode(model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             return self.run(model, clean, labels, lower, upper, self.alpha * scale, callback)
 
     def iterate(

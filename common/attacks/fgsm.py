@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackProbe, AttackStep, _check_epsilon, _eval_mode
+from common.attacks.base import Attack, AttackProbe, AttackStep, _check_epsilon
 from common.data.labels import logits_to_labels
+from common.networks.modes import eval_mode
 
 __all__ = ["FGSM"]
 
@@ -70,7 +71,7 @@ class FGSM(Attack):
         """
         epsilons = [_check_epsilon(epsilon, self.relative) for epsilon in epsilons]
         clean, labels, scale = self._prepare(images, labels)
-        with _eval_mode(model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             self.set_loss_step(1, 1)
             losses, grad, logits = self._loss_and_gradient(model, clean, labels)
         records = callback is not None or self.stop_criterion is not None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from common.data.labels import channel_argmax
 from common.errors import RobustsegError
+from common.networks.modes import eval_mode
 from common.utils.validation import check_int, check_number
 
 __all__ = ["GaussianSmoothing"]
@@ -72,15 +73,8 @@ class GaussianSmoothing:
         n = check_int("n", n, minimum=1, hint="the number of noise samples")
         if images.ndim < 3:
             raise RobustsegError(f"images must be (B, C, *spatial), got shape {tuple(images.shape)}.")
-        was_training = getattr(self.network, "training", False)
-        if isinstance(self.network, nn.Module):
-            self.network.eval()
-        try:
-            with torch.no_grad():
-                return torch.stack([self._counts_one(image, n, generator) for image in images])
-        finally:
-            if isinstance(self.network, nn.Module):
-                self.network.train(was_training)
+        with eval_mode(self.network), torch.no_grad():
+            return torch.stack([self._counts_one(image, n, generator) for image in images])
 
     def _counts_one(self, image: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
         counts: Tensor | None = None

@@ -32,6 +32,7 @@ from common.attacks.gradient import input_gradient
 from common.data.labels import logits_to_labels
 from common.errors import RobustsegError
 from common.losses.soft_dice import SoftDiceLoss
+from common.networks.modes import eval_mode
 from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = [
@@ -225,13 +226,11 @@ def choose_precision(
         return _CACHE[key]
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(shape, generator=generator).to(device)
-    modes = [(module, module.training) for module in network.modules()]
     flags = [(p, p.requires_grad) for p in network.parameters()]
-    network.eval()
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with eval_mode(network), torch.enable_grad():
             with torch.no_grad():
                 labels = logits_to_labels(network(images))
             fp32_s, fp32_grad = _timed(lambda: _fwd_bwd(network, images, labels, None), repeats, device)
@@ -239,8 +238,6 @@ def choose_precision(
                 lambda: _fwd_bwd(network, images, labels, _DTYPES[amp_name]), repeats, device, GIVE_UP * fp32_s
             )
     finally:
-        for module, training in modes:
-            module.training = training
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
     agreement = float((torch.sign(amp_grad) == torch.sign(fp32_grad)).float().mean())
