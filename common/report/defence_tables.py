@@ -368,8 +368,8 @@ def build_defence_tables(
     options = ReportOptions.resolve(options, **values)
     attack, loss, alpha, baseline = options.attack, options.loss, options.alpha, options.baselines
     info = _defences(records, net)
-    if not info:
-        return []
+    if not info or not any(r["net"] == net and r["threat"] == Threat.WHITE_BOX for r in records):
+        return []  # e.g. a CSV of certificates or corruptions only: nothing to compare the defences under attack
     reference = _resolve_baseline(info, net, baseline, source)
     eps = options.epsilons
 

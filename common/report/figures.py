@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.errors import RobustsegError
+from common.report.certification import certification_figures
 from common.report.convergence import convergence_figures
 from common.report.corruption_figures import corruption_figures
 from common.report.corruption_panels import corruption_example_figures
@@ -111,6 +112,7 @@ def build_figures(
         elif any(r["threat"] == Threat.WORST_CASE for r in records):
             skipped.append(SkippedFigure("Convergence of the worst case", "no iterative attack among the members"))
         figures += corruption_figures(records, source)
+        figures += certification_figures(records, source)
         drawn, missed = slice_figures(records, examples, options.attack, options.epsilon, max_example_subjects)
         figures += drawn
         skipped += missed

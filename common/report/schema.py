@@ -21,7 +21,9 @@ threat                 str    ``clean``, ``white-box`` (the paper's attack on th
                               at a ``severity``, :mod:`common.corruptions`; not adversarial), ``certified``
                               (randomized-smoothing certificate of the clean input at an L2 ``radius``,
                               :mod:`common.certify`, attack ``smoothing``: the Dice columns hold the certified Dice,
-                              epsilon, steps, iteration, linf and l2 are 0)
+                              epsilon, steps, iteration, linf and l2 are 0), ``smoothed`` (the smoothed segmenter's
+                              prediction on the clean input, attack ``clean``, or on an L2 attack on it at
+                              ``epsilon`` = ``radius``; :mod:`common.engines.certification`)
 source_model           str    model the perturbation was computed on (the model itself for white-box/adaptive; empty
                               for clean)
 attack_config          str    the attack's repr, e.g. ``IterativeFGSM(epsilon=0.05, steps=10, alpha=0.005, ...)``
@@ -52,12 +54,12 @@ dice_trace             str    attacks that return their best iterate (PGD, APGD)
                               at most the last one); the convergence figure's data; empty elsewhere
 severity               int    ``corruption`` rows only: the corruption's severity, 1 (mild) to 5 (severe)
                               (:mod:`common.corruptions`; ``attack`` is the corruption's name); empty elsewhere
-sigma                  float  ``certified`` rows only: the noise level of the Gaussian smoothing (input units: a
-                              fraction of the [0, 1] intensity range); empty elsewhere
-radius                 float  ``certified`` rows only: the L2 radius (input units) at which the row's Dice is certified;
-                              empty elsewhere
-n_samples              int    ``certified`` rows only: the estimation samples per subject (SegCertify's ``n``); empty
-                              elsewhere
+sigma                  float  ``certified`` and ``smoothed`` rows only: the noise level of the Gaussian smoothing (input
+                              units: a fraction of the [0, 1] intensity range); empty elsewhere
+radius                 float  ``certified`` rows: the L2 radius (input units) at which the row's Dice is certified;
+                              ``smoothed`` rows: the L2 radius of the attack (0 for the clean input); empty elsewhere
+n_samples              int    ``certified`` rows: the estimation samples per subject (SegCertify's ``n``);
+                              ``smoothed`` rows: the noise samples of the majority vote; empty elsewhere
 alpha                  float  ``certified`` rows only: the family-wise error of the subject's certificate; empty
                               elsewhere
 abstain_fraction       float  ``certified`` rows only: the fraction of voxels not certified at ``radius``; empty
@@ -123,7 +125,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("defense_param", str, False, "defence parameter, e.g. T=5000, eps=0.05, r=0.01, p=0.5; empty for none"),
     Column("subject", str, True, "subject id"),
     Column("attack", str, True, "attack display name; none for the clean input"),
-    Column("threat", str, True, "clean, white-box, adaptive, transfer, worst-case, corruption or certified"),
+    Column("threat", str, True, "clean, white-box, adaptive, transfer, worst-case, corruption, certified or smoothed"),
     Column("source_model", str, False, "model the perturbation was computed on; empty for clean"),
     Column("attack_config", str, False, "the attack's repr"),
     Column("loss", str, False, "attack loss name; empty for clean"),
@@ -144,9 +146,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("target_attainment", float, False, "targeted attacks: fraction of brain voxels predicted as the target"),
     Column("dice_trace", str, False, "PGD/APGD: best mean Dice after each gradient pass, space-separated"),
     Column("severity", int, False, "corruption rows: severity 1-5; empty elsewhere"),
-    Column("sigma", float, False, "certified rows: the smoothing noise level; empty elsewhere"),
-    Column("radius", float, False, "certified rows: the certified L2 radius of the row's Dice; empty elsewhere"),
-    Column("n_samples", int, False, "certified rows: estimation samples per subject; empty elsewhere"),
+    Column("sigma", float, False, "certified/smoothed rows: the smoothing noise level; empty elsewhere"),
+    Column("radius", float, False, "certified/smoothed rows: the L2 radius of the row's Dice; empty elsewhere"),
+    Column("n_samples", int, False, "certified/smoothed rows: noise samples per subject; empty elsewhere"),
     Column("alpha", float, False, "certified rows: the certificate's family-wise error; empty elsewhere"),
     Column("abstain_fraction", float, False, "certified rows: fraction of voxels not certified at radius"),
 )

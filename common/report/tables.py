@@ -36,6 +36,7 @@ import os
 from collections.abc import Sequence
 
 from common.errors import RobustsegError
+from common.report.certification import build_certification_table
 from common.report.corruption_tables import build_corruption_tables
 from common.report.defence_tables import build_defence_tables
 from common.report.headline import build_headline
@@ -96,6 +97,7 @@ def build_tables(
         tables += build_corruption_tables(records, net)
         if (rood := build_rood_table(records, net, options, source)) is not None:
             tables.append(rood)
+    tables += [t for net in Net if (t := build_certification_table(records, net, source)) is not None]
     tables += [t for net in Net if (t := build_sanity(records, net)) is not None]
     return tables
 

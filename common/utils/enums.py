@@ -80,3 +80,4 @@ class Threat(StrEnum):
     WORST_CASE = "worst-case"
     CORRUPTION = "corruption"
     CERTIFIED = "certified"
+    SMOOTHED = "smoothed"

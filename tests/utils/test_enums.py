@@ -14,7 +14,7 @@ from common.utils.enums import Defense, Net, Threat
     [
         (Defense, ("none", "distillation", "adversarial_training", "noise_augmentation", "artifact_augmentation")),
         (Net, ("3d", "2d")),
-        (Threat, ("clean", "white-box", "adaptive", "transfer", "worst-case", "corruption", "certified")),
+        (Threat, ("clean", "white-box", "adaptive", "transfer", "worst-case", "corruption", "certified", "smoothed")),
     ],
 )
 def test_values_and_string_behaviour(enum, values):
