@@ -16,6 +16,9 @@ runs, after one warm-up each, so that load from other processes hits both sides 
 6. ``APGD(steps=--apgd-steps)`` (default 100) against its floor: as many forward + soft-Dice loss + input-gradient
    passes (target ratio <= 1.1: APGD adds one forward pass per restart for its last iterate, the hard-Dice scoring of
    every iterate and its per-sample bookkeeping). ``--apgd-steps 0`` skips it.
+7. ``APGD(steps=--apgd-steps, norm="l2")`` at L2 radius ``--l2-epsilon`` against the same floor (target ratio <= 1.1:
+   its step normalises the gradient and its projection takes one norm per sample, instead of a sign and a clamp).
+   Skipped with 6.
 
 The network is :class:`common.networks.UNet3D` (``--batch`` volumes, default 1, ``--size``^3 input, ``--base-filters``
 filters) or, if that is missing, MONAI's ``BasicUNet``. Our attacks take each volume's own loss (one soft-Dice call per
@@ -30,7 +33,7 @@ Usage::
     python benchmarks/bench_attacks.py                            # UNet3D base 8, 48^3, 5 repeats (~12 minutes)
     python benchmarks/bench_attacks.py --size 32 --repeats 1 --train-steps 10     # quick look
     python benchmarks/bench_attacks.py --batch 4 --no-bf16     # the evaluation's default batch of subjects; 1-3, 6
-    python benchmarks/bench_attacks.py --apgd-steps 0             # without the APGD timing (6), the longest
+    python benchmarks/bench_attacks.py --apgd-steps 0             # without the APGD timings (6, 7), the longest
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ def main() -> None:
     parser.add_argument(
         "--apgd-steps", type=int, default=100, help="APGD iterations, timed against as many passes (0 skips)"
     )
+    parser.add_argument(
+        "--l2-epsilon", type=float, default=1.0, help="L2 radius of APGD-L2 (7), relative to the image maximum"
+    )
     parser.add_argument("--channels-last", action="store_true", help="give the network channels-last 3D input")
     parser.add_argument(
         "--no-bf16", action="store_true", help="skip bf16 (4 and 5): slow without AMX or AVX512-BF16, and 5 trains"
@@ -197,7 +203,9 @@ def main() -> None:
     apgd_steps = args.apgd_steps
     if apgd_steps > 0:
         apgd = APGD(epsilon, steps=apgd_steps)
+        apgd_l2 = APGD(args.l2_epsilon, steps=apgd_steps, norm="l2")
         runs["apgd"] = lambda: apgd(net, images, labels)
+        runs["apgd_l2"] = lambda: apgd_l2(net, images, labels)
         runs["apgd_floor"] = lambda: floor(net, images, labels, apgd_steps)
     if not args.no_bf16:
         runs["ifgsm_amp"] = lambda: IterativeFGSM(epsilon, steps=steps, amp=True)(net, images, labels)
@@ -211,6 +219,7 @@ def main() -> None:
         ("FGSM.sweep (11 eps) vs 11 x FGSM", "sweep", "fgsm_loop", "<= 0.35", f"identical: {identical}"),
         (f"i-FGSM({steps}) amp=True (bf16) vs fp32", "ifgsm_amp", "ifgsm", "-", ""),
         (f"APGD({apgd_steps}) vs {apgd_steps} x (forward+loss+backward)", "apgd", "apgd_floor", "<= 1.1", ""),
+        (f"APGD-L2({apgd_steps}) vs the same floor", "apgd_l2", "apgd_floor", "<= 1.1", ""),
     ]
     print(f"\n{'comparison':<48} {'ours (s)':>9} {'ref (s)':>9} {'ratio':>7} {'min ratio':>9}  target   check")
     for label, ours, reference, target, check in rows:
@@ -237,6 +246,7 @@ def main() -> None:
     }
     if apgd_steps > 0:
         cheap_runs["apgd"] = lambda: apgd(stand_in, images, labels)
+        cheap_runs["apgd_l2"] = lambda: apgd_l2(stand_in, images, labels)
         cheap_runs["apgd_floor"] = lambda: floor(stand_in, images, labels, apgd_steps)
     cheap = time_runs(cheap_runs, max(20, args.repeats))
     cheap_median = {name: statistics.median(values) for name, values in cheap.items()}
@@ -247,6 +257,7 @@ def main() -> None:
         ("i-FGSM + callback vs floor", "ifgsm_callback", "floor", steps),
         ("i-FGSM CE vs torchattacks BIM", "ours_ce", "bim", steps),
         ("APGD vs floor", "apgd", "apgd_floor", apgd_steps),
+        ("APGD-L2 vs floor", "apgd_l2", "apgd_floor", apgd_steps),
     ]:
         if ours not in cheap_median:
             continue

@@ -1,4 +1,4 @@
-"""APGD (Croce & Hein 2020, Algorithm 1) for segmentation: per-sample step sizes, best iterate by scored Dice."""
+"""APGD (Croce & Hein 2020, Algorithm 1), L-inf or L2, for segmentation: per-sample step sizes, best iterate by Dice."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackProbe, AttackStep
+from common.attacks.base import Attack, AttackProbe, AttackStep, ThreatModel
 from common.attacks.pgd import _BestIterate, _column, _random_start, _start_search, _traced
 from common.data.labels import logits_to_labels
 from common.utils.validation import check_int, check_number
@@ -45,18 +45,25 @@ def apgd_checkpoints(steps: int) -> list[int]:
 
 
 class APGD(Attack):
-    """Auto-PGD, L-inf (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-    parameter-free attacks", ICML, Algorithm 1), for segmentation.
+    """Auto-PGD, L-inf or L2 (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+    diverse parameter-free attacks", ICML, Algorithm 1 and Sec. 3), for segmentation.
 
     From ``x_0`` (a random point of the threat model), with step size ``eta = 2 * epsilon`` (``alpha``)::
 
-        x_1 = P(x_0 + eta sign(grad f(x_0)))
-        z_{k+1} = P(x_k + eta sign(grad f(x_k)))
+        x_1 = P(x_0 + eta d(grad f(x_0)))
+        z_{k+1} = P(x_k + eta d(grad f(x_k)))
         x_{k+1} = P(x_k + 0.75 (z_{k+1} - x_k) + 0.25 (x_k - x_{k-1}))
 
-    where ``P`` projects onto the epsilon-ball intersected with the valid intensity range and ``f`` is the attack
-    loss. At each checkpoint ``w_j`` (:func:`apgd_checkpoints`) the step size is halved and the iterate restarted from
-    the point of highest loss so far if (1) fewer than ``rho = 0.75`` of the steps since the last checkpoint
+    where ``P`` projects onto the epsilon-ball intersected with the valid intensity range, ``f`` is the attack loss
+    and ``d`` the steepest-ascent direction of the norm: ``sign(g)`` for L-inf (``norm="linf"``, default), and
+    ``g / ||g||_2`` per sample for L2 (``norm="l2"``; ``P`` is then the projection onto the L2 ball followed by the
+    clamp to the range, as in the L2 branch of the authors' code, ``fra31/auto-attack``, ``autopgd_base.py``). The
+    initial step ``2 * epsilon``, the momentum, the checkpoints and the step halving are the same for both norms, as
+    in that code. The L2 start is uniform in the ball (for a BraTS volume within 1e-5 of the sphere, where that code
+    starts).
+
+    At each checkpoint ``w_j`` (:func:`apgd_checkpoints`) the step size is halved and the iterate restarted from the
+    point of highest loss so far if (1) fewer than ``rho = 0.75`` of the steps since the last checkpoint
     increased the loss, or (2) neither the step size nor the highest loss changed since the last checkpoint.
     Everything is per sample (its step size, momentum, best-loss point and checkpoint tests), so a batch gives what
     each sample gives alone.
@@ -68,7 +75,7 @@ class APGD(Attack):
     forward passes of the gradients; the last iterate gets one forward pass without gradient, so ``steps``
     iterations cost ``steps`` gradients and ``steps + 1`` forward passes per restart.
 
-    Restarts: ``restarts`` random starts (uniform in the box; its own ``torch.Generator`` seeded with ``seed``, one
+    Restarts: ``restarts`` random starts (uniform in the ball; its own ``torch.Generator`` seeded with ``seed``, one
     draw per restart shared by the samples, as :class:`~common.attacks.pgd.PGD`); per sample the best iterate over all
     of them is kept.
 
@@ -85,13 +92,15 @@ class APGD(Attack):
     the later steps and restarts.
 
     Args:
-        epsilon: radius of the L-inf ball (relative to each sample's maximum absolute intensity by default).
+        epsilon: radius of the L-inf ball, or of the L2 ball with ``norm="l2"`` (relative to each sample's maximum
+            absolute intensity by default).
         steps: number of iterations ``N_iter`` per restart (the paper uses 100).
         alpha: initial step size; default ``2 * epsilon``.
         restarts: number of random starts, >= 1.
         seed: seed of the random starts.
-        radius_schedule: ``None`` (default) or the factor ``r > 1`` of the starting radius (see above).
-        kwargs: the common settings of :class:`~common.attacks.base.Attack`.
+        radius_schedule: ``None`` (default) or the factor ``r > 1`` of the starting radius (see above); for either
+            norm (the balls of both shrink the same way).
+        kwargs: the common settings of :class:`~common.attacks.base.Attack` (``norm`` among them).
 
     Raises:
         RobustsegError: if ``restarts`` < 1, ``seed`` is not an integer or ``radius_schedule`` is not ``None`` or a
@@ -101,10 +110,12 @@ class APGD(Attack):
 
         attack = APGD(epsilon=0.05, steps=100, loss="js")
         adv = attack(model, images, labels)
+        adv_l2 = APGD(epsilon=0.5, norm="l2", steps=100)(model, images, labels)   # ||adv_l2 - images||_2 <= 0.5 * max
     """
 
     name = "APGD"
     returns_best_iterate = True
+    norms = ("linf", "l2")
 
     momentum = 0.75
     """The weight ``alpha`` of the new step against the last one (the paper's 0.75)."""
@@ -155,8 +166,7 @@ class APGD(Attack):
         model: Callable[..., Tensor],
         clean: Tensor,
         labels: Tensor,
-        lower: Tensor,
-        upper: Tensor,
+        threat: ThreatModel,
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
@@ -164,13 +174,13 @@ class APGD(Attack):
         callback = _traced(callback, tracker)
         scale = self._scale(clean)
 
-        def box(iterate: int) -> tuple[Tensor, Tensor]:
+        def ball(iterate: int) -> ThreatModel:
             factor = self.radius_factor(iterate)
-            return (lower, upper) if factor == 1.0 else self._bounds(clean, factor * self.epsilon * scale)
+            return threat if factor == 1.0 else self.threat_model(clean, factor * self.epsilon * scale)
 
         for restart in range(self.restarts):
-            start = _random_start(generator, *box(0), active, tracker)
-            self._ascend(model, start, labels, box, step_size, callback, restart, active, tracker)
+            start = _random_start(generator, ball(0), active, tracker)
+            self._ascend(model, start, labels, ball, step_size, callback, restart, active, tracker)
         return tracker.best
 
     def _ascend(
@@ -178,7 +188,7 @@ class APGD(Attack):
         model: Callable[..., Tensor],
         start: Tensor,
         labels: Tensor,
-        box: Callable[[int], tuple[Tensor, Tensor]],
+        ball: Callable[[int], ThreatModel],
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
         restart: int,
@@ -214,10 +224,10 @@ class APGD(Attack):
         last_best, reduced_last, last_checkpoint = best_loss.clone(), torch.zeros_like(successes, dtype=torch.bool), 0
         for k in range(steps):
             moving = None if active is None else active.clone()
-            low, high = box(k + 1)
-            z = torch.clamp(x + eta * grad.sign(), low, high)
+            project = ball(k + 1).project
+            z = project(x + eta * self.direction(grad))
             x_new = z if k == 0 else x + self.momentum * (z - x) + (1 - self.momentum) * (x - x_prev)
-            x_new = torch.clamp(x_new, low, high)
+            x_new = project(x_new)
             if moving is not None:
                 x_new = torch.where(_column(moving, ndim), x_new, x)
             # the record of step k + 1 reports the pass at x_k, as the base class does

@@ -1,8 +1,10 @@
-"""What every gradient-sign attack shares: settings, the loss, the threat model, the iteration and the model's state.
+"""What every gradient attack shares: settings, the loss, the threat model, the iteration and the model's state.
 
 An attack is a callable object, ``adv = attack(model, images, labels)``, so one attack object serves every model of an
 evaluation sweep. A subclass holds only its update rule (:meth:`Attack.step`) and, where it needs one, its loss target
-(:meth:`Attack.loss_labels`) or its start and restarts (:meth:`Attack.run`).
+(:meth:`Attack.loss_labels`) or its start and restarts (:meth:`Attack.run`). The threat model (an L-inf or L2 ball
+intersected with the valid range, :class:`ThreatModel`) owns the projection and the random start, so that no update
+rule hard-codes the L-inf clamp.
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ from common.losses.segmentation import (
 from common.losses.soft_dice import SoftDiceLoss
 from common.metrics.dice import region_dice
 from common.networks.modes import eval_mode
-from common.utils.validation import check_int, check_number
+from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = [
     "Attack",
     "AttackProbe",
     "AttackStep",
     "LOSSES",
+    "NORMS",
     "STOP_CRITERIA",
     "StopCriterion",
+    "ThreatModel",
+    "ascent_direction",
     "better_iterate",
     "hard_dice",
 ]
@@ -91,7 +96,7 @@ class AttackStep:
         losses: per-sample attack loss ``(B,)`` at the iterate the gradient was taken at (the clean input for step 1;
             for a targeted attack, the loss towards the target), from the forward pass of that gradient.
         zero_grad_fractions: per-sample fraction ``(B,)`` of input voxels whose loss gradient is exactly 0. Close to 1
-            means the sign step moves almost nothing: the gradient-masking signature of a saturated softmax
+            means the step moves almost nothing: the gradient-masking signature of a saturated softmax
             (defensive distillation).
         restart: 0-based restart number (PGD with ``restarts > 1``); 0 otherwise.
         active: ``(B,)`` booleans, False for a sample that a stop criterion took out of the batch (its iterate, loss,
@@ -156,8 +161,8 @@ StopCriterion = Callable[[AttackProbe], Tensor]
 
 
 def _gradient_vanished(probe: AttackProbe) -> Tensor:
-    """A sample whose input gradient is exactly 0 in every voxel: a sign step leaves it where it is, so every later
-    iterate of this run equals this one."""
+    """A sample whose input gradient is exactly 0 in every voxel: a step along it (sign or normalised) leaves it where
+    it is, so every later iterate of this run equals this one."""
     return probe.zero_grad_fractions == 1.0
 
 
@@ -188,8 +193,156 @@ def check_linf_radius(value: float, relative: bool, name: str = "epsilon") -> fl
     return value
 
 
+def check_radius(value: float, relative: bool, norm: str, name: str = "epsilon") -> float:
+    """Check the radius of an attack's ball in the threat model ``norm``; return it as a float.
+
+    An L-inf radius relative to the image maximum is at most 1 (:func:`check_linf_radius`). An L2 radius has no such
+    bound: it measures the whole perturbation, over all ``C x D x H x W`` values, and the largest L2 distance within
+    an image's range grows with the square root of their number.
+
+    Raises:
+        RobustsegError: if it is not a finite number, is negative, or (L-inf only) exceeds 1 when relative.
+    """
+    if norm == "linf":
+        return check_linf_radius(value, relative, name)
+    value = check_number(name, value)
+    if value < 0:
+        raise RobustsegError(f"{name} must be >= 0, got {value}.")
+    return value
+
+
 def _check_epsilon(epsilon: float, relative: bool) -> float:
     return check_linf_radius(epsilon, relative, "epsilon")
+
+
+NORMS = ("linf", "l2")
+"""The threat models an attack can be set to (``norm=``): ``"linf"``, every voxel within epsilon of its clean value
+(the paper's, and the default), and ``"l2"``, the Euclidean norm of the whole perturbation within epsilon (the threat
+model of randomized-smoothing certificates, Cohen, Rosenfeld & Kolter 2019, "Certified adversarial robustness via
+randomized smoothing", ICML). :attr:`Attack.norms` says which of them an attack supports."""
+
+
+def _per_sample_l2(values: Tensor) -> Tensor:
+    """The L2 norm of each sample of ``values`` ``(B, ...)`` over all its non-batch dimensions, as ``(B, 1, ...)``."""
+    return torch.linalg.vector_norm(values.flatten(1), dim=1).view(-1, *[1] * (values.ndim - 1))
+
+
+def ascent_direction(grad: Tensor, norm: str) -> Tensor:
+    """The steepest-ascent direction of unit ``norm`` for the gradient ``grad``, per sample.
+
+    ``sign(grad)`` for L-inf (the maximiser of ``<grad, d>`` over ``||d||_inf <= 1``, the gradient-sign step of FGSM);
+    ``grad / ||grad||_2`` for L2, the norm taken over all non-batch dimensions of each sample (the L2 step of Madry et
+    al. 2018 and of AutoAttack's APGD-L2, Croce & Hein 2020). A sample whose gradient is 0 everywhere gets 0: it does
+    not move. The L2 norm is taken of the gradient divided by its largest magnitude, so that neither tiny gradients
+    (a saturated softmax; their squares underflow in float32) nor huge ones give a wrong length.
+
+    Args:
+        grad: the loss gradient ``(B, C, *spatial)``.
+        norm: ``"linf"`` or ``"l2"``.
+
+    Returns:
+        The direction, same shape as ``grad``.
+    """
+    if norm == "linf":
+        return grad.sign()
+    largest = grad.abs().amax(dim=tuple(range(1, grad.ndim)), keepdim=True)
+    scaled = grad / torch.where(largest > 0, largest, torch.ones_like(largest))
+    length = _per_sample_l2(scaled)
+    return scaled / torch.where(length > 0, length, torch.ones_like(length))
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Where an attack's iterates may lie, per sample: the ball of ``radius`` around ``clean`` in the norm ``norm``,
+    within the valid intensity range. It owns the projection and the random start, so an update rule need not know
+    the norm.
+
+    For ``"linf"`` the ball intersected with the range is the box ``[lower, upper]`` and :meth:`project` is one clamp
+    (bit for bit what the attacks did before ``norm`` existed). For ``"l2"``, ``lower`` and ``upper`` are the valid
+    range only, and :meth:`project` maps onto the L2 ball, then clamps to the range.
+
+    Attributes:
+        norm: ``"linf"`` or ``"l2"``.
+        clean: the clean inputs ``(B, C, *spatial)``, the centres of the balls.
+        radius: the radius in intensity units: a number, or one per sample ``(B, 1, ..., 1)`` (a relative epsilon).
+        lower: lower bound, per voxel (L-inf: the box) or per sample or a number (L2: the range); ``None`` for none.
+        upper: upper bound, the same way.
+    """
+
+    norm: str
+    clean: Tensor
+    radius: Tensor | float
+    lower: Tensor | float | None
+    upper: Tensor | float | None
+
+    def project(self, images: Tensor) -> Tensor:
+        """``images`` moved into the threat model: per sample, onto the ball around its clean input, then into range.
+
+        L-inf: the clamp to the box, the exact Euclidean projection onto ball and range. L2: the projection onto the
+        ball, ``x0 + delta * min(1, radius / ||delta||_2)`` with ``delta = images - x0`` (the norm over all non-batch
+        dimensions), then the clamp to the range, as AutoAttack's APGD-L2 does (Croce & Hein 2020,
+        ``fra31/auto-attack``, ``autopgd_base.py``). Not the exact projection onto the intersection of ball and range
+        (that needs a search over a Lagrange multiplier), but a point of it.
+
+        Args:
+            images: iterates ``(B, C, *spatial)`` (or the rows of :meth:`rows`).
+
+        Returns:
+            The projected iterates, same shape.
+        """
+        if self.norm == "linf":
+            return torch.clamp(images, self.lower, self.upper)
+        delta = images - self.clean
+        length = _per_sample_l2(delta)
+        outside = length > self.radius
+        # a sample inside the ball is kept as it is (x0 + (x - x0) can differ from x in the last bit); a length of 0
+        # is never outside, and the guard only keeps the unused branch free of 0 / 0
+        shrink = self.radius / torch.where(outside, length, torch.ones_like(length))
+        projected = torch.where(outside, self.clean + delta * shrink, images)
+        if self.lower is None and self.upper is None:
+            return projected
+        # the clamp moves a coordinate only towards its clean value when the clean input lies in the range (always
+        # with clip="sample"), so |x_i - x0_i| shrinks and the L2 constraint still holds after it; a clean voxel outside
+        # an absolute range (lo, hi) is moved into it, and there, as for L-inf, the range wins over the ball
+        return torch.clamp(projected, self.lower, self.upper)
+
+    def random_point(self, generator: torch.Generator) -> Tensor:
+        """A random point of the threat model, from one draw shared by every sample of the batch (each scaled to its
+        own ball), so that a sample's point does not depend on the rest of the batch.
+
+        L-inf: uniform in the box ``[lower, upper]``. L2: uniform in the ball, then clamped to the range: a direction
+        ``n / ||n||_2`` from a standard Gaussian ``n`` and a radius ``radius * u^(1/d)`` with ``u`` uniform on
+        ``[0, 1]`` and ``d`` the number of values per sample (the exact uniform draw, Muller 1959, "A note on a method
+        for generating points uniformly on n-dimensional spheres", Commun. ACM 2(4)). For a BraTS volume
+        (``d = 4 x 128^3``, about 8.4e6) ``u^(1/d) = exp(ln(u) / d)`` is within 1e-5 of 1 unless ``u < e^-80``:
+        practically the start on the sphere of AutoAttack's APGD-L2 (Croce & Hein 2020) and of Madry et al.'s
+        ``robustness`` library.
+
+        Args:
+            generator: the attack's own generator (on the inputs' device).
+
+        Returns:
+            The point, shaped like :attr:`clean`.
+        """
+        clean = self.clean
+        if self.norm == "linf":
+            assert isinstance(self.lower, Tensor) and isinstance(self.upper, Tensor)
+            noise = torch.rand((1, *clean.shape[1:]), generator=generator, device=clean.device, dtype=clean.dtype)
+            return self.lower + (self.upper - self.lower) * noise
+        gaussian = torch.randn((1, *clean.shape[1:]), generator=generator, device=clean.device, dtype=clean.dtype)
+        uniform = torch.rand((1,), generator=generator, device=clean.device, dtype=clean.dtype)
+        length = _per_sample_l2(gaussian)
+        direction = gaussian / torch.where(length > 0, length, torch.ones_like(length))
+        depth = uniform ** (1.0 / gaussian.numel())
+        return self.project(clean + self.radius * depth * direction)
+
+    def rows(self, index: Tensor | None) -> ThreatModel:
+        """The threat model of the samples ``index`` (``None``: all, this object itself)."""
+        if index is None:
+            return self
+        return ThreatModel(
+            self.norm, self.clean[index], _rows(self.radius, index), _rows(self.lower, index), _rows(self.upper, index)
+        )
 
 
 def _check_clip(clip: str | tuple[float, float] | None) -> str | tuple[float, float] | None:
@@ -228,9 +381,20 @@ def _check_inputs(images: Tensor, labels: Tensor) -> None:
     labels_to_indices(labels)  # raises if a value is not a BraTS label
 
 
-def _rows(value: Tensor | float, index: Tensor) -> Tensor | float:
-    """The rows ``index`` of a per-sample tensor; a number (or a 0-dim tensor) as it is."""
+def _rows(value: Tensor | float | None, index: Tensor) -> Tensor | float | None:
+    """The rows ``index`` of a per-sample tensor; a number (or a 0-dim tensor, or ``None``) as it is."""
     return value[index] if isinstance(value, Tensor) and value.ndim else value
+
+
+def _check_norm(norm: str, cls: type[Attack]) -> str:
+    """``norm`` checked against :data:`NORMS`, then against the threat models that ``cls`` supports."""
+    norm = look_up_option("norm", norm, NORMS, hint="the threat model")
+    if norm not in cls.norms:
+        raise RobustsegError(
+            f"norm must be one of {list(cls.norms)} for {cls.name} (it attacks the L-inf ball only; PGD and APGD "
+            f"take 'l2'), got {norm!r}."
+        )
+    return norm
 
 
 def _check_stop(stop: str | StopCriterion | None) -> StopCriterion | None:
@@ -252,11 +416,12 @@ def _describe(obj: Any) -> str:
 
 
 class Attack:
-    """Base class of the L-infinity gradient-sign attacks on segmentation networks.
+    """Base class of the gradient attacks on segmentation networks, in the L-inf (default) or L2 threat model.
 
-    Owns what every attack shares: the loss, the threat model (an L-inf ball of radius ``epsilon``, relative to
-    each sample's maximum absolute intensity by default, intersected with the valid intensity range), the iteration
-    ``x_{k+1} = clip(step(x_k, grad loss(x_k)))``, a per-step record, and leaving the model exactly as found: it
+    Owns what every attack shares: the loss, the threat model (an L-inf or L2 ball of radius ``epsilon``, relative to
+    each sample's maximum absolute intensity by default, intersected with the valid intensity range:
+    :class:`ThreatModel`), the iteration ``x_{k+1} = P(step(x_k, grad loss(x_k)))`` with ``P`` the threat model's
+    projection, a per-step record, and leaving the model exactly as found: it
     runs the model in eval mode and restores each submodule's own mode afterwards, takes the input gradient with
     ``torch.autograd.grad`` on a detached copy (parameters, their ``.grad`` and ``requires_grad`` flags are never
     touched), re-enables gradients when called under ``torch.no_grad()`` (MONAI evaluators run iterations so) and
@@ -286,16 +451,27 @@ class Attack:
     batched convolutions (``tests/attacks/test_batching.py``). The per-step records hold per-sample losses and
     zero-gradient fractions, from the same forward and backward pass as the step.
 
+    Threat models (``norm``): ``"linf"`` bounds every voxel's change by epsilon (the paper's); ``"l2"`` bounds the
+    Euclidean norm of the whole perturbation of a sample, over all its ``C x D x H x W`` values, by epsilon (the threat
+    model of randomized-smoothing certificates, which issue 17 compares with the empirical worst case). With
+    ``relative=True`` an L2 epsilon is, as an L-inf one, a multiple of each sample's maximum absolute intensity; on the
+    evaluation's [0, 1]-normalised inputs (maximum 1) it is in input units over all 4 x D x H x W values (an L2 radius
+    of 1 spread evenly over a 4 x 128^3 volume is 1/2896 per value). An attack lists the threat models it supports in
+    :attr:`norms`: PGD and APGD take both; the paper's FGSM, i-FGSM and ti-FGSM (Liu et al. 2021, eqs. 1-3) and the
+    random-sign control are sign attacks of the L-inf ball and refuse ``"l2"`` (PGD with ``norm="l2"`` is the L2
+    i-FGSM with a random start).
+
     Early stopping (opt-in, as in the cascades of AutoAttack and ROG): with ``stop``, a criterion is evaluated per
     sample at each iterate, on the loss, gradient and logits of that step's own pass (:class:`AttackProbe`). A
     sample for which it holds keeps that iterate as its result and leaves the batch: its later steps (and PGD's later
     restarts) are not computed, and the records carry its iterate forward. ``"gradient_vanished"`` (a gradient that is
-    exactly 0 everywhere) changes nothing for attacks without restarts: a sign step of a zero gradient does not move
-    the iterate, so every later iterate would be the same. The default is no stopping.
+    exactly 0 everywhere) changes nothing for attacks without restarts: a step along a zero gradient (sign or
+    normalised) does not move the iterate, so every later iterate would be the same. The default is no stopping.
 
     Args:
-        epsilon: radius of the L-inf ball, >= 0; a fraction of each sample's maximum absolute intensity (over all
-            channels) when ``relative`` (so <= 1), else in intensity units. The paper uses 0.05 on [0, 1] images.
+        epsilon: radius of the ball, >= 0; a fraction of each sample's maximum absolute intensity (over all
+            channels) when ``relative`` (so <= 1 for L-inf), else in intensity units. The paper uses 0.05 (L-inf) on
+            [0, 1] images.
         steps: number of gradient steps, >= 1.
         alpha: step size, > 0, on the same scale as ``epsilon``; default ``epsilon / steps`` (the paper's
             ``alpha * N = epsilon``) unless a subclass says otherwise.
@@ -304,9 +480,13 @@ class Attack:
             ``"cospgd"``: :mod:`common.losses.segmentation`) or any callable ``(logits, labels) -> scalar`` where
             labels carry BraTS values; a callable with a ``set_step(step, steps)`` method is told each step.
         relative: whether ``epsilon`` and ``alpha`` are relative to each sample's maximum absolute intensity.
+        norm: the threat model, ``"linf"`` (default) or ``"l2"`` (see above), one of :attr:`norms`; listed in
+            ``repr`` only when ``"l2"``, so the ``attack_config`` of the L-inf rows written before it existed still
+            matches.
         clip: the valid intensity range the result is clipped to: ``"sample"`` (default) keeps each sample in its
             clean ``[min, max]`` over all channels and voxels; ``(lo, hi)`` gives absolute bounds; ``None`` does not
-            clip. Where a clean voxel lies outside ``(lo, hi)``, the range wins over the ball.
+            clip. Where a clean voxel lies outside ``(lo, hi)``, the range wins over the ball. For L2 the clip follows
+            the projection onto the ball (:meth:`ThreatModel.project`).
         temperature: divide the logits by this before the loss (adaptive attack on distilled models); > 0.
         logit_scale: multiply the logits by this instead (``1 / temperature``); give at most one of the two.
         inferer: e.g. a MONAI ``SlidingWindowInferer``; when given, logits are ``inferer(images, model)``, so the
@@ -317,9 +497,10 @@ class Attack:
             callable ``(AttackProbe) -> (n,) bool``. Listed in ``repr`` only when set.
 
     Raises:
-        RobustsegError: for a bad setting (each names the parameter), and when called with images that are not a
-            floating-point (B, C, *spatial) tensor, labels not of shape (B, 1, *spatial) or with values outside
-            the BraTS labels {0, 1, 2, 4}, or under ``torch.inference_mode()``.
+        RobustsegError: for a bad setting (each names the parameter; ``norm="l2"`` for an attack that supports only
+            L-inf), and when called with images that are not a floating-point (B, C, *spatial) tensor, labels not of
+            shape (B, 1, *spatial) or with values outside the BraTS labels {0, 1, 2, 4}, or under
+            ``torch.inference_mode()``.
 
     Example::
 
@@ -343,6 +524,9 @@ class Attack:
     """Whether the result is the best iterate (lowest scored Dice) rather than the last: then the per-step records
     are the search path, not the result, and an evaluation scores only the result."""
 
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    """The threat models (:data:`NORMS`) this attack supports: ``norm=`` must be one of them."""
+
     def __init__(
         self,
         epsilon: float,
@@ -351,6 +535,7 @@ class Attack:
         *,
         loss: str | LossFn = "soft_dice",
         relative: bool = True,
+        norm: str = "linf",
         clip: str | tuple[float, float] | None = "sample",
         temperature: float | None = None,
         logit_scale: float | None = None,
@@ -359,7 +544,8 @@ class Attack:
         stop: str | StopCriterion | None = None,
     ) -> None:
         self.relative = bool(relative)
-        self.epsilon = _check_epsilon(epsilon, self.relative)
+        self.norm = _check_norm(norm, type(self))
+        self.epsilon = check_radius(epsilon, self.relative, self.norm)
         self.steps = steps = check_int("steps", steps, 1)
         if alpha is not None:
             alpha = check_number("alpha", alpha, 0, min_inclusive=False)
@@ -395,11 +581,13 @@ class Attack:
     def settings(self) -> dict[str, Any]:
         """The constructor settings, as listed by ``repr`` (and so in the CSV rows of an evaluation).
 
-        ``stop`` (and ``amp_dtype``, for fp16) is listed only when set, so the ``attack_config`` of rows written
-        before they existed still matches.
+        ``norm`` (only when ``"l2"``), ``stop`` (and ``amp_dtype``, for fp16) are listed only when set, so the
+        ``attack_config`` of rows written before they existed still matches.
         """
-        settings = {
-            "epsilon": self.epsilon,
+        settings: dict[str, Any] = {"epsilon": self.epsilon}
+        if self.norm != "linf":
+            settings["norm"] = self.norm  # the threat model beside its radius, as RobustBench stores it
+        settings |= {
             "steps": self.steps,
             "alpha": self.alpha,
             "loss": self.loss,
@@ -423,7 +611,7 @@ class Attack:
     # -- the parts a subclass provides ---------------------------------------------------------------------------
 
     def step(self, images: Tensor, grad: Tensor, step_size: Tensor | float) -> Tensor:
-        """One update before projection: the attack's rule (e.g. ``images + step_size * grad.sign()``).
+        """One update before projection: the attack's rule (e.g. ``images + step_size * self.direction(grad)``).
 
         Args:
             images: the current iterate.
@@ -441,13 +629,17 @@ class Attack:
         model: Callable[..., Tensor],
         clean: Tensor,
         labels: Tensor,
-        lower: Tensor,
-        upper: Tensor,
+        threat: ThreatModel,
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
         """The whole attack on a prepared batch: by default :meth:`iterate` from the clean images."""
-        return self.iterate(model, clean, labels, lower, upper, step_size, callback)
+        return self.iterate(model, clean, labels, threat, step_size, callback)
+
+    def direction(self, grad: Tensor) -> Tensor:
+        """The unit steepest-ascent direction of this attack's threat model (:func:`ascent_direction`): ``sign(grad)``
+        for L-inf, ``grad / ||grad||_2`` per sample for L2."""
+        return ascent_direction(grad, self.norm)
 
     # -- shared machinery ----------------------------------------------------------------------------------------
 
@@ -471,24 +663,23 @@ class Attack:
             The adversarial images, detached, same shape, dtype and device as ``images``.
         """
         clean, labels, scale = self._prepare(images, labels)
-        lower, upper = self._bounds(clean, self.epsilon * scale)
+        threat = self.threat_model(clean, self.epsilon * scale)
         with eval_mode(model), torch.enable_grad():
-            return self.run(model, clean, labels, lower, upper, self.alpha * scale, callback)
+            return self.run(model, clean, labels, threat, self.alpha * scale, callback)
 
     def iterate(
         self,
         model: Callable[..., Tensor],
         start: Tensor,
         labels: Tensor,
-        lower: Tensor,
-        upper: Tensor,
+        threat: ThreatModel,
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None = None,
         restart: int = 0,
         active: Tensor | None = None,
         observe: Callable[[Tensor | None, Tensor, Tensor, Tensor], None] | None = None,
     ) -> Tensor:
-        """``steps`` updates from ``start``, each projected onto the box ``[lower, upper]`` (ball and range).
+        """``steps`` updates from ``start``, each projected onto ``threat`` (ball and range).
 
         Before the gradient of step ``t`` the loss's ``set_step(t, steps)`` is called, if it has one (SegPGD).
 
@@ -509,17 +700,17 @@ class Attack:
         losses = zero = predictions = None
         for step in range(1, self.steps + 1):
             index = None if active is None or bool(active.all()) else active.nonzero()[:, 0]
-            images, target, size, low, high = (
-                (adversarial, labels, step_size, lower, upper)
+            images, target, size = (
+                (adversarial, labels, step_size)
                 if index is None
-                else (_rows(t, index) for t in (adversarial, labels, step_size, lower, upper))
+                else (_rows(t, index) for t in (adversarial, labels, step_size))
             )
             if len(images):
                 self.set_loss_step(step, self.steps)
                 loss, grad, logits = self._loss_and_gradient(model, images, target)
                 if observe is not None:
                     observe(index, images, logits, loss)
-                moved = torch.clamp(self.step(images, grad, size), low, high)
+                moved = threat.rows(index).project(self.step(images, grad, size))
                 fraction = (grad == 0).flatten(1).float().mean(1) if records else loss  # unread without records
                 if self.stop_criterion is not None:
                     stopped = self._stopped(AttackProbe(step, restart, images, logits, target, loss, fraction))
@@ -607,13 +798,22 @@ class Attack:
             return 1.0
         return clean.abs().amax(dim=tuple(range(1, clean.ndim)), keepdim=True)
 
-    def _bounds(self, clean: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Per-voxel bounds of the threat model: the L-inf ball of ``radius`` intersected with the valid range."""
-        lower, upper = clean - radius, clean + radius
+    def threat_model(self, clean: Tensor, radius: Tensor | float) -> ThreatModel:
+        """The threat model of a batch: the ball of ``radius`` (intensity units, per sample or one number) around
+        ``clean`` in this attack's norm, within the valid range of ``clip``."""
+        dims = tuple(range(1, clean.ndim))
+        if self.norm == "linf":
+            lower, upper = clean - radius, clean + radius
+            if self.clip == "sample":
+                lower = torch.maximum(lower, clean.amin(dim=dims, keepdim=True))
+                upper = torch.minimum(upper, clean.amax(dim=dims, keepdim=True))
+            elif self.clip is not None:
+                lower, upper = lower.clamp(min=self.clip[0]), upper.clamp(max=self.clip[1])
+            return ThreatModel(self.norm, clean, radius, lower, upper)
+        low: Tensor | float | None = None
+        high: Tensor | float | None = None
         if self.clip == "sample":
-            dims = tuple(range(1, clean.ndim))
-            lower = torch.maximum(lower, clean.amin(dim=dims, keepdim=True))
-            upper = torch.minimum(upper, clean.amax(dim=dims, keepdim=True))
+            low, high = clean.amin(dim=dims, keepdim=True), clean.amax(dim=dims, keepdim=True)
         elif self.clip is not None:
-            lower, upper = lower.clamp(min=self.clip[0]), upper.clamp(max=self.clip[1])
-        return lower, upper
+            low, high = self.clip
+        return ThreatModel(self.norm, clean, radius, low, high)

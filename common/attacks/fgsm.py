@@ -19,7 +19,8 @@ class FGSM(Attack):
     """Fast gradient sign method, the paper's eq. 1: ``X_adv = X + epsilon * sign(grad_X loss(X, Y))``.
 
     One signed-gradient step of size ``epsilon``, clipped to the valid intensity range. The zero-gradient fraction
-    of its one gradient (a gradient-masking indicator) comes with the ``callback`` record of step 1.
+    of its one gradient (a gradient-masking indicator) comes with the ``callback`` record of step 1. L-inf only:
+    the one-step L2 attack is :class:`~common.attacks.pgd.PGD` with ``norm="l2"``, ``steps=1``.
 
     Args:
         epsilon: perturbation size (relative to each sample's maximum absolute intensity by default).
@@ -85,9 +86,9 @@ class FGSM(Attack):
         predictions = logits_to_labels(logits) if callback is not None else None
         adversarials = []
         for epsilon in epsilons:
-            lower, upper = self._bounds(clean, epsilon * scale)
+            threat = self.threat_model(clean, epsilon * scale)
             # the same expressions as __call__ (where alpha = epsilon), so each result is bit-identical to FGSM(epsilon)
-            adversarial = torch.clamp(self.step(clean, grad, epsilon * scale), lower, upper)
+            adversarial = threat.project(self.step(clean, grad, epsilon * scale))
             if stopped is not None:
                 adversarial = torch.where(stopped, clean, adversarial)
             adversarials.append(adversarial)

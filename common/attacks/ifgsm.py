@@ -16,7 +16,8 @@ class IterativeFGSM(Attack):
 
     ``steps`` signed-gradient steps of size ``alpha``, each projected onto the epsilon-ball around ``X`` and the
     valid intensity range (the basic iterative method, BIM, of torchattacks). The paper uses ``epsilon = 0.05``,
-    10 steps and ``alpha * N = epsilon``, the default here.
+    10 steps and ``alpha * N = epsilon``, the default here. L-inf only (``norm="linf"``): the L2 iteration is
+    :class:`~common.attacks.pgd.PGD` with ``norm="l2"``.
 
     Args:
         epsilon: radius of the L-inf ball (relative to each sample's maximum absolute intensity by default).
@@ -37,4 +38,5 @@ class IterativeFGSM(Attack):
         super().__init__(epsilon, steps=steps, alpha=alpha, **kwargs)
 
     def step(self, images: Tensor, grad: Tensor, step_size: Tensor | float) -> Tensor:
-        return images + step_size * grad.sign()
+        # sign(grad) in the L-inf ball; PGD inherits this rule and steps along grad / ||grad||_2 in the L2 ball
+        return images + step_size * self.direction(grad)

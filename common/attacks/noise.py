@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackStep
+from common.attacks.base import Attack, AttackStep, ThreatModel
 from common.data.labels import logits_to_labels
 from common.utils.validation import check_int
 
@@ -60,8 +60,7 @@ class RandomSign(Attack):
         model: Callable[..., Tensor],
         clean: Tensor,
         labels: Tensor,
-        lower: Tensor,
-        upper: Tensor,
+        threat: ThreatModel,
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
@@ -69,7 +68,7 @@ class RandomSign(Attack):
         signs = torch.randint(0, 2, (1, *clean.shape[1:]), generator=generator, device=clean.device)
         signs = signs.to(clean.dtype) * 2 - 1
         # step_size is epsilon in intensity units (alpha = epsilon / 1 step): the corner of the ball, then the range
-        noisy = torch.clamp(clean + step_size * signs, lower, upper)
+        noisy = threat.project(clean + step_size * signs)
         if callback is not None:
             with torch.no_grad():
                 logits = self.logits(model, clean)

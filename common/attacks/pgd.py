@@ -1,4 +1,4 @@
-"""PGD with random start and restarts (Madry et al. 2018), keeping each sample's best iterate by scored Dice."""
+"""PGD with random start and restarts (Madry et al. 2018), L-inf or L2, keeping each sample's best iterate by Dice."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackStep, better_iterate, hard_dice
+from common.attacks.base import Attack, AttackStep, ThreatModel, better_iterate, hard_dice
 from common.attacks.ifgsm import IterativeFGSM
 from common.utils.validation import check_int
 
@@ -24,9 +24,16 @@ class PGD(IterativeFGSM):
     intensity range), repeated ``restarts`` times. The default step size is ``2.5 * epsilon / steps`` (Madry et al.'s
     choice): large enough that ``steps`` steps can cross the ball from any start, unlike the paper's
     ``epsilon / steps``. The random start uses its own ``torch.Generator`` seeded with ``seed`` at every call, so the
-    same seed gives the same result and the global RNG is left alone. Each restart draws one uniform noise volume,
-    shared by the samples of the batch (each scaled to its own box): a sample's start does not depend on the other
-    samples or its position in the batch, so a batch gives what each sample gives alone.
+    same seed gives the same result and the global RNG is left alone. Each restart draws one noise volume, shared by
+    the samples of the batch (each scaled to its own ball): a sample's start does not depend on the other samples or
+    its position in the batch, so a batch gives what each sample gives alone.
+
+    Threat models: ``norm="linf"`` (default) steps ``alpha * sign(grad)`` and starts uniformly in the box;
+    ``norm="l2"`` steps ``alpha * grad / ||grad||_2`` (per sample, over all its values; a sample whose gradient is 0
+    does not move), projects onto the L2 ball then clamps to the range, as the ``L2Step`` of Madry et al.'s
+    ``robustness`` library (``MadryLab/robustness``, ``attack_steps.py``), and starts uniformly in the L2 ball, then
+    clamped to the range (:meth:`~common.attacks.base.ThreatModel.random_point`; for a BraTS volume within 1e-5 of
+    the sphere, where that library and AutoAttack start).
 
     Best iterate: the result is, per sample, the iterate of all restarts (random starts included) with the lowest
     scored hard Dice (the mean over WT, TC and ET of the region Dice of the argmax prediction,
@@ -44,12 +51,13 @@ class PGD(IterativeFGSM):
     can stop a sample that is already lost.
 
     Args:
-        epsilon: radius of the L-inf ball (relative to each sample's maximum absolute intensity by default).
+        epsilon: radius of the L-inf ball, or of the L2 ball with ``norm="l2"`` (relative to each sample's maximum
+            absolute intensity by default).
         steps: number of steps per restart.
         alpha: step size; default ``2.5 * epsilon / steps``.
         restarts: number of random starts, >= 1.
         seed: seed of the random starts.
-        kwargs: the common settings of :class:`~common.attacks.base.Attack`.
+        kwargs: the common settings of :class:`~common.attacks.base.Attack` (``norm`` among them).
 
     Raises:
         RobustsegError: if ``restarts`` < 1 or ``seed`` is not an integer.
@@ -58,10 +66,12 @@ class PGD(IterativeFGSM):
 
         attack = PGD(epsilon=0.05, steps=10, restarts=3, seed=0)
         adv = attack(model, images, labels)
+        adv_l2 = PGD(epsilon=0.5, norm="l2", steps=10)(model, images, labels)   # ||adv_l2 - images||_2 <= 0.5 * max
     """
 
     name = "PGD"
     returns_best_iterate = True
+    norms = ("linf", "l2")
 
     def __init__(
         self,
@@ -88,17 +98,16 @@ class PGD(IterativeFGSM):
         model: Callable[..., Tensor],
         clean: Tensor,
         labels: Tensor,
-        lower: Tensor,
-        upper: Tensor,
+        threat: ThreatModel,
         step_size: Tensor | float,
         callback: Callable[[AttackStep], None] | None,
     ) -> Tensor:
         generator, active, tracker = _start_search(self, clean, labels)
         callback = _traced(callback, tracker)
         for restart in range(self.restarts):
-            start = _random_start(generator, lower, upper, active, tracker)
+            start = _random_start(generator, threat, active, tracker)
             last = self.iterate(
-                model, start, labels, lower, upper, step_size, callback, restart, active, observe=tracker.observe
+                model, start, labels, threat, step_size, callback, restart, active, observe=tracker.observe
             )
             # the last iterate has had no forward pass yet; a stopped sample's last iterate is the one it stopped at,
             # already scored
@@ -136,16 +145,16 @@ def _traced(
 
 
 def _random_start(
-    generator: torch.Generator, lower: Tensor, upper: Tensor, active: Tensor | None, tracker: _BestIterate
+    generator: torch.Generator, threat: ThreatModel, active: Tensor | None, tracker: _BestIterate
 ) -> Tensor:
-    """A uniformly random point of the box ``[lower, upper]`` for the next restart.
+    """A random point of the threat model for the next restart (:meth:`~common.attacks.base.ThreatModel.random_point`:
+    uniform in the L-inf box, or in the L2 ball then clamped to the range).
 
-    One draw per restart, shared by every sample (scaled to its own box): a sample's start is the one it gets when
+    One draw per restart, shared by every sample (scaled to its own ball): a sample's start is the one it gets when
     attacked alone, whatever else is in the batch. A sample that a stop criterion stopped keeps its best iterate so
     far (and skips the restart).
     """
-    noise = torch.rand((1, *lower.shape[1:]), generator=generator, device=lower.device, dtype=lower.dtype)
-    start = lower + (upper - lower) * noise
+    start = threat.random_point(generator)
     if active is None:
         return start
     return torch.where(_column(active, start.ndim), start, tracker.best)

@@ -29,7 +29,7 @@ ATTACKS: dict[str, type[Attack]] = {
 and the noise control ``random-sign``."""
 
 # keyword settings every attack accepts through ``Attack.__init__`` (subclasses pass them on as ``**kwargs``)
-_COMMON = ("loss", "relative", "clip", "temperature", "logit_scale", "inferer", "amp", "stop")
+_COMMON = ("loss", "relative", "norm", "clip", "temperature", "logit_scale", "inferer", "amp", "stop")
 
 
 def _parameters(cls: type[Attack]) -> list[str]:
@@ -55,7 +55,8 @@ def make_attack(spec: Mapping[str, Any] | str, **overrides: Any) -> Attack:
     The names are the display names of the attack classes (:data:`ATTACKS`; matched without regard to case). The
     other keys are the class's constructor arguments (e.g. ``epsilon``, ``steps``, ``alpha``, ``target``,
     ``restarts``, ``seed``, ``radius_schedule``) and the settings common to every attack (``loss``, ``relative``,
-    ``clip``, ``temperature``, ``logit_scale``, ``inferer``, ``amp``, ``stop``); the constructor checks their values.
+    ``norm``, ``clip``, ``temperature``, ``logit_scale``, ``inferer``, ``amp``, ``stop``); the constructor checks their
+    values (``norm="l2"`` only for the attacks that support it: PGD and APGD).
 
     Args:
         spec: the spec, or just a name (then ``epsilon`` must come from ``overrides``).
@@ -73,6 +74,7 @@ def make_attack(spec: Mapping[str, Any] | str, **overrides: Any) -> Attack:
 
         attack = make_attack({"name": "i-FGSM", "epsilon": 0.05, "steps": 10})
         adaptive = make_attack({"name": "FGSM", "epsilon": 0.05}, temperature=100.0)
+        l2 = make_attack({"name": "PGD", "norm": "l2", "epsilon": 0.5, "steps": 10})
     """
     if isinstance(spec, str):
         spec = {"name": spec}

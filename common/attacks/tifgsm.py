@@ -22,7 +22,7 @@ class TargetedIterativeFGSM(IterativeFGSM):
     a plus sign but describes it as "iteratively minimizing the loss between the output label and the target
     label"; minimising is what makes the attack targeted, so the step descends. The paper's target sets every voxel
     to label 1 (necrotic and non-enhancing tumour core), the default here. The loss in the per-step records is the
-    loss towards the target (it should fall).
+    loss towards the target (it should fall). L-inf only, as the paper's attack.
 
     Args:
         epsilon: radius of the L-inf ball (relative to each sample's maximum absolute intensity by default).

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from common.attacks import ATTACKS, LOSSES, Attack, make_attack
 from common.data.labels import labels_to_indices
+from common.errors import RobustsegError
 
 SIZE = 16
 
@@ -43,6 +44,23 @@ def registered_attacks() -> list[str]:
 def build_attack(name: str, epsilon: float, **settings: Any) -> Attack:
     """The registry's attack ``name`` through :func:`make_attack`, with its contract settings, then ``settings``."""
     return make_attack({"name": name, "epsilon": epsilon, **CONTRACT_SETTINGS.get(name, {}), **settings})
+
+
+def build_l2_attack(name: str, epsilon: float, **settings: Any) -> Attack | None:
+    """The registry's attack ``name`` in the L2 threat model (``norm="l2"``), built as :func:`build_attack` does; or
+    ``None`` for an attack that supports only L-inf, after checking that it refuses ``norm="l2"`` in one line. So
+    every registry entry takes part in the L2 contract tests: by meeting them, or by refusing the threat model."""
+    if "l2" in ATTACKS[name].norms:
+        return build_attack(name, epsilon, norm="l2", **settings)
+    with pytest.raises(RobustsegError, match=r"norm must be one of \['linf'\] for .*, got 'l2'\.") as info:
+        build_attack(name, epsilon, norm="l2", **settings)
+    assert "\n" not in str(info.value)
+    return None
+
+
+def l2_distance(adversarial: Tensor, images: Tensor) -> Tensor:
+    """Per sample ``(B,)``, the L2 norm of ``adversarial - images`` over all channels and voxels."""
+    return (adversarial - images).flatten(1).norm(dim=1)
 
 
 # mean intensity of each BraTS label (rows: 0, 1, 2, 4) in each contrast (t1, t1ce, t2, flair)

@@ -20,6 +20,8 @@ from common.errors import RobustsegError
         ({"name": "apgd", "epsilon": 0.05, "restarts": 2, "radius_schedule": 2}, APGD, {"radius_schedule": 2.0}),
         ({"name": "FGSM", "epsilon": 0.05, "clip": [0, 1]}, FGSM, {"clip": (0.0, 1.0)}),
         ({"name": "i-FGSM", "epsilon": 0.05, "stop": "dice_zero"}, IterativeFGSM, {"stop": "dice_zero"}),
+        ({"name": "PGD", "norm": "l2", "epsilon": 0.5, "steps": 5}, PGD, {"norm": "l2", "alpha": 0.25}),
+        ({"name": "APGD", "norm": "l2", "epsilon": 2.0, "steps": 20}, APGD, {"norm": "l2", "alpha": 4.0}),
     ],
 )
 def test_spec_builds_the_named_attack(spec, cls, settings):
@@ -59,6 +61,8 @@ def test_a_name_alone_needs_an_epsilon():
         ({"name": "FGSM", "epsilon": -0.1}, r"epsilon must be >= 0, got -0.1"),
         ({"name": "FGSM", "epsilon": 1.5}, r"epsilon must be <= 1 with relative=True"),
         ({"name": "i-FGSM", "epsilon": 0.05, "steps": 0}, r"steps must be an integer >= 1"),
+        ({"name": "i-FGSM", "epsilon": 0.05, "norm": "l2"}, r"norm must be one of \['linf'\] for i-FGSM"),
+        ({"name": "PGD", "epsilon": 0.05, "norm": "L2"}, r"norm must be one of \['linf', 'l2'\] \(the threat model\)"),
     ],
 )
 def test_bad_specs_raise_one_line(spec, message):
