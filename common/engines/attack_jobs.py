@@ -275,8 +275,8 @@ def build_jobs(
         The jobs.
 
     Raises:
-        RobustsegError: for an unknown attack name or setting, a bad epsilon, a sweep that is not FGSM, or two
-            attacks that would write rows with the same key (name, loss, epsilon).
+        RobustsegError: for an unknown attack name or setting, a bad epsilon, a sweep that is not FGSM, an L2 attack,
+            or two attacks that would write rows with the same key (name, loss, epsilon).
     """
     overrides = {} if temperature is None else {"temperature": temperature}
     defaults = {"epsilon": epsilon, "loss": loss, "amp": attack_amp}
@@ -296,6 +296,14 @@ def build_jobs(
                 group[0].append(attack)
     for item in attacks:
         attack = make_attack({**defaults, **_spec(item, "attacks")}, **overrides)
+        if attack.norm != "linf":
+            # the rows of one threat share epsilon columns, tables and the worst case: an L2 radius there would be
+            # read as an L-inf one
+            raise RobustsegError(
+                f"attacks: {attack!r} is an L2 attack; the attack lists are L-inf threat models (their epsilons, "
+                "tables and worst case). L2 attacks run on the smoothed segmenter at the certified radii: "
+                "certification's attacks (configs/certify.json, robustseg certify)."
+            )
         if isinstance(attack, FGSM):
             group = groups.setdefault(_fgsm_group(attack), ([], set()))
             if group not in order:
