@@ -143,8 +143,14 @@ class CLI:
         seed: int = 0,
         device: str = "cpu",
         config_files: tuple[str, ...] = ("configs/inference.json",),
+        attacks: object = "default",
+        eot_samples: int = 4,
     ) -> str:
-        """Certified Dice of a model bundle on a datalist's test split: randomized smoothing (SegCertify), CSV rows.
+        """Certified and attacked Dice of a model bundle's smoothed segmenter on a datalist's test split, as CSV rows.
+
+        Randomized smoothing with SegCertify's per-voxel certificates (a lower bound on the Dice under any L2
+        perturbation of norm <= each radius), and L2 attacks on the smoothed segmenter at the same radii (an upper
+        bound); both per radius are printed at the end.
 
         Args:
             bundle: a trained model bundle (folder or name).
@@ -163,16 +169,33 @@ class CLI:
             seed: noise seed.
             device: e.g. "cpu" or "cuda".
             config_files: the bundle's config files, e.g. "['configs/inference.json','configs/quick.json']".
+            attacks: the L2 attacks on the smoothed segmenter at each radius > 0: "default" (APGD with soft Dice and
+                PGD with masked CE, 10 steps each), "none", or a list of specs such as
+                "[{'name':'APGD','loss':'soft_dice','steps':20}]" (epsilon, norm and relative are set for you).
+            eot_samples: noise draws per attack step (the SmoothAdv surrogate).
         """
-        from common.engines.certification import run_certification
+        from common.engines.certification import DEFAULT_SMOOTHED_ATTACKS, run_certification
+
+        if attacks == "default":
+            attacks = DEFAULT_SMOOTHED_ATTACKS
+        elif attacks in ("none", None):
+            attacks = []
 
         path, summary = run_certification(
             bundle, data, out, sigma=sigma, n=n, n0=n0, alpha=alpha, tau=tau, radii=radii, correction=correction,
             non_certified=non_certified, batch_size=batch_size, seed=seed, device=device,
             config_files=[config_files] if isinstance(config_files, str) else list(config_files),
+            attacks=attacks, eot_samples=eot_samples,  # type: ignore[arg-type]
         )  # fmt: skip
-        lines = [f"wrote {path}", "radius  certified Dice WT    TC    ET (mean over this run's subjects)"]
-        lines += [f"{r:<7g} {wt:20.3f} {tc:5.3f} {et:5.3f}" for r, (wt, tc, et) in summary.items()]
+        attacked = summary["attacked"]
+        lines = [f"wrote {path}", "mean Dice over this run's subjects (certified: lower bound; attacked: the worst of "
+                 "the L2 attacks on the smoothed model and its clean input, an upper bound)",
+                 "radius   certified WT    TC    ET" + ("   attacked WT    TC    ET" if attacked else "")]  # fmt: skip
+        for r, (wt, tc, et) in summary["certified"].items():
+            line = f"{r:<8g} {wt:12.3f} {tc:5.3f} {et:5.3f}"
+            if r in attacked:
+                line += " {:13.3f} {:5.3f} {:5.3f}".format(*attacked[r])
+            lines.append(line)
         return "\n".join(lines)
 
     @_report_options_as_flags

@@ -13,7 +13,10 @@ What is run, per test subject (the paper's settings are the defaults):
   divided by T (``temperature=T``; Carlini & Wagner 2016): a distilled student at T = 1 saturates its softmax and
   masks the gradient, which the zero-gradient fraction of the white-box rows shows;
 * **transfer**: the white-box adversarial inputs crafted on ``transfer_source`` (default: the first undefended model)
-  applied to every other model (final iterates; computed once per subject and reused for every target).
+  applied to every other model (final iterates; computed once per subject and reused for every target);
+* **certified** (with ``certification``): for each model it names, randomized-smoothing certificates (SegCertify)
+  of the clean input at several L2 radii and the smoothed segmenter under L2 attacks at the same radii, rows of
+  threats ``certified`` and ``smoothed`` (:class:`common.engines.certification.Certifier`).
 
 Each row's Dice (WT, TC, ET) is that of the argmax of the model's logits (eval mode, the bundle's ``amp``), its input
 quality (PSNR, SSIM, RMSE, L-inf and L2 norms) is measured against the clean preprocessed input, ``seconds`` is the
@@ -81,6 +84,7 @@ from common.engines.attack_jobs import (
     build_jobs,
     reusable_predictions,
 )
+from common.engines.certification import CERTIFIER_SETTINGS, Certifier
 from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer
 from common.engines.model_bundle import ModelBundle, check_same_preprocessing, load_model_bundle
 from common.engines.precision import PRECISIONS, PrecisionChoice, choose_precision
@@ -187,6 +191,10 @@ class RobustnessEvaluation:
             :func:`~common.corruptions.corruption_seed`, and predicted by every model: rows of threat
             ``corruption`` with the corruption's name as ``attack`` and its ``severity``; not in the worst case.
         severities: the corruption severities to score (1-5; default all five).
+        certification: certify models by randomized smoothing (:class:`~common.engines.certification.Certifier`):
+            ``None`` (default): none; else a mapping with ``models`` (names of this run's models; absent or ``None``:
+            every model) and any of the certifier's settings (``sigma``, ``n``, ``n0``, ``alpha``, ``tau``,
+            ``radii``, ``correction``, ``non_certified``, ``batch_size``, ``seed``, ``attacks``, ``eot_samples``).
         transfer_source: the model whose white-box adversarial inputs are applied to every other model: a model
             name, ``"auto"`` (the first undefended model, if there are two models or more) or ``None`` (no transfer).
         example_subject: the subject whose volumes are saved for the figure panels; ``None``: the first test
@@ -227,6 +235,7 @@ class RobustnessEvaluation:
         worst_case_epsilons: Sequence[float] | None = None,
         corruptions: Sequence[str] | str | None = None,
         severities: Sequence[int] = SEVERITIES,
+        certification: Mapping[str, Any] | None = None,
         transfer_source: str | None = "auto",
         example_subject: str | bool | None = None,
         device: str | torch.device | None = None,
@@ -262,6 +271,7 @@ class RobustnessEvaluation:
             "worst_case_epsilons": worst_case_epsilons,
             "corruptions": corruptions,
             "severities": list(severities),
+            "certification": dict(certification) if isinstance(certification, Mapping) else certification,
             "batch_size": self.batch_size,
             "score_batch_size": score_batch_size,
         }
@@ -297,6 +307,7 @@ class RobustnessEvaluation:
                         attacks, sweep, sweep_epsilons, epsilon, loss, amp, temperature=model.temperature
                     )
         self.source = self._transfer_source(transfer_source)
+        self.certifiers = self._certifiers(certification)
         if worst_case_epsilons is None:
             self.worst_case_epsilons = sorted({
                 eps for job in self.white_box_jobs
@@ -346,6 +357,29 @@ class RobustnessEvaluation:
         shape = [self.batch_size, channels, *self.models[0].spatial_size]
         return choose_precision(requested, network, shape, self.device)
 
+    def _certifiers(self, certification: Mapping[str, Any] | None) -> dict[int, Certifier]:
+        """model index -> its certifier, for the models ``certification`` names."""
+        if certification is None:
+            return {}
+        if not isinstance(certification, Mapping):
+            raise RobustsegError(
+                f"certification must be null or a mapping of settings (models, sigma, n, radii, ...), "
+                f"got {certification!r}."
+            )
+        settings = dict(certification)
+        names = [m.name for m in self.models]
+        wanted = settings.pop("models", None)
+        wanted = names if wanted is None else [wanted] if isinstance(wanted, str) else list(wanted)
+        unknown = [m for m in wanted if m not in names]
+        if unknown:
+            raise RobustsegError(f"certification: models {unknown} are not evaluated in this run; expected some of "
+                                 f"{names}.")  # fmt: skip
+        extra = sorted(k for k in settings if k not in CERTIFIER_SETTINGS)
+        if extra:
+            expected = ["models", *CERTIFIER_SETTINGS]
+            raise RobustsegError(f"certification: unknown setting(s) {extra}; expected some of {expected}.")
+        return {names.index(m): Certifier(self.models[names.index(m)], **settings) for m in wanted}
+
     def _transfer_source(self, transfer_source: str | None) -> int | None:
         names = [m.name for m in self.models]
         if transfer_source is None or transfer_source is False or transfer_source == "":
@@ -375,6 +409,7 @@ class RobustnessEvaluation:
         if self.source is not None:
             for index in order[1:]:
                 units += [Unit(index, "transfer", self.source, job) for job in self.white_box_jobs if job.uses_gradient]
+        units += [Unit(index, Threat.CERTIFIED, None, None) for index in order if index in self.certifiers]
         return units
 
     def _keys(self, unit: Unit, subject: str) -> list[tuple[Key, str]]:
@@ -389,6 +424,8 @@ class RobustnessEvaluation:
         if unit.threat == Threat.CORRUPTION:
             return [(key(name, "", 0.0, 0, "", severity), _corruption_config(name, severity))
                     for name in self.corruptions for severity in self.severities]  # fmt: skip
+        if unit.threat == Threat.CERTIFIED:
+            return self.certifiers[unit.model].keys(subject)
         if unit.job is None:
             return [(key("none", "", 0.0, 0, ""), "")]
         source = self.models[unit.source].name if unit.source is not None else ""
@@ -435,6 +472,7 @@ class RobustnessEvaluation:
                 "world_size": self.world_size,
                 "torch_threads": torch.get_num_threads(),
                 "attack_precision_choice": self.precision.as_dict(),
+                "certification": {self.models[i].name: c.settings() for i, c in self.certifiers.items()},
                 "worst_case": {
                     "epsilons": self.worst_case_epsilons,
                     "definition": "per model, subject and epsilon: the lowest mean Dice (WT, TC, ET) over every "
@@ -606,6 +644,12 @@ class RobustnessEvaluation:
             model = self.models[unit.model]
             if unit.threat == Threat.CORRUPTION:
                 records = self._corruption_records(unit, model, part, corrupted, savers)
+            elif unit.threat == Threat.CERTIFIED:
+                records = []
+                for i, subject in enumerate(part.subjects):
+                    missing = {key for key, _ in self._keys(unit, subject) if key not in self.done}
+                    images, labels = part.images[i : i + 1], part.labels[i : i + 1]
+                    records += self.certifiers[unit.model].rows(subject, images, labels, missing)
             elif unit.job is None:
                 predictions = self._predict(model, part.images)
                 records = []

@@ -393,6 +393,10 @@ def _datalist_with_missing_file(tmp_path, datalist):
         ({"batch_size": 1.5}, r"batch_size must be an integer >= 1, got 1.5"),
         ({"datalist": "empty"}, r"the 'testing' split is empty"),
         ({"datalist": "missing_file"}, r"gone_seg.nii.gz: file of test subject tiny_001 not found"),
+        ({"certification": {"models": ["tiny_nobody"]}}, r"certification: models \['tiny_nobody'\] are not evaluated"),
+        ({"certification": {"sigmas": [0.1]}}, r"certification: unknown setting\(s\) \['sigmas'\]"),
+        ({"certification": {"sigma": -1}}, r"sigma must be a finite number > 0"),
+        ({"certification": [0.25]}, r"certification must be null or a mapping"),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(case, message, bundles, bundle_factory, tiny_datalist, tmp_path):
@@ -642,3 +646,37 @@ def test_the_example_severity_is_three_else_the_middle_one(severities, expected,
     job = evaluation(bundles, tiny_datalist, tmp_path / "out", models=(BASELINE,), corruptions=["gibbs"],
                      severities=severities)  # fmt: skip
     assert job.example_severity == expected and job.settings()["evaluation"]["example_severity"] == expected
+
+
+CERTIFICATION = {"sigma": 0.1, "n": 12, "n0": 4, "alpha": 0.01, "radii": [0.0, 0.05],
+                 "attacks": [{"name": "PGD", "steps": 2}], "eot_samples": 2}  # fmt: skip
+
+
+def test_the_certified_threat_gives_the_rows_of_robustseg_certify(bundles, tiny_datalist, tmp_path):
+    from common.engines.certification import run_certification
+
+    out = tmp_path / "out"
+    run = evaluation(bundles, tiny_datalist, out, attacks=[{"name": "FGSM"}], sweep=None, transfer_source=None,
+                     certification={"models": [BASELINE], **CERTIFICATION})  # fmt: skip
+    run.run()
+    rows = [r for r in load_results(out / "results.csv") if r["threat"] in ("certified", "smoothed")]
+    # per subject: a certificate at each radius, the clean smoothed prediction and PGD at the radius > 0
+    assert Counter((r["model"], r["threat"]) for r in rows) == {(BASELINE, "certified"): 6, (BASELINE, "smoothed"): 6}
+    path, _ = run_certification(bundles[BASELINE], tiny_datalist, tmp_path / "certify", config_files=QUICK,
+                                overrides=OVERRIDES, **CERTIFICATION)  # fmt: skip
+    alone = {_key(r): r for r in load_results(path)}
+    assert set(alone) == {_key(r) for r in rows}
+    for row in rows:  # the same seeds, preprocessing and network: the same numbers
+        other = alone[_key(row)]
+        assert [row[c] for c in ("dice_wt", "dice_tc", "dice_et", "l2", "attack_config")] == [
+            other[c] for c in ("dice_wt", "dice_tc", "dice_et", "l2", "attack_config")]
+    settings = json.loads((out / "settings.json").read_text())["evaluation"]["certification"]
+    assert list(settings) == [BASELINE] and settings[BASELINE]["sigma"] == 0.1
+    assert (out / "tables" / "certification_3d.md").is_file()
+    before = (out / "results.csv").read_text()
+    evaluation(bundles, tiny_datalist, out, attacks=[{"name": "FGSM"}], sweep=None, transfer_source=None,
+               certification={"models": [BASELINE], **CERTIFICATION}).run()  # fmt: skip
+    assert (out / "results.csv").read_text() == before  # nothing recomputed
+    with pytest.raises(RobustsegError, match="holds smoothing certified rows of tiny_baseline"):
+        evaluation(bundles, tiny_datalist, out, attacks=[{"name": "FGSM"}], sweep=None, transfer_source=None,
+                   certification={"models": [BASELINE], **CERTIFICATION, "n0": 5})  # fmt: skip
