@@ -166,3 +166,25 @@ def test_worst_case_preset_runs(tiny_models, tiny_datalist, tmp_path, monkeypatc
         assert sum(row[k] for k in ("dice_wt", "dice_tc", "dice_et")) == pytest.approx(
             min(sum(r[k] for k in ("dice_wt", "dice_tc", "dice_et")) for r in members)
         )
+
+
+def test_certify_preset_runs(tiny_models, tiny_datalist, tmp_path, monkeypatch):
+    """configs/certify.json through `monai.bundle run`: certified and smoothed rows of the named model only, at the
+    preset's radii (here two, with few samples), and the certification table."""
+    monkeypatch.chdir(REPO)
+    configs = Path("bundles") / EVAL.name / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(EVAL / "configs" / f) for f in ("evaluate.json", "certify.json")])
+    preset = parser.get_parsed_content("certification")
+    assert preset["radii"] == [0.0, 0.05, 0.1, 0.25, 0.5] and {a["name"] for a in preset["attacks"]} == {"APGD", "PGD"}
+    quick = {"certification#models": ["brats_unet3d_baseline"], "certification#n": 8, "certification#n0": 4,
+             "certification#eot_samples": 1, "certification#attacks": [{"name": "APGD", "steps": 2}]}  # fmt: skip
+    run("evaluating", config_file=[str(configs / f) for f in ("evaluate.json", "quick.json", "certify.json")],
+        meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
+        model_bundles=tiny_models, output_dir=str(tmp_path / "out"), datalist=tiny_datalist, progress=False,
+        sweep_epsilons=[0.05], attacks=[{"name": "FGSM"}], certify_radii=[0.0, 0.1], **quick)  # fmt: skip
+    rows = load_results(tmp_path / "out" / "results.csv")
+    certified = [r for r in rows if r["threat"] in ("certified", "smoothed")]
+    assert {r["model"] for r in certified} == {"brats_unet3d_baseline"}
+    assert sorted({r["radius"] for r in certified}) == [0.0, 0.1]
+    assert (tmp_path / "out" / "tables" / "certification_3d.md").is_file()
