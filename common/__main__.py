@@ -246,7 +246,7 @@ class CLI:
         quick: bool = False,
         distillation: str = "paper",
     ) -> str:
-        """The paper's full protocol on real BraTS data (all 20 model bundles, evaluation, report).
+        """The paper's full protocol on real BraTS data (all 26 model bundles, evaluation, report).
 
         Args:
             data: a BraTS 2017-2021 or MSD Task01 folder.

@@ -92,7 +92,7 @@ def tiny_brats(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("distillation, trainings", [("paper", 28), ("approx", 20)])
+@pytest.mark.parametrize("distillation, trainings", [("paper", 34), ("approx", 26)])
 def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, tiny_brats, tmp_path):
     plan = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", dry_run=True, distillation=distillation)
     lines = plan.splitlines()[1:]
@@ -109,7 +109,9 @@ def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, 
     assert all(expected.format(line.split("_distill_t")[1].split()[0]) in line for line in students)
     artaug = [line for line in trains if line.split()[2].endswith("_artaug")]
     assert [line.split()[2] for line in artaug] == ["brats_unet2d_artaug", "brats_unet3d_artaug"]
-    assert "attack all 20 models" in plan and "write the report" in plan
+    gaussaug = [line.split()[2] for line in trains if "_gaussaug_" in line.split()[2]]
+    assert gaussaug == [f"brats_unet{net}_gaussaug_sigma{sigma}" for net in ("2d", "3d") for sigma in (0.12, 0.25, 0.5)]
+    assert "attack all 26 models" in plan and "write the report" in plan
     assert not (tmp_path / "out").exists()
 
 
@@ -158,17 +160,18 @@ def test_reproduce_approx_distillation_keeps_the_baseline_teacher(quick, tiny_br
 
 
 @pytest.mark.parametrize("quick", [False, True])
-def test_reproduce_trains_the_artifact_defence_of_both_nets(quick, tiny_brats, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["artaug", "gaussaug_sigma0.12", "gaussaug_sigma0.25", "gaussaug_sigma0.5"])
+def test_reproduce_trains_the_augmentation_defences_of_both_nets(quick, family, tiny_brats, tmp_path, monkeypatch):
     """Like noise augmentation: after its baseline, from scratch at the paper's settings, fine-tuned when quick."""
     out = tmp_path / "out"
     calls = _planned_trainings(tiny_brats, out, quick, "approx", monkeypatch)
     order = list(calls)
     for net in ("3d", "2d"):
-        baseline, artaug = f"brats_unet{net}_baseline", f"brats_unet{net}_artaug"
-        assert order.index(baseline) < order.index(artaug)
-        assert calls[artaug]["configs"] == (["train.json", "quick.json"] if quick else ["train.json"])
+        baseline, defence = f"brats_unet{net}_baseline", f"brats_unet{net}_{family}"
+        assert order.index(baseline) < order.index(defence)
+        assert calls[defence]["configs"] == (["train.json", "quick.json"] if quick else ["train.json"])
         weights = str(out.resolve() / "bundles" / baseline / "models" / "model.pt")
-        assert calls[artaug].get("init_weights") == (weights if quick else None)
+        assert calls[defence].get("init_weights") == (weights if quick else None)
 
 
 @pytest.mark.parametrize("net", ["3d", "2d"])
@@ -213,7 +216,7 @@ def test_reproduce_quick_on_tiny_data(tiny_brats, tmp_path):
     message = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", quick=True, overrides=tiny)
     assert "report" in message
     settings = json.loads((tmp_path / "out" / "results" / "settings.json").read_text())
-    assert len(settings["models"]) == 20
+    assert len(settings["models"]) == 26
     assert (tmp_path / "out" / "report" / "report.html").is_file()
     # one preprocessing cache for the whole run: items shared by bundles that preprocess alike, none per bundle
     assert list((tmp_path / "out" / "cache").glob("*.pt"))
