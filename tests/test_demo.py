@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from common.demo import DEMO_ARTIFACT_MODEL, DEMO_MODELS, demo_models, plan_demo, plan_reproduce, run_reproduce
+from common.demo import (
+    DEMO_ARTIFACT_MODEL,
+    DEMO_GAUSSIAN_MODEL,
+    DEMO_MODELS,
+    demo_models,
+    plan_demo,
+    plan_reproduce,
+    run_reproduce,
+)
 from common.errors import RobustsegError
 
 
@@ -75,10 +83,45 @@ def test_artifact_defence_only_when_asked_for(preset, tmp_path, monkeypatch):
     assert artaug_eval == plain_eval, "same data, output folder, corruptions and preset settings"
 
 
-@pytest.mark.parametrize("artaug", ["yes", 1, None])
-def test_demo_rejects_a_non_boolean_artaug(artaug, tmp_path):
-    with pytest.raises(RobustsegError, match="artaug must be True or False"):
-        plan_demo(tmp_path / "d", artaug=artaug)
+@pytest.mark.parametrize("preset", ["paper", "worst-case"])
+def test_gaussian_defence_only_when_asked_for(preset, tmp_path, monkeypatch):
+    """gaussaug=True fine-tunes sigma = 0.25 only, from the quick baseline like noiseaug, and evaluates it in stages of
+    their own (with artaug too: stages of their own again), into the same results folder."""
+    import common.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "_run_bundle", lambda run_id, bundle, configs, overrides: calls.append(
+        (run_id, bundle.name, list(configs), overrides)))  # fmt: skip
+    assert DEMO_GAUSSIAN_MODEL == "brats_unet3d_gaussaug_sigma0.25" and DEMO_GAUSSIAN_MODEL not in DEMO_MODELS
+    assert demo_models(gaussaug=True) == (*DEMO_MODELS, DEMO_GAUSSIAN_MODEL)
+    assert demo_models(True, True) == (*DEMO_MODELS, DEMO_ARTIFACT_MODEL, DEMO_GAUSSIAN_MODEL)
+    plain = plan_demo(tmp_path / "d", preset=preset)
+    with_gaussaug = plan_demo(tmp_path / "d", preset=preset, gaussaug=True)
+    names = [s.name for s in with_gaussaug]
+    assert [n for n in names if "gaussaug" in n and n.startswith("train-")] == [f"train-{DEMO_GAUSSIAN_MODEL}"]
+    assert names[:-2] == [s.name for s in plain][:-2] + [f"train-{DEMO_GAUSSIAN_MODEL}"]
+    assert names[-2:] == [f"{s.name}-gaussaug" for s in plain][-2:], "a plain demo's markers do not skip them"
+    both = [s.name for s in plan_demo(tmp_path / "d", preset=preset, artaug=True, gaussaug=True)]
+    assert both[-2:] == [f"{s.name}-artaug-gaussaug" for s in plain][-2:]
+    assert both[-4:-2] == [f"train-{DEMO_ARTIFACT_MODEL}", f"train-{DEMO_GAUSSIAN_MODEL}"]
+    for stages, trained in ((plain, DEMO_MODELS[-1]), (with_gaussaug, DEMO_GAUSSIAN_MODEL)):
+        for stage in stages:
+            if stage.name == f"train-{trained}" or stage.name.startswith("evaluate"):
+                stage.work()
+    (_, _, _, noiseaug), (_, _, _, plain_eval), (_, _, configs, gaussaug), (_, _, _, gaussaug_eval) = calls
+    baseline = str((tmp_path / "d").resolve() / "bundles" / DEMO_MODELS[0] / "models" / "model.pt")
+    assert configs == ["train.json", "quick.json"] and gaussaug["init_weights"] == baseline
+    assert gaussaug == noiseaug, "the same fine-tune settings as the noise augmentation"
+    assert [Path(m).name for m in gaussaug_eval.pop("model_bundles")] == [*DEMO_MODELS, DEMO_GAUSSIAN_MODEL]
+    plain_eval.pop("model_bundles")
+    assert gaussaug_eval == plain_eval, "same data, output folder, corruptions and preset settings"
+
+
+@pytest.mark.parametrize("flag", ["artaug", "gaussaug"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_demo_rejects_a_non_boolean_flag(flag, value, tmp_path):
+    with pytest.raises(RobustsegError, match=f"{flag} must be True or False"):
+        plan_demo(tmp_path / "d", **{flag: value})
 
 
 @pytest.fixture(scope="module")
