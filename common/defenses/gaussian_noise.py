@@ -2,9 +2,10 @@
 
 A smoothed segmenter ``g`` predicts, per voxel, the class its base network ``f`` gives most often under the noise
 ``N(0, sigma^2 I)`` (:class:`~common.certify.GaussianSmoothing`), so ``g`` is only as accurate as ``f`` is under that
-noise: Cohen et al. (2019, "Training the base classifier") train ``f`` with Gaussian data augmentation at the
-certification's ``sigma``, and SegCertify (Fischer et al. 2021) does the same for segmentation. The ``gaussaug``
-defence bundles do this with the transforms below.
+noise: Cohen et al. (2019) train ``f`` with Gaussian data augmentation at the certification's ``sigma``, and
+SegCertify (Fischer et al. 2021) does the same for segmentation. The ``gaussaug`` defence bundles do this with the
+transforms below. Training and certifying at the same ``sigma`` is the convention, not a theorem (Pal & Sulam 2023
+find other training levels sometimes better); a bundle's ``noise_sigma`` can be set apart from the certificate's.
 
 The noise is exactly the noise the certification samples: independent, mean 0, standard deviation ``sigma`` on every
 voxel of every channel, added in the network's input space and **not clipped** -- robustseg's inputs are min-max
