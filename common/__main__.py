@@ -245,7 +245,14 @@ class CLI:
         path = write_report(csv, out, settings=settings, examples=examples, options=options)
         return f"wrote {path}"
 
-    def demo(self, out: str = "runs/demo", fresh: bool = False, preset: str = "paper", artaug: bool = False) -> str:
+    def demo(
+        self,
+        out: str = "runs/demo",
+        fresh: bool = False,
+        preset: str = "paper",
+        artaug: bool = False,
+        gaussaug: bool = False,
+    ) -> str:
         """The main job on the embedded data: train baseline and defences, attack them, write the report.
 
         Args:
@@ -255,10 +262,13 @@ class CLI:
                 only the ensemble runs).
             artaug: also fine-tune and evaluate the artifact-augmentation defence (brats_unet3d_artaug); after a demo
                 without it only that model trains and is evaluated.
+            gaussaug: also fine-tune and evaluate the Gaussian-augmentation defence at sigma = 0.25
+                (brats_unet3d_gaussaug_sigma0.25, the base network of robustseg certify --sigma 0.25); after a demo
+                without it only that model trains and is evaluated.
         """
         from common.demo import run_demo
 
-        return run_demo(out, fresh=fresh, preset=preset, artaug=artaug)
+        return run_demo(out, fresh=fresh, preset=preset, artaug=artaug, gaussaug=gaussaug)
 
     def reproduce(
         self,
@@ -269,7 +279,7 @@ class CLI:
         quick: bool = False,
         distillation: str = "paper",
     ) -> str:
-        """The paper's full protocol on real BraTS data (all 20 model bundles, evaluation, report).
+        """The paper's full protocol on real BraTS data (all 26 model bundles, evaluation, report).
 
         Args:
             data: a BraTS 2017-2021 or MSD Task01 folder.

@@ -144,7 +144,8 @@ class BundleSpec:
 
     Attributes:
         name: folder name under ``bundles/``.
-        family: "baseline", "distill", "advtrain", "noiseaug", "artaug" (model bundles) or "robustness_eval".
+        family: "baseline", "distill", "advtrain", "noiseaug", "artaug", "gaussaug" (model bundles) or
+            "robustness_eval".
         net: "3d" or "2d" for model bundles, ``None`` for the evaluation bundle.
         variables: values substituted for ``${key}`` in the templates.
     """
@@ -161,6 +162,11 @@ QUICK_FINE_TUNE_EPOCHS = 3
 ARTIFACT_PROB = 0.5
 """Probability that the artifact-augmentation bundles corrupt a training volume (``artifact_prob``)."""
 
+GAUSSIAN_SIGMAS = (0.12, 0.25, 0.5)
+"""The noise levels sigma of the Gaussian-augmentation bundles (``noise_sigma``; issue 17), as fractions of the [0, 1]
+intensity range: three of the levels of Cohen et al. 2019 (0.12, 0.25, 0.5, 1.0 on CIFAR-10). Certify a bundle at its
+own sigma (``robustseg certify --sigma``)."""
+
 _NETS = {
     "3d": {"net": "3d", "net_title": "3D", "network_class": "UNet3D"},
     "2d": {"net": "2d", "net_title": "2D", "network_class": "UNet2D"},
@@ -168,7 +174,10 @@ _NETS = {
 
 
 def bundle_specs() -> list[BundleSpec]:
-    """Every bundle: 2 baselines, 8 distilled, 6 adversarially trained, 2 noise- and 2 artifact-augmented, 1 eval.
+    """Every bundle: per net a baseline and its defences (the ``family`` of each spec), then the evaluation bundle.
+
+    27 in all: 2 baselines, 8 distilled, 6 adversarially trained, 2 noise-, 2 artifact- and 6 Gaussian-augmented
+    and 1 evaluation bundle.
 
     Returns:
         The specs in a stable order (by family, network, parameter).
@@ -206,6 +215,13 @@ def bundle_specs() -> list[BundleSpec]:
             "defense_param": f"p={ARTIFACT_PROB}", "artifact_prob": ARTIFACT_PROB, "baseline": baseline,
             "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
         }))
+        for sigma in GAUSSIAN_SIGMAS:
+            name = f"{prefix}_gaussaug_sigma{sigma}"
+            specs.append(BundleSpec(name, "gaussaug", net, {
+                **net_vars, "name": name, "defense": Defense.GAUSSIAN_AUGMENTATION.value,
+                "defense_param": f"sigma={sigma}", "sigma": sigma, "baseline": baseline,
+                "quick_epochs": QUICK_FINE_TUNE_EPOCHS,
+            }))
     specs.append(BundleSpec("brats_robustness_eval", "robustness_eval", None, {"name": "brats_robustness_eval"}))
     return specs
 

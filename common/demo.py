@@ -22,6 +22,7 @@ from common.errors import RobustsegError
 
 __all__ = [
     "DEMO_ARTIFACT_MODEL",
+    "DEMO_GAUSSIAN_MODEL",
     "DEMO_MODELS",
     "DISTILLATION_RECIPES",
     "Stage",
@@ -50,6 +51,11 @@ DEMO_ARTIFACT_MODEL = "brats_unet3d_artaug"
 """The artifact-augmentation defence (issue 15), trained and evaluated by the demo only with ``artaug=True``
 (``robustseg demo --artaug``): a fine-tune of the quick baseline like the other defences. Off by default, so the
 default demo's models, time and numbers stay those the README reports."""
+DEMO_GAUSSIAN_MODEL = "brats_unet3d_gaussaug_sigma0.25"
+"""The Gaussian-augmentation defence at sigma = 0.25 (issue 17: the base network of randomized smoothing), trained and
+evaluated by the demo only with ``gaussaug=True`` (``robustseg demo --gaussaug``): a fine-tune of the quick baseline
+like the other defences. One sigma only, and off by default, because the default demo is at its time budget;
+``robustseg reproduce`` trains all three."""
 
 DEMO_SUBJECTS = 40
 DEMO_SHAPE = 64
@@ -166,22 +172,33 @@ def _test_dice(bundle: Path) -> str:
     return "test Dice " + " / ".join(f"{r} {summary[f'dice_{r.lower()}_mean']:.3f}" for r in ("WT", "TC", "ET"))
 
 
-def demo_models(artaug: bool = False) -> tuple[str, ...]:
-    """The demo's model bundles: :data:`DEMO_MODELS`, plus :data:`DEMO_ARTIFACT_MODEL` with ``artaug``.
-
-    Raises:
-        RobustsegError: if ``artaug`` is not a boolean.
-    """
+def _optional_models(artaug: bool, gaussaug: bool) -> dict[str, str]:
+    """The opt-in models asked for, by flag (``{"artaug": DEMO_ARTIFACT_MODEL, ...}``), in a fixed order."""
     from common.utils.validation import check_bool
 
-    return DEMO_MODELS + ((DEMO_ARTIFACT_MODEL,) if check_bool("artaug", artaug) else ())
+    wanted = {"artaug": check_bool("artaug", artaug), "gaussaug": check_bool("gaussaug", gaussaug)}
+    models = {"artaug": DEMO_ARTIFACT_MODEL, "gaussaug": DEMO_GAUSSIAN_MODEL}
+    return {flag: models[flag] for flag, on in wanted.items() if on}
 
 
-_COUNTS = {4: "four", 5: "five"}
+def demo_models(artaug: bool = False, gaussaug: bool = False) -> tuple[str, ...]:
+    """The demo's model bundles: :data:`DEMO_MODELS`, plus :data:`DEMO_ARTIFACT_MODEL` with ``artaug`` and
+    :data:`DEMO_GAUSSIAN_MODEL` with ``gaussaug``.
+
+    Raises:
+        RobustsegError: if ``artaug`` or ``gaussaug`` is not a boolean.
+    """
+    return DEMO_MODELS + tuple(_optional_models(artaug, gaussaug).values())
 
 
-def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper", artaug: bool = False) -> list[Stage]:
-    """The demo's stages (nothing is run): data, baseline, three defences (four with ``artaug``), evaluation, report.
+_COUNTS = {4: "four", 5: "five", 6: "six"}
+
+
+def plan_demo(
+    out: str | os.PathLike = "runs/demo", preset: str = "paper", artaug: bool = False, gaussaug: bool = False
+) -> list[Stage]:
+    """The demo's stages (nothing is run): data, baseline, three defences (one more for each of ``artaug`` and
+    ``gaussaug``), evaluation, report.
 
     Args:
         out: the demo folder.
@@ -192,15 +209,17 @@ def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper", artau
         artaug: also train :data:`DEMO_ARTIFACT_MODEL` (fine-tuning the baseline) and evaluate it. Its evaluation and
             report stages have names of their own (suffix ``-artaug``) and the same ``results.csv``, so after a demo
             without it only the new model's rows are computed.
+        gaussaug: the same for :data:`DEMO_GAUSSIAN_MODEL` (suffix ``-gaussaug``; ``-artaug-gaussaug`` with both).
 
     Raises:
-        RobustsegError: for an unknown ``preset`` or an ``artaug`` that is not a boolean.
+        RobustsegError: for an unknown ``preset`` or an ``artaug`` or ``gaussaug`` that is not a boolean.
     """
     from common.data import ensure_synthetic_dataset
     from common.utils.validation import look_up_option
 
     preset = look_up_option("preset", preset, PRESETS)
-    models = demo_models(artaug)
+    optional = _optional_models(artaug, gaussaug)
+    models = DEMO_MODELS + tuple(optional.values())
 
     out = Path(out).resolve()
     bundles = out / "bundles"
@@ -242,7 +261,7 @@ def plan_demo(out: str | os.PathLike = "runs/demo", preset: str = "paper", artau
     stages.append(Stage("test-baseline", f"score {baseline.name} on the test split", test_baseline, "~10 s"))
     stages += [_train_stage(bundles / m, datalist, baseline, quick, "fine-tune", shared) for m in models[1:]]
     count = _COUNTS.get(len(models), str(len(models)))
-    suffix = "-artaug" if artaug else ""
+    suffix = "".join(f"-{flag}" for flag in optional)
     if worst_case:
         what = f"add the worst-case ensemble (APGD x 3 losses, PGD) to the {count} models' evaluation"
         stages.append(Stage(f"evaluate-worst-case{suffix}", what, evaluate, "~15 min"))
@@ -287,7 +306,11 @@ def _headline(out: Path) -> str:
 
 
 def run_demo(
-    out: str | os.PathLike = "runs/demo", fresh: bool = False, preset: str = "paper", artaug: bool = False
+    out: str | os.PathLike = "runs/demo",
+    fresh: bool = False,
+    preset: str = "paper",
+    artaug: bool = False,
+    gaussaug: bool = False,
 ) -> str:
     """Run the demo end to end: data -> quick baseline -> quick defences -> robustness evaluation -> report.
 
@@ -300,21 +323,23 @@ def run_demo(
         fresh: delete ``out`` first and redo everything.
         preset: the evaluation preset, ``"paper"`` or ``"worst-case"`` (see :func:`plan_demo`).
         artaug: also train and evaluate the artifact-augmentation defence :data:`DEMO_ARTIFACT_MODEL`.
+        gaussaug: also train and evaluate the Gaussian-augmentation defence :data:`DEMO_GAUSSIAN_MODEL`.
 
     Returns:
         Where the report is, and the headline table.
 
     Raises:
-        RobustsegError: if ``out`` is a file, ``preset`` is unknown or ``artaug`` is not a boolean.
+        RobustsegError: if ``out`` is a file, ``preset`` is unknown or ``artaug`` or ``gaussaug`` is not a boolean.
     """
     out_path = Path(out).resolve()
     if fresh and out_path.exists():
         shutil.rmtree(out_path)
     if out_path.exists() and not out_path.is_dir():
         raise RobustsegError(f"out: {out_path} is a file, expected a folder for the demo.")
-    stages = plan_demo(out_path, preset, artaug)
+    stages = plan_demo(out_path, preset, artaug, gaussaug)
+    models = demo_models(artaug, gaussaug)
     start = time.perf_counter()
-    _run_stages(stages, out_path, lambda: _render_bundles([*demo_models(artaug), EVAL_BUNDLE], out_path / "bundles"))
+    _run_stages(stages, out_path, lambda: _render_bundles([*models, EVAL_BUNDLE], out_path / "bundles"))
     elapsed = time.perf_counter() - start
     report = out_path / "report" / "report.html"
     return f"demo finished in {_fmt_seconds(elapsed)}; report: {report}\n\n{_headline(out_path)}"

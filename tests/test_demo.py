@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from common.demo import DEMO_ARTIFACT_MODEL, DEMO_MODELS, demo_models, plan_demo, plan_reproduce, run_reproduce
+from common.demo import (
+    DEMO_ARTIFACT_MODEL,
+    DEMO_GAUSSIAN_MODEL,
+    DEMO_MODELS,
+    demo_models,
+    plan_demo,
+    plan_reproduce,
+    run_reproduce,
+)
 from common.errors import RobustsegError
 
 
@@ -75,10 +83,45 @@ def test_artifact_defence_only_when_asked_for(preset, tmp_path, monkeypatch):
     assert artaug_eval == plain_eval, "same data, output folder, corruptions and preset settings"
 
 
-@pytest.mark.parametrize("artaug", ["yes", 1, None])
-def test_demo_rejects_a_non_boolean_artaug(artaug, tmp_path):
-    with pytest.raises(RobustsegError, match="artaug must be True or False"):
-        plan_demo(tmp_path / "d", artaug=artaug)
+@pytest.mark.parametrize("preset", ["paper", "worst-case"])
+def test_gaussian_defence_only_when_asked_for(preset, tmp_path, monkeypatch):
+    """gaussaug=True fine-tunes sigma = 0.25 only, from the quick baseline like noiseaug, and evaluates it in stages of
+    their own (with artaug too: stages of their own again), into the same results folder."""
+    import common.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "_run_bundle", lambda run_id, bundle, configs, overrides: calls.append(
+        (run_id, bundle.name, list(configs), overrides)))  # fmt: skip
+    assert DEMO_GAUSSIAN_MODEL == "brats_unet3d_gaussaug_sigma0.25" and DEMO_GAUSSIAN_MODEL not in DEMO_MODELS
+    assert demo_models(gaussaug=True) == (*DEMO_MODELS, DEMO_GAUSSIAN_MODEL)
+    assert demo_models(True, True) == (*DEMO_MODELS, DEMO_ARTIFACT_MODEL, DEMO_GAUSSIAN_MODEL)
+    plain = plan_demo(tmp_path / "d", preset=preset)
+    with_gaussaug = plan_demo(tmp_path / "d", preset=preset, gaussaug=True)
+    names = [s.name for s in with_gaussaug]
+    assert [n for n in names if "gaussaug" in n and n.startswith("train-")] == [f"train-{DEMO_GAUSSIAN_MODEL}"]
+    assert names[:-2] == [s.name for s in plain][:-2] + [f"train-{DEMO_GAUSSIAN_MODEL}"]
+    assert names[-2:] == [f"{s.name}-gaussaug" for s in plain][-2:], "a plain demo's markers do not skip them"
+    both = [s.name for s in plan_demo(tmp_path / "d", preset=preset, artaug=True, gaussaug=True)]
+    assert both[-2:] == [f"{s.name}-artaug-gaussaug" for s in plain][-2:]
+    assert both[-4:-2] == [f"train-{DEMO_ARTIFACT_MODEL}", f"train-{DEMO_GAUSSIAN_MODEL}"]
+    for stages, trained in ((plain, DEMO_MODELS[-1]), (with_gaussaug, DEMO_GAUSSIAN_MODEL)):
+        for stage in stages:
+            if stage.name == f"train-{trained}" or stage.name.startswith("evaluate"):
+                stage.work()
+    (_, _, _, noiseaug), (_, _, _, plain_eval), (_, _, configs, gaussaug), (_, _, _, gaussaug_eval) = calls
+    baseline = str((tmp_path / "d").resolve() / "bundles" / DEMO_MODELS[0] / "models" / "model.pt")
+    assert configs == ["train.json", "quick.json"] and gaussaug["init_weights"] == baseline
+    assert gaussaug == noiseaug, "the same fine-tune settings as the noise augmentation"
+    assert [Path(m).name for m in gaussaug_eval.pop("model_bundles")] == [*DEMO_MODELS, DEMO_GAUSSIAN_MODEL]
+    plain_eval.pop("model_bundles")
+    assert gaussaug_eval == plain_eval, "same data, output folder, corruptions and preset settings"
+
+
+@pytest.mark.parametrize("flag", ["artaug", "gaussaug"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_demo_rejects_a_non_boolean_flag(flag, value, tmp_path):
+    with pytest.raises(RobustsegError, match=f"{flag} must be True or False"):
+        plan_demo(tmp_path / "d", **{flag: value})
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +135,7 @@ def tiny_brats(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("distillation, trainings", [("paper", 28), ("approx", 20)])
+@pytest.mark.parametrize("distillation, trainings", [("paper", 34), ("approx", 26)])
 def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, tiny_brats, tmp_path):
     plan = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", dry_run=True, distillation=distillation)
     lines = plan.splitlines()[1:]
@@ -109,7 +152,9 @@ def test_reproduce_dry_run_lists_models_teachers_first(distillation, trainings, 
     assert all(expected.format(line.split("_distill_t")[1].split()[0]) in line for line in students)
     artaug = [line for line in trains if line.split()[2].endswith("_artaug")]
     assert [line.split()[2] for line in artaug] == ["brats_unet2d_artaug", "brats_unet3d_artaug"]
-    assert "attack all 20 models" in plan and "write the report" in plan
+    gaussaug = [line.split()[2] for line in trains if "_gaussaug_" in line.split()[2]]
+    assert gaussaug == [f"brats_unet{net}_gaussaug_sigma{sigma}" for net in ("2d", "3d") for sigma in (0.12, 0.25, 0.5)]
+    assert "attack all 26 models" in plan and "write the report" in plan
     assert not (tmp_path / "out").exists()
 
 
@@ -158,17 +203,18 @@ def test_reproduce_approx_distillation_keeps_the_baseline_teacher(quick, tiny_br
 
 
 @pytest.mark.parametrize("quick", [False, True])
-def test_reproduce_trains_the_artifact_defence_of_both_nets(quick, tiny_brats, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["artaug", "gaussaug_sigma0.12", "gaussaug_sigma0.25", "gaussaug_sigma0.5"])
+def test_reproduce_trains_the_augmentation_defences_of_both_nets(quick, family, tiny_brats, tmp_path, monkeypatch):
     """Like noise augmentation: after its baseline, from scratch at the paper's settings, fine-tuned when quick."""
     out = tmp_path / "out"
     calls = _planned_trainings(tiny_brats, out, quick, "approx", monkeypatch)
     order = list(calls)
     for net in ("3d", "2d"):
-        baseline, artaug = f"brats_unet{net}_baseline", f"brats_unet{net}_artaug"
-        assert order.index(baseline) < order.index(artaug)
-        assert calls[artaug]["configs"] == (["train.json", "quick.json"] if quick else ["train.json"])
+        baseline, defence = f"brats_unet{net}_baseline", f"brats_unet{net}_{family}"
+        assert order.index(baseline) < order.index(defence)
+        assert calls[defence]["configs"] == (["train.json", "quick.json"] if quick else ["train.json"])
         weights = str(out.resolve() / "bundles" / baseline / "models" / "model.pt")
-        assert calls[artaug].get("init_weights") == (weights if quick else None)
+        assert calls[defence].get("init_weights") == (weights if quick else None)
 
 
 @pytest.mark.parametrize("net", ["3d", "2d"])
@@ -213,7 +259,7 @@ def test_reproduce_quick_on_tiny_data(tiny_brats, tmp_path):
     message = run_reproduce(str(tiny_brats), str(tmp_path / "out"), device="cpu", quick=True, overrides=tiny)
     assert "report" in message
     settings = json.loads((tmp_path / "out" / "results" / "settings.json").read_text())
-    assert len(settings["models"]) == 20
+    assert len(settings["models"]) == 26
     assert (tmp_path / "out" / "report" / "report.html").is_file()
     # one preprocessing cache for the whole run: items shared by bundles that preprocess alike, none per bundle
     assert list((tmp_path / "out" / "cache").glob("*.pt"))

@@ -1,7 +1,9 @@
 """Defences of Liu et al. (2021): defensive distillation, FGSM adversarial training (eq. 9), noise augmentation.
 
 The training steps are ``iteration_update`` callables for MONAI's ``SupervisedTrainer``; a defence bundle's
-``train.json`` sets ``train#trainer#iteration_update`` to one of them.
+``train.json`` sets ``train#trainer#iteration_update`` to one of them. :class:`RandSmoothingNoised`, the Gaussian
+noise of randomized smoothing as a MONAI transform, trains the base networks of certification (the ``gaussaug``
+bundles).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from common.defenses.distillation_record import (
     distillation_recipe,
     measure_logit_norms,
 )
+from common.defenses.gaussian_noise import RandSmoothingNoise, RandSmoothingNoised
 from common.defenses.noise import RandUniformNoise, RandUniformNoised, uniform_noise
 from common.defenses.perturbed_training import AdversarialTrainingStep, NoiseAugmentationStep, PerturbedTrainingStep
 from common.defenses.teacher import load_teacher
@@ -24,6 +27,8 @@ __all__ = [
     "DistillationStep",
     "NoiseAugmentationStep",
     "PerturbedTrainingStep",
+    "RandSmoothingNoise",
+    "RandSmoothingNoised",
     "RandUniformNoise",
     "RandUniformNoised",
     "TrainingStep",

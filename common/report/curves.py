@@ -261,8 +261,9 @@ DEFENCE_FAMILIES: dict[Defense, tuple[tuple[Defense, ...], str, dict[Net, str]]]
         {Net.UNET3D: "Fig. 5", Net.UNET2D: "Fig. 6"},
     ),
     Defense.ADVERSARIAL_TRAINING: (
-        (Defense.ADVERSARIAL_TRAINING, Defense.NOISE_AUGMENTATION, Defense.ARTIFACT_AUGMENTATION),
-        "adversarial training and augmentation",  # noise (the paper's) and MR-artifact augmentation
+        (Defense.ADVERSARIAL_TRAINING, Defense.NOISE_AUGMENTATION, Defense.ARTIFACT_AUGMENTATION,
+         Defense.GAUSSIAN_AUGMENTATION),
+        "adversarial training and augmentation",  # uniform noise (the paper's), MR-artifact and Gaussian augmentation
         {Net.UNET3D: "Fig. 7", Net.UNET2D: "Fig. 8"},
     ),
 }

@@ -10,8 +10,8 @@ column                 type   meaning
 model                  str    model bundle name, e.g. ``brats_unet3d_baseline``, ``brats_unet3d_distill_t5000``
 net                    str    ``3d`` or ``2d``
 defense                str    ``none``, ``distillation``, ``adversarial_training``, ``noise_augmentation``,
-                              ``artifact_augmentation``
-defense_param          str    e.g. ``T=5000``, ``eps=0.05``, ``r=0.01``, ``p=0.5``; empty for none
+                              ``artifact_augmentation``, ``gaussian_augmentation``
+defense_param          str    e.g. ``T=5000``, ``eps=0.05``, ``r=0.01``, ``p=0.5``, ``sigma=0.25``; empty for none
 subject                str    subject id
 attack                 str    ``none`` (clean input), ``FGSM``, ``i-FGSM``, ``ti-FGSM``, ``PGD``, ... (display name)
 threat                 str    ``clean``, ``white-box`` (the paper's attack on the model itself), ``adaptive`` (attack on
@@ -120,9 +120,10 @@ class Column(NamedTuple):
 COLUMNS: tuple[Column, ...] = (
     Column("model", str, True, "model bundle name"),
     Column("net", str, True, "3d or 2d"),
-    Column("defense", str, True,
-           "none, distillation, adversarial_training, noise_augmentation or artifact_augmentation"),
-    Column("defense_param", str, False, "defence parameter, e.g. T=5000, eps=0.05, r=0.01, p=0.5; empty for none"),
+    Column("defense", str, True, "none, distillation, adversarial_training, noise_augmentation, "
+           "artifact_augmentation or gaussian_augmentation"),
+    Column("defense_param", str, False,
+           "defence parameter, e.g. T=5000, eps=0.05, r=0.01, p=0.5, sigma=0.25; empty for none"),
     Column("subject", str, True, "subject id"),
     Column("attack", str, True, "attack display name; none for the clean input"),
     Column("threat", str, True, "clean, white-box, adaptive, transfer, worst-case, corruption, certified or smoothed"),

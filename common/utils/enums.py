@@ -34,7 +34,8 @@ class Defense(StrEnum):
     """The defence families, in the order the report's tables list them.
 
     The first four are those of Liu et al. 2021 ("Defenses"); ``ARTIFACT_AUGMENTATION`` (training on the MR artifacts
-    of :mod:`common.corruptions`) is robustseg's own.
+    of :mod:`common.corruptions`) and ``GAUSSIAN_AUGMENTATION`` (training under the Gaussian noise of randomized
+    smoothing, the base networks of :mod:`common.certify`) are robustseg's own.
     """
 
     NONE = "none"
@@ -42,6 +43,7 @@ class Defense(StrEnum):
     ADVERSARIAL_TRAINING = "adversarial_training"
     NOISE_AUGMENTATION = "noise_augmentation"
     ARTIFACT_AUGMENTATION = "artifact_augmentation"
+    GAUSSIAN_AUGMENTATION = "gaussian_augmentation"
 
     @property
     def title(self) -> str:  # type: ignore[override]
@@ -55,6 +57,7 @@ _DEFENSE_TITLES = {
     Defense.ADVERSARIAL_TRAINING: "Adversarial training",
     Defense.NOISE_AUGMENTATION: "Noise augmentation",
     Defense.ARTIFACT_AUGMENTATION: "Artifact augmentation",
+    Defense.GAUSSIAN_AUGMENTATION: "Gaussian augmentation",
 }
 
 

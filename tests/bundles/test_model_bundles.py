@@ -95,8 +95,41 @@ def test_artifact_augmentation_is_the_baseline_recipe_plus_one_random_transform(
     assert "iteration_update" not in trainer, "the baseline's training step"
 
 
+@pytest.mark.parametrize("name", [n for n in MODEL_BUNDLES if "_gaussaug_" in n])
+def test_gaussian_augmentation_is_the_baseline_recipe_plus_smoothing_noise_last(name):
+    """Randomized smoothing's noise at the bundle's own sigma on every training volume, after every other augmentation
+    (rotating after it would interpolate the noise, and change its std) and before the 2D slices; validation clean."""
+    from monai.transforms import Randomizable
+
+    from common.data.slices import RandAxialSlicesd
+    from common.defenses import RandSmoothingNoised
+
+    train = _transforms(name, "train.json", "train")
+    noises = [i for i, t in enumerate(train) if isinstance(t, RandSmoothingNoised)]
+    assert len(noises) == 1
+    index, noise = noises[0], train[noises[0]]
+    slicing = [i for i, t in enumerate(train) if isinstance(t, RandAxialSlicesd)]
+    assert slicing == ([index + 1] if "_unet2d_" in name else []), "2D: the volume gets the noise, then is sliced"
+    later = [t for t in train[index + 1:] if isinstance(t, Randomizable) and not isinstance(t, RandAxialSlicesd)]
+    assert not later, "the noise is the last augmentation"
+    sigma = float(name.split("_sigma")[1])
+    meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())["robustseg"]
+    assert meta["defense"] == "gaussian_augmentation" and meta["defense_param"] == f"sigma={sigma}"
+    assert noise.sigma == sigma and noise.prob == 1.0 and noise.keys == ("image",)
+    assert noise.rand_gaussian_noise.std == sigma and not noise.rand_gaussian_noise.sample_std
+    assert noise.rand_gaussian_noise.mean == 0.0
+    assert not any(isinstance(t, RandSmoothingNoised) for t in _transforms(name, "train.json", "validate"))
+
+    baseline = name.split("_gaussaug_")[0] + "_baseline"
+    baseline_train = _transforms(baseline, "train.json", "train")
+    assert [type(t) for t in train[:index] + train[index + 1:]] == [type(t) for t in baseline_train]
+    trainer = json.loads((BUNDLES / name / "configs" / "train.json").read_text())["train"]["trainer"]
+    assert "iteration_update" not in trainer, "the baseline's training step"
+
+
 # every family x net in the default run; the other parameter values of a family differ only in numbers (slow run)
-ONE_PER_FAMILY = [n for n in MODEL_BUNDLES if n.endswith(("_distill_t20", "_advtrain_eps0.05", "_noiseaug", "_artaug"))]
+ONE_PER_FAMILY = [n for n in MODEL_BUNDLES if n.endswith(
+    ("_distill_t20", "_advtrain_eps0.05", "_noiseaug", "_artaug", "_gaussaug_sigma0.25"))]
 OTHERS = [n for n in MODEL_BUNDLES if n not in ONE_PER_FAMILY and n not in BASELINES]
 
 

@@ -181,6 +181,31 @@ def test_fgsm_only_on_the_baseline_draws_no_defence_or_iteration_figure(no_rende
     assert "no iterative white-box attack" in reasons
 
 
+def test_gaussian_augmentation_models_join_the_adversarial_training_figure(no_render, tmp_path, make_row, write_csv):
+    """Fig. 7 is the Dice-vs-epsilon figure of the augmentations too: the gaussaug models alone draw it, in sigma
+    order (the rows list 0.5 first), without the uniform-noise stars."""
+    rows = []
+    models = {
+        BASELINE: ("none", None, 0.0),
+        "brats_unet3d_gaussaug_sigma0.5": ("gaussian_augmentation", "sigma=0.5", 0.2),
+        "brats_unet3d_gaussaug_sigma0.12": ("gaussian_augmentation", "sigma=0.12", 0.1),
+    }
+    for model, (defense, param, gain) in models.items():
+        kw = {"defense": defense, "defense_param": param}
+        for s in range(4):
+            rows.append(make_row(model, f"s{s}", (0.8, 0.7, 0.6), **kw))
+            for eps in (0.05, 0.1):
+                dice = tuple(d - eps * (2 - gain) for d in (0.8, 0.7, 0.6))
+                rows.append(make_row(model, f"s{s}", dice, attack="FGSM", threat="white-box", epsilon=eps, steps=1,
+                                     iteration=1, quality=(27.0, 0.7, 0.04), **kw))  # fmt: skip
+    figures, _ = build_figures(load_results(write_csv(tmp_path / "r.csv", rows)))
+    (figure,) = [f for f in figures if f.name == "fig7_dice_vs_epsilon_3d_adversarial_training"]
+    series = list(dict.fromkeys(p["series"] for p in figure.data))
+    assert series == ["No defence", "Gaussian augmentation (sigma=0.12)", "Gaussian augmentation (sigma=0.5)"]
+    assert _points(figure, "WT", "Gaussian augmentation (sigma=0.5)")[0.1]["mean"] == pytest.approx(0.8 - 0.1 * 1.8)
+    assert "Stars" not in figure.caption
+
+
 def test_only_final_iterates_are_skipped_with_a_reason(no_render, tmp_path, make_row, write_csv):
     rows = [make_row(BASELINE, "s0", (0.8, 0.7, 0.6))]
     rows.append(make_row(BASELINE, "s0", (0.5, 0.4, 0.3), attack="i-FGSM", threat="white-box", epsilon=0.05, steps=10,

@@ -23,12 +23,14 @@ EPSILONS = (0.0, 0.05, 0.1)
 BASE = "brats_unet3d_baseline"
 # model -> (defense, param, white-box gain, adaptive gain or None); listed in a scrambled order on purpose
 DEFENDED = {
+    "brats_unet3d_gaussaug_sigma0.5": ("gaussian_augmentation", "sigma=0.5", 0.02, None),  # after 0.12 in the tables
     "brats_unet3d_artaug": ("artifact_augmentation", "p=0.5", 0.01, None),
     "brats_unet3d_noiseaug": ("noise_augmentation", "r=0.01", 0.03, None),
     "brats_unet3d_distill_t500": ("distillation", "T=500", 0.2, 0.05),  # adaptive gain < half: dagger
     "brats_unet3d_advtrain_eps0.05": ("adversarial_training", "eps=0.05", 0.1, None),
     "brats_unet3d_distill_t20": ("distillation", "T=20", 0.2, 0.0),  # adaptive gain gone: dagger
     "brats_unet3d_distill_t100": ("distillation", "T=100", 0.2, 0.18),  # gain kept: no dagger
+    "brats_unet3d_gaussaug_sigma0.12": ("gaussian_augmentation", "sigma=0.12", 0.0, None),
 }
 ORDER = [
     BASE,
@@ -38,6 +40,8 @@ ORDER = [
     "brats_unet3d_advtrain_eps0.05",
     "brats_unet3d_noiseaug",
     "brats_unet3d_artaug",
+    "brats_unet3d_gaussaug_sigma0.12",
+    "brats_unet3d_gaussaug_sigma0.5",
 ]
 LABELS = {
     BASE: "No defence",
@@ -47,6 +51,8 @@ LABELS = {
     "brats_unet3d_advtrain_eps0.05": "Adversarial training (eps=0.05)",
     "brats_unet3d_noiseaug": "Noise augmentation (r=0.01)",
     "brats_unet3d_artaug": "Artifact augmentation (p=0.5)",
+    "brats_unet3d_gaussaug_sigma0.12": "Gaussian augmentation (sigma=0.12)",
+    "brats_unet3d_gaussaug_sigma0.5": "Gaussian augmentation (sigma=0.5)",
 }
 REGION_TITLES = {"WT": "Whole tumour", "TC": "Tumour core", "ET": "Enhancing tumour"}
 

@@ -12,7 +12,8 @@ from common.utils.enums import Defense, Net, Threat
 @pytest.mark.parametrize(
     "enum, values",
     [
-        (Defense, ("none", "distillation", "adversarial_training", "noise_augmentation", "artifact_augmentation")),
+        (Defense, ("none", "distillation", "adversarial_training", "noise_augmentation", "artifact_augmentation",
+                   "gaussian_augmentation")),
         (Net, ("3d", "2d")),
         (Threat, ("clean", "white-box", "adaptive", "transfer", "worst-case", "corruption", "certified", "smoothed")),
     ],
@@ -33,6 +34,7 @@ def test_values_and_string_behaviour(enum, values):
         (Defense.ADVERSARIAL_TRAINING, "Adversarial training"),
         (Defense.NOISE_AUGMENTATION, "Noise augmentation"),
         (Defense.ARTIFACT_AUGMENTATION, "Artifact augmentation"),
+        (Defense.GAUSSIAN_AUGMENTATION, "Gaussian augmentation"),
         (Net.UNET3D, "3D-UNet"),
         (Net.UNET2D, "2D-UNet"),
     ],
