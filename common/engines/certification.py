@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from common.attacks import make_attack
 from common.certify import NON_CERTIFIED, GaussianSmoothing, certified_dice, certify
@@ -339,6 +340,7 @@ def run_certification(
     overrides: Mapping[str, Any] | None = None,
     attacks: Sequence[Mapping[str, Any] | str] | None = DEFAULT_SMOOTHED_ATTACKS,
     eot_samples: int = 4,
+    progress: bool = True,
 ) -> tuple[Path, dict[str, dict[float, list[float]]]]:
     """Certify a model bundle on the test split of a datalist, attack its smoothed segmenter, append the rows.
 
@@ -351,6 +353,7 @@ def run_certification(
         device: where the network runs, e.g. ``"cpu"`` or ``"cuda"``.
         config_files: the bundle's config files (add ``configs/quick.json`` for a quick-trained bundle).
         overrides: config ids -> values set last (as :func:`~common.engines.model_bundle.load_model_bundle`).
+        progress: show a progress bar over the subjects (on stderr; a subject takes minutes).
 
     Returns:
         The results CSV and the means over this run's subjects: ``"certified"`` maps each radius to the mean certified
@@ -395,7 +398,7 @@ def run_certification(
     rows_of_run: list[dict] = []
     writer = _RowWriter(results)
     try:
-        for entry in entries:
+        for entry in tqdm(entries, desc="certify", unit="subject", disable=None if progress else True):
             subject = subject_id(entry)
             missing = {key for key, _ in certifier.keys(subject) if key not in done}
             if not missing:
