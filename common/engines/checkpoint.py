@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch import nn
 
 from common.errors import RobustsegError
+from common.utils.files import atomic_write, remove_temporaries
 
 __all__ = ["AtomicCheckpointSaver", "ResumeFromLatest", "WeightsLoader", "latest_checkpoint", "load_weights"]
 
@@ -21,13 +25,51 @@ logger = logging.getLogger(__name__)
 _EPOCH = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
+class _CheckpointFile(DiskSaver):
+    """ignite's :class:`~ignite.handlers.DiskSaver` as the bundles need it: atomic, durable, and a checkpoint that a
+    new one replaces removed only after the new one is saved.
+
+    ignite's ``Checkpoint`` removes the file it is about to replace *before* saving the new one: with ``n_saved=1`` a
+    run killed during the save was left with no interval checkpoint at all (all its epochs lost), or no ``model.pt``,
+    whose removal a resumed run then retried and failed on. Here :meth:`remove` only notes the file, and
+    :meth:`__call__` removes it once the new file is in place. Files are written by
+    :func:`common.utils.files.atomic_write` (a temporary ``.<name>.*.tmp`` in the same folder, fsynced, then renamed:
+    ignite's atomic mode does not fsync, so a power cut could leave an empty checkpoint under the final name).
+    ``filename`` fixes the name as MONAI's ``CheckpointSaver`` does for ``model.pt``.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, atomic=True, require_empty=False)
+        self.filename = filename
+        self._replaced: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        filename = self.filename or filename
+        super().__call__(checkpoint, filename, metadata)
+        replaced, self._replaced = self._replaced, []
+        if idist.get_rank() == self.save_on_rank:
+            for name in replaced:
+                if name != filename:
+                    (self.dirname / name).unlink(missing_ok=True)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+            func(checkpoint, handle, **self.kwargs)
+
+    def remove(self, filename: str) -> None:
+        self._replaced.append(self.filename or filename)
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's :class:`~monai.handlers.CheckpointSaver`, writing every file atomically.
+    """MONAI's :class:`~monai.handlers.CheckpointSaver`, writing every file atomically and never removing the
+    checkpoint a new one replaces before the new one is saved.
 
     MONAI 1.6 creates its ignite ``DiskSaver`` with ``atomic=False``, so a run killed while saving can leave a
-    truncated ``model.pt`` that a later resume or evaluation would load. Here every save goes to a temporary file in
-    the same folder and is renamed over the target (ignite's atomic mode, which also keeps group/other read
-    permission). Arguments are those of :class:`~monai.handlers.CheckpointSaver`.
+    truncated ``model.pt`` that a later resume or evaluation would load; and ignite removes the previous checkpoint
+    before writing the next, so a kill during the save of epoch N left no checkpoint to resume from. Here every save
+    goes to a temporary file in the same folder, is flushed to disk and renamed over the target (keeping group/other
+    read permission), and only then is the checkpoint it replaces removed: whenever the run is killed, the newest
+    complete checkpoint is on disk. Arguments are those of :class:`~monai.handlers.CheckpointSaver`.
 
     :attr:`best_record` exposes the key-metric bookkeeping (ignite's ``Checkpoint``, which has ``state_dict`` /
     ``load_state_dict``): put it in the interval checkpoint so that a resumed run keeps the best score so far and
@@ -38,7 +80,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
-                ckpt.save_handler._atomic = True  # ignite DiskSaver: tempfile in the same folder, then os.replace
+                ckpt.save_handler = _CheckpointFile(self.save_dir, getattr(ckpt.save_handler, "filename", None))
 
     @property
     def best_record(self) -> Any:
@@ -64,6 +106,8 @@ class ResumeFromLatest:
 
     Call it on the trainer before ``trainer.run()`` (the bundles do it in ``initialize``), so that a checkpoint that
     cannot be used stops with one line instead of inside the engine; ``attach`` loads at ``Events.STARTED`` instead.
+    It first removes the temporary files that a run killed while saving left
+    (:func:`~common.utils.files.remove_temporaries`).
 
     Args:
         ckpt_dir: folder of the interval checkpoints.
@@ -82,6 +126,7 @@ class ResumeFromLatest:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
+        remove_temporaries(self.ckpt_dir, recursive=False)  # the unfinished saves of a killed run
         path = latest_checkpoint(self.ckpt_dir) if self.enabled else None
         if path is None:
             return

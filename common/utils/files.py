@@ -8,12 +8,13 @@ destination; on any error the temporary file is removed and the destination is l
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_atomic"]
+__all__ = ["atomic_write", "remove_temporaries", "write_atomic"]
 
 
 def _new_file_mode() -> int:
@@ -89,3 +90,35 @@ def write_atomic(
     with atomic_write(path, parents=parents) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
+"""The name :func:`atomic_write` gives a temporary file: ``.<destination>.<8 random characters><suffix>``, the
+suffix ``.tmp`` or ``.tmp.nii.gz``."""
+
+
+def remove_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files that writers killed inside :func:`atomic_write` left in ``folder``.
+
+    A process killed (SIGKILL, power cut) after creating its temporary file and before renaming it leaves
+    ``.<name>.<random>.tmp`` beside a destination that stays as it was. Only a run that has the folder to itself
+    may call this (:class:`~common.utils.lock.FolderLock` does when it is taken): a writer still at work would lose
+    its temporary file.
+
+    Args:
+        folder: the folder to clear (missing: nothing to do).
+        recursive: also its subfolders.
+
+    Returns:
+        The files removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in root.rglob(".*") if recursive else root.glob(".*"):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
