@@ -67,6 +67,7 @@ from common.errors import RobustsegError
 from common.metrics import region_dice
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
+from common.utils.lock import locks_folder
 from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = [
@@ -321,6 +322,7 @@ class Certifier:
         }  # fmt: skip
 
 
+@locks_folder("out", "robustseg certify")  # one writer of out/results.csv at a time (common.utils.lock)
 def run_certification(
     bundle: str | os.PathLike,
     data: str | os.PathLike,

@@ -35,6 +35,8 @@ interrupted evaluation resumes; in a batch whose subjects are partly done, a uni
 rows of it. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are sharded across ranks (by subject, then batched),
 each rank appends to its own part file, and rank 0 merges them into ``results.csv`` after a barrier
 (:mod:`common.engines.results_io`). Every setting, model and data file is checked before anything is written.
+One evaluation writes into an output folder at a time: :meth:`RobustnessEvaluation.run` holds a lock on it
+(:mod:`common.utils.lock`; under ``torchrun``, rank 0 for all ranks), and a second one is refused with one line.
 
 Outputs in ``output_dir``: ``results.csv``, ``settings.json`` (models with their training settings, attacks, data,
 package versions), ``examples/<subject>/`` (NIfTI volumes of one subject and ``index.json``, for the report's figure
@@ -109,6 +111,7 @@ from common.report.examples import INDEX_NAME, ExampleWriter, example_severity
 from common.report.schema import format_trace
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
+from common.utils.lock import FolderLock
 from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = ["RobustnessEvaluation"]
@@ -509,14 +512,23 @@ class RobustnessEvaluation:
     def run(self) -> Path:
         """Evaluate every test subject of this rank, then (rank 0) merge, write the tables and print Table 1.
 
+        The output folder is locked for the run (:class:`~common.utils.lock.FolderLock` on ``output_dir/.lock``), and
+        the rows already there are read again once the lock is held.
+
         Returns:
             The path of ``results.csv``.
+
+        Raises:
+            RobustsegError: another evaluation (or ``robustseg certify``) is writing into ``output_dir``; or rows
+                written there since this object was built do not fit this run (see the class).
         """
         created = self._init_distributed()
         distributed = self.world_size > 1 and dist.is_initialized()
+        lock = FolderLock(self.output_dir, "evaluation", "output_dir")
         try:
+            self._take_lock(lock, distributed)
+            self.done = self._check_earlier_run()  # again: another run may have written rows since __init__
             if self.rank == 0:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
                 self._write_settings()
             if distributed:
                 dist.barrier()
@@ -546,8 +558,30 @@ class RobustnessEvaluation:
                 dist.barrier()
             return results
         finally:
+            lock.release()
             if created:
                 dist.destroy_process_group()
+
+    def _take_lock(self, lock: FolderLock, distributed: bool) -> None:
+        """Lock ``output_dir`` for this evaluation, or stop every rank with the one line of the refusal.
+
+        Under ``torchrun`` the ranks of one evaluation share the folder (each appends to its own part file, rank 0
+        merges them): rank 0 alone holds the lock, from before any rank writes until after the merge, and tells the
+        other ranks whether it got it, so that a second evaluation's ranks all stop before writing anything.
+        """
+        refusal: BaseException | None = None
+        if self.rank == 0:
+            try:
+                lock.acquire()
+            except Exception as err:  # passed on to the other ranks, raised below
+                refusal = err
+        if distributed:
+            message = [None if refusal is None else str(refusal)]
+            dist.broadcast_object_list(message, src=0)
+            if refusal is None and message[0] is not None:
+                raise RobustsegError(message[0])
+        if refusal is not None:
+            raise refusal
 
     def _write_tables(self, results: Path) -> None:
         from common.report.tables import write_tables

@@ -1,15 +1,17 @@
-"""Small shared helpers with no torch or MONAI import: argument checks, atomic file writing, enumerations.
+"""Small shared helpers with no torch or MONAI import: argument checks, atomic file writing, folder locks,
+enumerations.
 
 Mirrors ``monai.utils``: :mod:`~common.utils.validation` is our ``look_up_option`` and friends (messages that name
 the argument, the bad value and what was expected, with a "did you mean" suggestion), :mod:`~common.utils.files`
-writes files atomically, and :mod:`~common.utils.enums` holds the project's vocabularies (``Defense``, ``Net``,
-``Threat``) as string enumerations.
+writes files atomically, :mod:`~common.utils.lock` gives a run its output folder alone, and
+:mod:`~common.utils.enums` holds the project's vocabularies (``Defense``, ``Net``, ``Threat``) as string enumerations.
 """
 
 from __future__ import annotations
 
 from common.utils.enums import Defense, Net, StrEnum, Threat
 from common.utils.files import atomic_write, write_atomic
+from common.utils.lock import FolderLock, locks_folder
 from common.utils.validation import (
     check_bool,
     check_int,
@@ -22,6 +24,7 @@ from common.utils.validation import (
 
 __all__ = [
     "Defense",
+    "FolderLock",
     "Net",
     "StrEnum",
     "Threat",
@@ -33,5 +36,6 @@ __all__ = [
     "is_integer",
     "is_number",
     "look_up_option",
+    "locks_folder",
     "write_atomic",
 ]
