@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -11,8 +12,8 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import DiskSaver
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointSaver
 from torch import nn
 
 from common.errors import RobustsegError
@@ -104,29 +105,65 @@ class ResumeFromLatest:
     network, optimizer and trainer: killing a run mid-epoch and rerunning the same command then continues from the
     last completed epoch and stops at ``max_epochs``. The checkpoint is loaded with ``weights_only=True``.
 
-    Call it on the trainer before ``trainer.run()`` (the bundles do it in ``initialize``), so that a checkpoint that
-    cannot be used stops with one line instead of inside the engine; ``attach`` loads at ``Events.STARTED`` instead.
-    It first removes the temporary files that a run killed while saving left
-    (:func:`~common.utils.files.remove_temporaries`).
+    With ``settings``, put this handler itself into the saver's ``save_dict`` under :attr:`SETTINGS_KEY`: every
+    checkpoint then records the settings the training was started with, and a rerun whose settings differ (another
+    learning rate, batch size, data, ε...) is refused with one line naming them, instead of continuing the earlier
+    run's weights and optimizer under the new settings (the optimizer's state would even bring back the old learning
+    rate). Only ``max_epochs`` may change, to train longer; a setting that only one of the two runs has is not compared
+    (a checkpoint of an earlier release has none).
+
+    Call it on the trainer before ``trainer.run()`` (the bundles do it in ``initialize``, holding the folder's
+    :class:`~common.utils.lock.FolderLock`), so that a checkpoint that cannot be used stops with one line instead of
+    inside the engine; ``attach`` loads at ``Events.STARTED`` instead. It first removes the temporary file that a run
+    killed while saving left (:func:`~common.utils.files.remove_temporaries`, on rank 0 only, which writes the
+    checkpoints; the bundles' folder lock does it too).
 
     Args:
         ckpt_dir: folder of the interval checkpoints.
         load_dict: the objects to restore, e.g. ``{"network": net, "optimizer": opt, "trainer": trainer}``.
         map_location: passed to ``torch.load``.
         enabled: set False to always start from scratch.
+        settings: the settings that define this training (JSON values: numbers, strings, lists), e.g.
+            ``{"learning_rate": 1e-4, "batch_size": 1, "datalist": "..."}``; ``None``: not checked.
+
+    Example::
+
+        resume = ResumeFromLatest("models", objects, settings={"learning_rate": 1e-4})
+        AtomicCheckpointSaver(save_dir="models", save_dict={**objects, ResumeFromLatest.SETTINGS_KEY: resume},
+                              save_interval=1, n_saved=1).attach(trainer)
+        resume(trainer)
     """
 
-    def __init__(self, ckpt_dir: str, load_dict: dict, map_location: Any = None, enabled: bool = True) -> None:
+    SETTINGS_KEY = "resume_settings"
+    """The ``save_dict`` key under which a checkpoint records :attr:`settings`."""
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        load_dict: dict,
+        map_location: Any = None,
+        enabled: bool = True,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        if settings is not None and not isinstance(settings, Mapping):
+            raise RobustsegError(f"settings must be a mapping of setting names to values or None, got {settings!r}.")
         self.ckpt_dir = ckpt_dir
         self.load_dict = load_dict
         self.map_location = map_location
         self.enabled = enabled
+        # as JSON gives them back: tuples become lists, paths and devices strings, so a rerun compares equal
+        self.settings = None if settings is None else json.loads(json.dumps(dict(settings), default=str))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The settings, as the checkpoint records them (``{}`` without settings)."""
+        return dict(self.settings or {})
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        remove_temporaries(self.ckpt_dir, recursive=False)  # the unfinished saves of a killed run
+        if idist.get_rank() == 0:  # the rank that writes here (another would delete what rank 0 is writing)
+            remove_temporaries(self.ckpt_dir, recursive=False)  # the unfinished saves of a killed run
         path = latest_checkpoint(self.ckpt_dir) if self.enabled else None
         if path is None:
             return
@@ -138,16 +175,44 @@ class ResumeFromLatest:
                 "continue it, or pass --resume False to train anew."
             )
         try:
-            CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location)(engine)
+            checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+            if not isinstance(checkpoint, dict):
+                raise TypeError(f"expected a dict of states, got {type(checkpoint).__name__}")
         except Exception as exc:
             raise RobustsegError(
                 f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "
                 "delete it to start from the previous one or from scratch."
             ) from exc
+        self._check_settings(path, checkpoint.get(self.SETTINGS_KEY))
+        if len(self.load_dict) == 1:
+            (name,) = self.load_dict
+            if name not in checkpoint:
+                checkpoint = {name: checkpoint}  # ignite saves a single object's state dict bare
+        try:
+            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint)
+        except Exception as exc:
+            raise RobustsegError(
+                f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "
+                "delete it to start from the previous one or from scratch."
+            ) from exc
+        engine.state.max_epochs = max_epochs  # the trainer's state from the checkpoint brought the earlier run's
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
         if max_epochs is not None and epoch == max_epochs:
             # ignite restarts a finished run from epoch 0 (new state): stop it at once instead
             engine.add_event_handler(Events.STARTED, _already_complete, epoch)
+
+    def _check_settings(self, path: Path, earlier: Any) -> None:
+        """Stop if the checkpoint was written by a training with other settings than :attr:`settings`."""
+        if self.settings is None or not isinstance(earlier, dict):
+            return
+        differs = [name for name, value in self.settings.items() if name in earlier and earlier[name] != value]
+        if differs:
+            before = ", ".join(f"{name}={json.dumps(earlier[name])}" for name in differs)
+            now = ", ".join(f"{name}={json.dumps(self.settings[name])}" for name in differs)
+            raise RobustsegError(
+                f"{path}: this training was started with {before}, but this run sets {now}; rerun with the earlier "
+                f"values to resume it, or move {self.ckpt_dir} away to train anew."
+            )
 
 
 def _already_complete(engine: Engine, epoch: int) -> None:

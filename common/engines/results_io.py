@@ -173,22 +173,33 @@ def add_worst_case_rows(path: Path, epsilons: Sequence[float]) -> int:
 
 
 def _earlier_rows(
-    output_dir: Path, models: Sequence[ModelBundle], datalist: str, planned: Iterable[tuple[Key, str]]
+    output_dir: Path,
+    models: Sequence[ModelBundle],
+    datalist: str,
+    planned: Iterable[tuple[Key, str]],
+    options: Mapping[str, Any] | None = None,
 ) -> dict[Key, str]:
     """The rows an earlier run left in ``output_dir`` (key -> attack config), checked against this run.
+
+    A rerun may resume an evaluation and add to it (other models, attacks, epsilons, corruptions: new rows), so that
+    the file always holds the rows one run with the last run's settings writes; it may not change or drop what is
+    there, which would leave rows that no ``settings.json`` describes.
 
     Args:
         output_dir: the evaluation's output folder (``results.csv``, part files, ``settings.json``).
         models: this run's model bundles.
         datalist: this run's datalist (resolved path).
         planned: every (key, attack config) of a row this run would write; read only if there are earlier rows.
+        options: this run's settings that decide its rows (``settings.json``'s ``evaluation`` entries, plus
+            ``models``: the model names), to name what differs from the earlier run's when rows would be dropped.
 
     Returns:
         The earlier rows' keys, each with its ``attack_config`` cell.
 
     Raises:
-        RobustsegError: if the earlier rows came from other weights, other data or preprocessing, or other attack
-            settings for the same key.
+        RobustsegError: if the earlier rows came from other weights, other data or preprocessing, other attack
+            settings for the same key, or settings that this run drops (rows of a model, attack, epsilon, iteration,
+            corruption or subject it would not write); or if ``settings.json`` is missing or unreadable beside them.
     """
     files = [output_dir / RESULTS_NAME, *_part_files(output_dir)]
     rows = [row for path in files for row in _read_rows(path)]
@@ -198,9 +209,14 @@ def _earlier_rows(
     results = output_dir / RESULTS_NAME
     settings_path = output_dir / SETTINGS_NAME
     try:
-        earlier = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
-    except ValueError:
-        earlier = {}
+        earlier = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = None
+    if not isinstance(earlier, dict):
+        raise RobustsegError(
+            f"{results}: holds rows, but {settings_path.name} beside it is missing or unreadable, so the weights and "
+            "settings that made them cannot be checked; restore it, use another output_dir or delete the old results."
+        )
     earlier_models = {m.get("model"): m for m in earlier.get("models", []) if isinstance(m, dict)}
     for model in models:
         before = earlier_models.get(model.name)
@@ -216,13 +232,48 @@ def _earlier_rows(
             f"{results}: holds rows computed on other data or preprocessing "
             f"({data.get('datalist')}); use another output_dir or delete the old results."
         )
+    keys = set()
     for key, config in planned:
+        keys.add(key)
         if key in done and done[key] != config:
             raise RobustsegError(
                 f"{results}: holds {key[2]} {key[3]} rows of {key[0]} at epsilon {key[5]} made by {done[key]}, but "
                 f"this run configures {config}; use another output_dir or delete the old results."
             )
+    dropped = [row for row in rows if row["threat"] in _EVALUATED and _row_key(row) not in keys]
+    if dropped:
+        first = dropped[0]
+        where = f" iteration {first['iteration']}" if first["iteration"] not in ("", "0", "1") else ""
+        severity = f" severity {first['severity']}" if first.get("severity") else ""
+        differs = _differences(earlier, options or {})
+        raise RobustsegError(
+            f"{results}: holds {len({_row_key(r) for r in dropped})} rows this run would not write (e.g. "
+            f"{first['attack']} {first['threat']} of {first['model']} on {first['subject']} at epsilon "
+            f"{first['epsilon']}{where}{severity}){'; ' + differs if differs else ''}; a rerun may add models, "
+            "attacks, epsilons or corruptions but not drop any: rerun with the earlier settings (plus yours), use "
+            "another output_dir or delete the old results."
+        )
     return done
+
+
+_EVALUATED = frozenset(
+    t.value for t in (Threat.CLEAN, Threat.WHITE_BOX, Threat.ADAPTIVE, Threat.TRANSFER, Threat.CORRUPTION)
+)
+"""The threats whose rows an evaluation writes itself (``worst-case`` rows are derived from them, ``certified`` rows
+come from ``robustseg certify``)."""
+
+
+def _differences(earlier: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+    """``"the earlier run set sweep_epsilons=[0.02, 0.1], this one [0.1]"`` for each of ``options`` that differs
+    from the earlier run's ``settings.json`` (its ``evaluation`` entries; ``models``: its model names)."""
+    before = dict(earlier.get("evaluation", {}))
+    before["models"] = [m.get("model") for m in earlier.get("models", []) if isinstance(m, dict)]
+    changed = []
+    for name, value in options.items():
+        now = json.loads(json.dumps(value, default=str))
+        if name in before and before[name] != now:
+            changed.append(f"{name}={json.dumps(before[name])}, this one {json.dumps(now)}")
+    return "the earlier run set " + "; ".join(changed) if changed else ""
 
 
 def merge_results(output_dir: str | os.PathLike, subjects: Sequence[str] | None = None) -> Path:

@@ -36,7 +36,9 @@ rows of it. Under ``torchrun`` (``WORLD_SIZE > 1``) the subjects are sharded acr
 each rank appends to its own part file, and rank 0 merges them into ``results.csv`` after a barrier
 (:mod:`common.engines.results_io`). Every setting, model and data file is checked before anything is written.
 One evaluation writes into an output folder at a time: :meth:`RobustnessEvaluation.run` holds a lock on it
-(:mod:`common.utils.lock`; under ``torchrun``, rank 0 for all ranks), and a second one is refused with one line.
+(:mod:`common.utils.lock`; under ``torchrun``, rank 0 for all ranks), and a second one is refused with one line. A
+rerun resumes an evaluation or adds to it (more models, attacks, epsilons, corruptions); one that would drop or change
+rows already there is refused, so ``results.csv`` holds the rows of one run with the last run's settings.
 
 Outputs in ``output_dir``: ``results.csv``, ``settings.json`` (models with their training settings, attacks, data,
 package versions), ``examples/<subject>/`` (NIfTI volumes of one subject and ``index.json``, for the report's figure
@@ -212,7 +214,8 @@ class RobustnessEvaluation:
 
     Raises:
         RobustsegError: for any invalid setting, model bundle, datalist, or an ``output_dir`` holding results of
-            other weights or attack settings.
+            other weights or attack settings, or results this run would not write (a model, attack, epsilon or
+            corruption of the earlier run that this one drops).
 
     Example::
 
@@ -438,9 +441,14 @@ class RobustnessEvaluation:
         ]
 
     def _check_earlier_run(self) -> dict[Key, str]:
-        """Rows of an earlier run in ``output_dir``; stop if they came from other weights, data or attack settings."""
+        """Rows of an earlier run in ``output_dir``; stop if they came from other weights, data or attack settings,
+        or if this run would not write some of them (it may add to an evaluation, not drop part of it)."""
         planned = (pair for unit in self.units for subject in self.subjects for pair in self._keys(unit, subject))
-        return _earlier_rows(self.output_dir, self.models, self.datalist, planned)
+        names = ("attack_specs", "sweep", "sweep_epsilons", "epsilon", "loss", "adaptive", "corruptions", "severities")
+        options = {name: self.options.get(name, getattr(self, name, None)) for name in names}
+        options["transfer_source"] = self.models[self.source].name if self.source is not None else None
+        options["models"] = [m.name for m in self.models]
+        return _earlier_rows(self.output_dir, self.models, self.datalist, planned, options)
 
     # -- settings --------------------------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
