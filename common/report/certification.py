@@ -223,41 +223,53 @@ def _certification_figure(records: Sequence[Record], net: str, source: str) -> R
     axes = np.atleast_2d(figure.subplots(len(curves), len(REGIONS), squeeze=False, sharex="row", sharey=True))
     data: list[dict] = []
     for row_axes, curve in zip(axes, curves, strict=True):
-        label = f"{model_label(curve.model, info, unique)}, σ = {curve.sigma:g}"
+        label = model_label(curve.model, info, unique)
+        if f"{curve.sigma:g}" not in label:  # the gaussaug label names its training sigma, not always this one
+            label += f", smoothed at σ = {curve.sigma:g}"
         certified_radii = sorted(curve.certified)
         attacked_radii = [r for r in curve.radii if curve.attacked(r)]
         for k, (ax, region) in enumerate(zip(row_axes, REGIONS, strict=True)):
             colour, marker = REGION_STYLES[region]
             lower = [_summary([d[k] for d in curve.certified[r].values()]) for r in certified_radii]
             upper = [_summary([d[k] for d, _ in curve.attacked(r).values()]) for r in attacked_radii]
+            # between measured radii each bound is a step: a certificate at r covers every smaller radius (the
+            # lower bound on (r_i, r_i+1] is the value at r_i+1), an attack inside r_i is inside every larger ball
+            # (the upper bound on [r_i, r_i+1) is the value at r_i)
             if lower:
                 ax.plot(certified_radii, [m for m, _ in lower], color=colour, marker=marker, linewidth=1.8,
-                        label="certified (lower bound)")  # fmt: skip
+                        drawstyle="steps-pre", label="certified (lower bound)")  # fmt: skip
             if upper:
                 ax.plot(attacked_radii, [m for m, _ in upper], color=OKABE_ITO["black"], marker="x", linestyle="--",
-                        linewidth=1.4, label="attacked (upper bound)")  # fmt: skip
-            shared = [r for r in certified_radii if r in attacked_radii]
-            if shared:
-                ax.fill_between(shared, [lower[certified_radii.index(r)][0] for r in shared],
-                                [upper[attacked_radii.index(r)][0] for r in shared], color=colour, alpha=0.15,
-                                linewidth=0, label="unknown")  # fmt: skip
+                        linewidth=1.4, drawstyle="steps-post", label="attacked (upper bound)")  # fmt: skip
+            if lower and upper:
+                start, stop = max(certified_radii[0], attacked_radii[0]), min(certified_radii[-1], attacked_radii[-1])
+                grid = np.linspace(start, stop, 400)
+                below = np.array([m for m, _ in lower])[np.searchsorted(certified_radii, grid, side="left")]
+                above = np.array([m for m, _ in upper])[np.searchsorted(attacked_radii, grid, side="right") - 1]
+                ax.fill_between(grid, below, above, color=colour, alpha=0.15, linewidth=0, label="unknown")
             panel = f"{label} / {region}"
             n_c = {r: len(curve.certified[r]) for r in certified_radii}
             data += [data_point(panel, "certified", r, m, s, "sd", n_c[r])
                      for r, (m, s) in zip(certified_radii, lower, strict=True)]  # fmt: skip
             data += [data_point(panel, "attacked", r, m, s, "sd", len(curve.attacked(r)))
                      for r, (m, s) in zip(attacked_radii, upper, strict=True)]  # fmt: skip
-            ax.set_title(f"{region}: {label}", fontsize=10)
+            ax.set_title(region, fontsize=11, loc="left")
             ax.set_xlabel("L2 radius (input units)")
             ax.set_ylim(-0.02, 1.02)
-        row_axes[0].set_ylabel("Dice")
+        if len(curves) == 1:
+            row_axes[0].set_ylabel("Dice")
+            figure.suptitle(label, fontsize=12)
+        else:  # one row per model and sigma: the row's model beside it
+            row_axes[0].set_ylabel(f"{label}\nDice", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     caption = (
         f"Certified Dice (coloured, a lower bound holding with probability 1 − α) and attacked Dice (black dashed, "
         f"the per-subject worst of the L2 attacks on the smoothed segmenter and the clean input, an upper bound) of "
         f"the Gaussian-smoothed {NET_NAMES[net]} models vs the L2 radius, mean over subjects per region; the shaded "
-        "band is what neither the certificate nor the attacks settle. The sample sd per point is in the figure data."
+        "band is what neither the certificate nor the attacks settle. Between the measured radii both are drawn as the "
+        "steps they prove (a certificate at r covers every smaller radius; an attack inside r lies in every larger "
+        "ball). The sample sd per point is in the figure data."
     )
     title = f"Certified vs attacked Dice vs L2 radius ({NET_NAMES[net]})"
     return ReportFigure.draw(file_stem(f"certification_{net}"), title, caption, figure, data=tuple(data))
