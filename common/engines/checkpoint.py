@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch import nn
 
 from common.errors import RobustsegError
+from common.utils.files import write_atomic
 
 __all__ = ["AtomicCheckpointSaver", "ResumeFromLatest", "WeightsLoader", "latest_checkpoint", "load_weights"]
 
@@ -21,13 +24,28 @@ logger = logging.getLogger(__name__)
 _EPOCH = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
+def _save_atomically(checkpoint: Any, path: Path, func: Callable[[Any, Any], None]) -> None:
+    """ignite ``DiskSaver._save_func`` replacement: serialise in memory, then :func:`~common.utils.files.write_atomic`.
+
+    ignite's own atomic mode leaves its temporary file behind when closing it fails (a full disk surfaces at the
+    final flush), does not ``fsync`` before the rename, and torch's C++ writer turns the ``OSError`` of a full disk
+    into a ``RuntimeError`` without a file name. Serialising to memory first (a checkpoint of the paper's networks
+    is tens of MB) makes the disk write a plain Python one: the error names ``path`` and nothing is left behind.
+    """
+    buffer = io.BytesIO()
+    func(checkpoint, buffer)
+    write_atomic(path, buffer.getbuffer())
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's :class:`~monai.handlers.CheckpointSaver`, writing every file atomically.
 
     MONAI 1.6 creates its ignite ``DiskSaver`` with ``atomic=False``, so a run killed while saving can leave a
-    truncated ``model.pt`` that a later resume or evaluation would load. Here every save goes to a temporary file in
-    the same folder and is renamed over the target (ignite's atomic mode, which also keeps group/other read
-    permission). Arguments are those of :class:`~monai.handlers.CheckpointSaver`.
+    truncated ``model.pt`` that a later resume or evaluation would load. Here every save is serialised in memory and
+    written by :func:`~common.utils.files.write_atomic`: a temporary file in the same folder, synced, renamed over the
+    target, removed on any error (a full disk, a read-only folder), so a checkpoint that exists is complete and a
+    failed save leaves the previous checkpoints as they were. Arguments are those of
+    :class:`~monai.handlers.CheckpointSaver`.
 
     :attr:`best_record` exposes the key-metric bookkeeping (ignite's ``Checkpoint``, which has ``state_dict`` /
     ``load_state_dict``): put it in the interval checkpoint so that a resumed run keeps the best score so far and
@@ -38,7 +56,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
-                ckpt.save_handler._atomic = True  # ignite DiskSaver: tempfile in the same folder, then os.replace
+                ckpt.save_handler._save_func = _save_atomically  # ignite DiskSaver's one writing method
 
     @property
     def best_record(self) -> Any:

@@ -519,6 +519,8 @@ class RobustnessEvaluation:
         try:
             written = write_tables(results, self.output_dir / TABLES_DIR, epsilon=self.epsilon, epsilons=columns)
         except RobustsegError as err:
+            if isinstance(err.__cause__, OSError):  # a full or read-only disk is the run's failure, not a note
+                raise
             logger.warning("tables not written: %s", err)
             return
         tables = [Path(p) for p in written if Path(p).name.startswith("table1_") and p.endswith(".md")]
