@@ -29,7 +29,7 @@ from common.losses.segmentation import (
 from common.losses.soft_dice import SoftDiceLoss
 from common.metrics.dice import region_dice
 from common.networks.modes import eval_mode
-from common.utils.validation import check_int, check_number
+from common.utils.validation import check_bool, check_int, check_number
 
 __all__ = [
     "Attack",
@@ -358,7 +358,7 @@ class Attack:
         amp: bool | str = False,
         stop: str | StopCriterion | None = None,
     ) -> None:
-        self.relative = bool(relative)
+        self.relative = check_bool("relative", relative)
         self.epsilon = _check_epsilon(epsilon, self.relative)
         self.steps = steps = check_int("steps", steps, 1)
         if alpha is not None:
@@ -382,6 +382,8 @@ class Attack:
         self.temperature = float(temperature) if temperature is not None else 1.0
         if logit_scale is not None:
             self.temperature = 1.0 / float(logit_scale)
+        if inferer is not None and not callable(inferer):
+            raise RobustsegError(f"inferer must be None or a MONAI inferer (a callable), got {inferer!r}.")
         self.inferer = inferer
         self.amp, self.amp_dtype = _check_amp(amp)
         self.stop = stop

@@ -45,7 +45,7 @@ from common.engines.subject_batch import load_subjects, subject_id, test_entries
 from common.errors import RobustsegError
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
-from common.utils.validation import check_int, check_number, look_up_option
+from common.utils.validation import check_device, check_int, check_number, look_up_option
 
 __all__ = ["DEFAULT_RADII", "SETTINGS_FILE", "run_certification"]
 
@@ -143,6 +143,7 @@ def run_certification(
     radii = _radii(radii)
     non_certified = look_up_option("non_certified", non_certified, NON_CERTIFIED)
     seed = check_int("seed", seed)
+    device = check_device("device", device)
     datalist = _datalist(data)
     entries = test_entries(datalist)
     model = load_model_bundle(bundle, config_files, device, overrides)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
 from common.utils.files import atomic_write, naming
+from common.utils.validation import check_device
 
 __all__ = ["resolve_inputs", "segment"]
 
@@ -119,7 +120,7 @@ def segment(
         The output path.
 
     Raises:
-        RobustsegError: bad input files, a bundle without weights or with weights that do not fit.
+        RobustsegError: bad input files or device, a bundle without weights or with weights that do not fit.
     """
     from monai.bundle import run
 
@@ -127,6 +128,7 @@ def segment(
     from common.data.check import check_dataset
     from common.engines.model_bundle import find_model_bundle
 
+    device = check_device("device", device)  # checked before it goes into a config expression
     root = find_model_bundle(bundle)
     files = resolve_inputs(input)
     out = Path(output).resolve()
@@ -158,7 +160,7 @@ def segment(
                 meta_file=str(root / "configs" / "metadata.json"),
                 logging_file=str(root / "configs" / "logging.conf"),
                 bundle_root=str(root),
-                device=f"$torch.device('{device}')",
+                device=f"$torch.device({device!r})",
                 inference_datalist=[entry],
                 segmentation_dir=str(Path(tmp) / "out"),
                 **{f"{_save_image_id(configs)}#writer": writer},

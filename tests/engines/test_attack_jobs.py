@@ -82,6 +82,8 @@ def test_iterates_carry_the_prediction_of_the_next_step_per_sample():
         ({"sweep": {"name": "i-FGSM"}}, r"sweep must be an FGSM spec"),
         ({"attacks": [{"name": "i-FGSM"}, {"name": "i-FGSM", "alpha": 0.01}]}, r"is configured twice"),
         ({"attacks": [3]}, r"attacks: each attack must be a spec"),
+        ({"attacks": float("nan")}, r"attacks must be a list of attack specs or names, got nan"),
+        ({"attacks": "FGSM"}, r"attacks must be a list of attack specs or names, got 'FGSM'"),
         ({"sweep_epsilons": "0.1"}, r"sweep_epsilons must be a list of numbers"),
         ({"sweep_epsilons": [0.1, float("nan")]}, r"sweep_epsilons: epsilon must be a finite number, got nan"),
         ({"sweep_epsilons": [0.1, True]}, r"sweep_epsilons: epsilon must be a finite number, got True"),

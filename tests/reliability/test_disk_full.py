@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -29,19 +28,21 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.bundle import run as bundle_run
 from torch import nn
 
-from common.__main__ import main
 from common.engines import AtomicCheckpointSaver, latest_checkpoint
-from common.errors import find_user_error, format_user_error
+from common.errors import find_user_error
 from common.report.schema import COLUMN_NAMES
 
+from .cli import (
+    REPO,
+    assert_one_error_line,
+    evaluate,
+    logging_restored,  # noqa: F401 -- an autouse fixture
+    run_cli,
+)
 from .hostile_fs import FullDisk, ReadOnly, leftovers, tree_hashes
-from .world import QUICK, World, make_world
-
-REPO = Path(__file__).resolve().parents[2]
-EVAL = REPO / "bundles" / "brats_robustness_eval" / "configs"
+from .world import World, make_world
 
 
 # ------------------------------------------------------------------------------------------------ the commands
@@ -54,58 +55,30 @@ class Command:
     inputs: Callable[[World], list[Path]]
 
 
-def _cli(argv: list[str]) -> int:
-    """``robustseg <argv>`` in this process: its exit status (0 when the command returned)."""
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-def _monai_cli(run_id: str, config: Path, **overrides: object) -> int:
-    """``python -m monai.bundle run <run_id> ...`` in this process, its error printed as the installed hook does."""
-    try:
-        bundle_run(run_id, config_file=str(config), meta_file=str(config.parent / "metadata.json"),
-                   logging_file=str(config.parent / "logging.conf"), **overrides)  # fmt: skip
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        print(format_user_error(user_error), file=sys.stderr)
-        return 1
-    return 0
-
-
 def _synth(world: World, out: Path) -> int:
-    return _cli(["data", "synth", "--out", str(out / "synthetic"), "--subjects", "2", "--shape", "16"])
+    return run_cli(["data", "synth", "--out", str(out / "synthetic"), "--subjects", "2", "--shape", "16"])
 
 
 def _segment(world: World, out: Path) -> int:
-    return _cli(["segment", "--bundle", str(world.bundle), "--input", str(world.subject_dir),
+    return run_cli(["segment", "--bundle", str(world.bundle), "--input", str(world.subject_dir),
                  "--output", str(out / "seg.nii.gz")])  # fmt: skip
 
 
 def _certify(world: World, out: Path) -> int:
-    return _cli(["certify", "--bundle", str(world.bundle), "--data", str(world.datalist), "--out", str(out / "cert"),
+    return run_cli(["certify", "--bundle", str(world.bundle), "--data", str(world.datalist), "--out", str(out / "cert"),
                  "--n", "4", "--n0", "2", "--batch_size", "4", "--radii", "[0.0,0.1]"])  # fmt: skip
 
 
 def _evaluate(world: World, out: Path) -> int:
-    return _monai_cli(
-        "evaluating", EVAL / "evaluate.json", model_bundles=[str(world.bundle)], output_dir=str(out / "eval"),
-        model_config_files=QUICK, datalist=str(world.datalist), attacks=[{"name": "FGSM"}], sweep=None,
-        adaptive=False, transfer_source=None, attack_precision="fp32", batch_size=2, score_batch_size=2,
-        progress=False, corruptions=None,
-    )  # fmt: skip
+    return evaluate(world, out / "eval")
 
 
 def _report(world: World, out: Path) -> int:
-    return _cli(["report", str(_results_csv(world)), "--out", str(out / "report")])
+    return run_cli(["report", str(_results_csv(world)), "--out", str(out / "report")])
 
 
 def _export(world: World, out: Path) -> int:
-    return _cli(["bundles", "export", world.bundle.name, "--out", str(out / "bundle.zip"),
+    return run_cli(["bundles", "export", world.bundle.name, "--out", str(out / "bundle.zip"),
                  "--root", str(world.bundle.parent)])  # fmt: skip
 
 
@@ -181,18 +154,6 @@ def assert_no_partial_output(out: Path) -> None:
     assert not broken, f"partial output files: {broken}"
 
 
-def assert_one_error_line(code: int, stderr: str, *words: str) -> str:
-    """A non-zero exit, no traceback, and one ``error:`` line, the last on stderr (commands that run a bundle log
-    its progress there before it); it holds ``words`` (lower case)."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert code != 0, "the command must fail"
-    assert "Traceback" not in stderr and len(errors) == 1 and lines[-1] == errors[0], f"not one error line:\n{stderr}"
-    for word in words:
-        assert word in errors[0].lower(), errors[0]
-    return errors[0]
-
-
 def _fault_run(command: Command, world: World, out: Path, fault: FullDisk | ReadOnly, capsys) -> tuple[int, str]:
     before = {str(p): tree_hashes(p) for p in command.inputs(world)}
     capsys.readouterr()
@@ -214,18 +175,6 @@ def _measure(command: Command, world: World, out: Path, capsys) -> FullDisk:
 
 
 # ------------------------------------------------------------------------------------------------ the tests
-@pytest.fixture(autouse=True)
-def _logging_restored():
-    """The bundles' ``logging.conf`` binds a handler to this test's captured stdout; drop it with the test, or the
-    next test's log lines would fail against a closed stream and print tracebacks into its stderr."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-
-
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_full_disk_is_one_line_and_leaves_nothing_partial(name, world, tmp_path, capsys, reliability):
     command = COMMANDS[name]
@@ -307,12 +256,7 @@ def _rows(path: Path) -> list[tuple[str, ...]]:
 
 
 def _evaluate_batches_of_one(world: World, out: Path) -> int:
-    return _monai_cli(
-        "evaluating", EVAL / "evaluate.json", model_bundles=[str(world.bundle)], output_dir=str(out / "eval"),
-        model_config_files=QUICK, datalist=str(world.datalist), attacks=[{"name": "FGSM"}], sweep=None,
-        adaptive=False, transfer_source=None, attack_precision="fp32", batch_size=1, score_batch_size=2,
-        progress=False, example_subject=False,
-    )  # fmt: skip
+    return evaluate(world, out / "eval", batch_size=1, example_subject=False)
 
 
 @pytest.mark.parametrize("point", [0.0, 0.3, 0.7, 0.999])
