@@ -15,7 +15,7 @@ import pytest
 from monai.bundle import run as bundle_run
 
 from common.__main__ import main
-from common.errors import find_user_error, format_user_error
+from common.errors import end_progress_bars, find_user_error, format_user_error
 
 from .world import QUICK, World
 
@@ -42,6 +42,7 @@ def run_monai_cli(run_id: str, config: Path, **overrides: object) -> int:
         user_error = find_user_error(exc)
         if user_error is None:
             raise
+        end_progress_bars()
         print(format_user_error(user_error), file=sys.stderr)
         return 1
     return 0
@@ -59,12 +60,13 @@ def evaluate(world: World, out: Path, datalist: Path | None = None, **overrides:
 
 
 def assert_one_error_line(code: int, stderr: str, *words: str) -> str:
-    """A non-zero exit, no traceback, and one ``error:`` line, the last on stderr; it holds ``words`` (lower case).
+    """A non-zero exit, no traceback, and one ``error:`` line, the last on stderr (after a progress bar's last redraw,
+    if any); it holds ``words`` (lower case).
 
     Returns:
         The error line.
     """
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]  # \r: a progress bar
     errors = [line for line in lines if line.startswith("error: ")]
     assert code != 0, "the command must fail"
     assert "Traceback" not in stderr and len(errors) == 1 and lines[-1] == errors[0], f"not one error line:\n{stderr}"

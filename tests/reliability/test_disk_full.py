@@ -319,6 +319,40 @@ def test_full_disk_at_every_tenth(name, world, tmp_path, capsys, reliability):
         assert_no_partial_output(out)
 
 
+@pytest.mark.slow
+def test_training_checkpoints_on_a_full_disk(tmp_path, capsys, reliability):
+    """``python -m monai.bundle run training`` of the 3D baseline (two tiny epochs): the disk under ``models/`` fills at
+    the middle write; one line names the file, ``models/`` holds complete files only, and the rerun resumes."""
+    from common.bundles import bundle_specs
+    from common.data import write_synthetic_dataset
+
+    from ..bundles.conftest import copy_bundle, tiny_overrides
+    from .cli import run_monai_cli
+
+    datalist = str(write_synthetic_dataset(tmp_path / "data", subjects=4, seed=0, shape=24, workers=1))
+    name = next(spec.name for spec in bundle_specs() if spec.net == "3d" and spec.family == "baseline")
+
+    def train(root: Path, disk: FullDisk) -> tuple[int, str]:
+        overrides = {**tiny_overrides(datalist, root), "epochs": 2, "precision": "fp32"}
+        capsys.readouterr()
+        with disk:
+            code = run_monai_cli("training", root / "configs" / "train.json", **overrides)
+        return code, capsys.readouterr().err
+
+    measured = copy_bundle(name, tmp_path / "measured")
+    disk = FullDisk(measured / "models")
+    assert train(measured, disk)[0] == 0 and disk.writes > 2
+    root = copy_bundle(name, tmp_path / "full")
+    code, stderr = train(root, FullDisk(root / "models", fail_at=(disk.writes + 1) // 2))
+    reliability.fault("disk full during training (checkpoints)")
+    assert_one_error_line(code, stderr, "no space left on device", str(root / "models"))
+    assert_no_partial_output(root / "models")
+    code, stderr = train(root, FullDisk(root / "models"))
+    assert code == 0, stderr
+    assert_no_partial_output(root / "models")
+    assert (root / "models" / "model.pt").is_file()
+
+
 def _tmpfs_available() -> bool:
     if not shutil.which("unshare"):
         return False
