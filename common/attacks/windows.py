@@ -43,7 +43,7 @@ def _unwrap(inferer: Any, images: Tensor) -> tuple[SlidingWindowInferer, Any, to
     Our inferers wrap it as the bundles configure them: ``AutocastInferer(PairedForwardInferer(SlidingWindowInferer))``
     -- an autocast around everything, a speed-only batch of two copies for one small window. The sliding window must
     be exactly MONAI's class (a subclass may change the windows), write no buffers, pass no coordinates of its own,
-    and need no padding (every spatial size of ``images`` at least the window's).
+    stitch on the images' device, and need no padding (every spatial size of ``images`` at least the window's).
     """
     from common.engines.inferers import AutocastInferer, PairedForward, PairedForwardInferer  # engines import us
 
@@ -57,6 +57,8 @@ def _unwrap(inferer: Any, images: Tensor) -> tuple[SlidingWindowInferer, Any, to
         wrap = lambda network: PairedForward(network, max_voxels)  # noqa: E731
         inferer = inferer.inferer
     if type(inferer) is not SlidingWindowInferer or inferer.buffer_steps or inferer.with_coord:
+        return None
+    if inferer.device is not None or inferer.sw_device is not None:  # stitching elsewhere than the images
         return None
     spatial = tuple(images.shape[2:])
     roi = fall_back_tuple(inferer.roi_size, spatial)

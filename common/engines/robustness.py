@@ -105,7 +105,7 @@ from common.report.examples import INDEX_NAME, ExampleWriter, example_severity
 from common.report.schema import format_trace
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
-from common.utils.validation import check_int, check_number, look_up_option
+from common.utils.validation import check_device, check_int, check_number, look_up_option
 
 __all__ = ["RobustnessEvaluation"]
 
@@ -330,7 +330,7 @@ class RobustnessEvaluation:
     def _device(self, device: str | torch.device | None) -> torch.device:
         if device is None:
             return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-        device = torch.device(device)
+        device = torch.device(check_device("device", device) if isinstance(device, str) else device)
         if device.type == "cuda" and device.index is None:
             device = torch.device(f"cuda:{self.local_rank}")
         return device

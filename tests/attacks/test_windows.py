@@ -68,6 +68,7 @@ def test_the_bundles_inferer_chain_is_unwrapped(network):
     [
         SlidingWindowInferer((16, 8, 8)),  # larger than the volume: MONAI pads
         SlidingWindowInferer((8, 8, 8), buffer_steps=1),
+        SlidingWindowInferer((8, 8, 8), device="cpu"),
         SlidingWindowInfererAdapt((8, 8, 8)),
         PairedForwardInferer(),  # a SimpleInferer inside
     ],

@@ -2,11 +2,12 @@
 non-zero exit, leaves no partial or temporary file behind, and never touches its inputs; rerun once there is space,
 it finishes.
 
-The full disk is simulated (:class:`~.hostile_fs.FullDisk`: the write that crosses a byte budget writes what fits and
+The full disk is simulated (:class:`~.hostile_fs.FullDisk`: the write that fills it writes half of its bytes and
 raises ``OSError(ENOSPC)`` without a file name, as ``write(2)`` does) at chosen points of what a fault-free run
-writes: the first byte, the middle, the last byte. The read-only folder is simulated too (:class:`~.hostile_fs.
-ReadOnly`, ``EROFS``), and made real with ``chmod 0o555`` where that bites (not as root). The slow tests sweep more
-points and use a real, tiny ``tmpfs`` where the machine allows one (``unshare``).
+writes: its first, middle and last write call. The read-only folder is simulated too (:class:`~.hostile_fs.ReadOnly`,
+``EROFS``), and made real with ``chmod 0o555`` where that bites (not as root). The slow tests sweep every tenth of the
+writes, fill the disk while a bundle trains, and use a real, tiny ``tmpfs`` where the machine allows one
+(``unshare``: a private mount namespace, gone with the process).
 """
 
 from __future__ import annotations
@@ -59,14 +60,18 @@ def _synth(world: World, out: Path) -> int:
     return run_cli(["data", "synth", "--out", str(out / "synthetic"), "--subjects", "2", "--shape", "16"])
 
 
+def _datalist(world: World, out: Path) -> int:
+    return run_cli(["data", "datalist", str(world.data), "--out", str(out / "datalist.json")])
+
+
 def _segment(world: World, out: Path) -> int:
     return run_cli(["segment", "--bundle", str(world.bundle), "--input", str(world.subject_dir),
-                 "--output", str(out / "seg.nii.gz")])  # fmt: skip
+                    "--output", str(out / "seg.nii.gz")])  # fmt: skip
 
 
 def _certify(world: World, out: Path) -> int:
     return run_cli(["certify", "--bundle", str(world.bundle), "--data", str(world.datalist), "--out", str(out / "cert"),
-                 "--n", "4", "--n0", "2", "--batch_size", "4", "--radii", "[0.0,0.1]"])  # fmt: skip
+                    "--n", "4", "--n0", "2", "--batch_size", "4", "--radii", "[0.0,0.1]"])  # fmt: skip
 
 
 def _evaluate(world: World, out: Path) -> int:
@@ -77,9 +82,13 @@ def _report(world: World, out: Path) -> int:
     return run_cli(["report", str(_results_csv(world)), "--out", str(out / "report")])
 
 
+def _stats(world: World, out: Path) -> int:
+    return run_cli(["stats", str(_results_csv(world)), "--out", str(out / "stats")])
+
+
 def _export(world: World, out: Path) -> int:
     return run_cli(["bundles", "export", world.bundle.name, "--out", str(out / "bundle.zip"),
-                 "--root", str(world.bundle.parent)])  # fmt: skip
+                    "--root", str(world.bundle.parent)])  # fmt: skip
 
 
 def _data(world: World) -> list[Path]:
@@ -92,10 +101,12 @@ def _bundle_and_data(world: World) -> list[Path]:
 
 COMMANDS = {
     "data synth": Command("data synth", _synth, lambda world: []),
+    "data datalist": Command("data datalist", _datalist, _data),
     "segment": Command("segment", _segment, _bundle_and_data),
     "certify": Command("certify", _certify, _bundle_and_data),
     "evaluation": Command("evaluation", _evaluate, _bundle_and_data),
     "report": Command("report", _report, lambda world: [_results_csv(world).parent]),
+    "stats": Command("stats", _stats, lambda world: [_results_csv(world).parent]),
     "bundles export": Command("bundles export", _export, lambda world: [world.bundle]),
 }
 
