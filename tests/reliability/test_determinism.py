@@ -2,9 +2,9 @@
 the CPU, one thread) a quick training, in two separate Python processes -- a fresh one and the test's own, warm with
 whatever the suite ran before (a cached template, used generators, loaded modules).
 
-Both run :mod:`.determinism_probe` and compare SHA-256 digests: every file ``robustseg data synth`` wrote (bytes, so
-the gzip headers too), the adversarial images of i-FGSM, PGD with a random start and APGD on a seeded UNet3D, and
-(slow) the weights after one epoch of the 3D baseline on tiny synthetic data.
+Both run :mod:`.determinism_probe` and compare SHA-256 digests: the adversarial images of i-FGSM, PGD with a random
+start and APGD on a seeded UNet3D; slow: every file ``robustseg data synth`` wrote (bytes, so the gzip headers too)
+and the weights after one epoch of the 3D baseline on tiny synthetic data.
 """
 
 from __future__ import annotations
