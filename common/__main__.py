@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import fire
 
-from common.errors import find_user_error, format_user_error
+from common.errors import end_progress_bars, find_user_error, format_user_error
 from common.report.options import ReportOptions  # a dataclass only: the report package loads its parts lazily
 
 _FLAG_TYPES = {"baseline": "str | None"}  # the command line names one reference model
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         user_error = find_user_error(exc)
         if user_error is None:
             raise
+        end_progress_bars()
         print(format_user_error(user_error), file=sys.stderr)
         raise SystemExit(2) from None
     del result

@@ -18,7 +18,7 @@ import os
 import sys
 from types import TracebackType
 
-__all__ = ["RobustsegError", "find_user_error", "install_excepthook", "format_user_error"]
+__all__ = ["RobustsegError", "end_progress_bars", "find_user_error", "install_excepthook", "format_user_error"]
 
 
 class RobustsegError(ValueError):
@@ -79,6 +79,17 @@ def format_user_error(err: BaseException) -> str:
     return "error: " + " ".join(str(err).split())
 
 
+def end_progress_bars() -> None:
+    """Close the tqdm progress bars a failed run left open, so that an error line printed next starts a line of its own
+    (an open bar leaves the cursor after its last redraw). tqdm is not imported here: without it, no bar is open."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 -- a bar that cannot close must not hide the error
+            pass
+
+
 _previous_hook = sys.excepthook
 
 
@@ -87,6 +98,7 @@ def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType |
     if user_error is None or os.environ.get("ROBUSTSEG_TRACEBACK"):
         _previous_hook(exc_type, exc, tb)
         return
+    end_progress_bars()
     print(format_user_error(user_error), file=sys.stderr)
 
 

@@ -93,3 +93,19 @@ def test_cli_names_an_output_path_under_a_file(tmp_path):
     expected = f"error: {out}: not a directory; expected a writable/readable path of the right kind."
     assert done.stderr.strip() == expected
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_open_progress_bars_are_closed_before_the_error_line():
+    """A run that fails mid-epoch leaves its tqdm bar open, the cursor after its last redraw: the error line would
+    continue the bar's line."""
+    import io
+
+    from tqdm import tqdm
+
+    from common.errors import end_progress_bars
+
+    stream = io.StringIO()
+    bar = tqdm(total=10, file=stream, leave=False)
+    bar.update(3)
+    end_progress_bars()
+    assert bar not in tqdm._instances and stream.getvalue().endswith("\r")

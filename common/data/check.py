@@ -1,9 +1,10 @@
 """Input checks for real data: every problem of a BraTS/MSD folder or datalist as one line, before any training.
 
-:func:`check_dataset` reads every file (a truncated ``.nii.gz`` only fails when its voxels are decompressed) and
-reports, per file, what would otherwise surface as a crash deep inside a data loader or, worse, as wrong numbers:
-missing modalities or segmentations, unreadable files, shapes or affines that disagree between modalities and
-segmentation, NaN/Inf voxels, label values outside the layout's set, MSD images without four channels. It never
+:func:`check_dataset` checks every file's header against its size first (:mod:`common.data.headers`: absurd
+dimensions, a truncated file, a bad intercept, without allocating a voxel), then reads it completely and reports, per
+file, what would otherwise surface as a crash deep inside a data loader or, worse, as wrong numbers: missing
+modalities or segmentations, unreadable files, shapes or affines that disagree between modalities and segmentation,
+NaN/Inf voxels, label values outside the layout's set, MSD images without four channels. It never
 writes to the inputs.
 """
 
@@ -19,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from common.data.datalist import LAYOUTS, MSD_MODALITIES, MSD_TO_BRATS_LABELS, find_subjects
+from common.data.headers import header_problem
 from common.data.labels import BRATS_LABELS, MODALITIES
 from common.errors import RobustsegError
 
@@ -57,6 +59,10 @@ class _Volume:
         self.affine: np.ndarray | None = None
         if not path.is_file():
             self.problem = f"{path}: file not found (expected a NIfTI file)"
+            return
+        # the header first: absurd dimensions or a truncated file are reported without allocating their voxels
+        self.problem = header_problem(path)
+        if self.problem:
             return
         try:
             img = nib.load(path)

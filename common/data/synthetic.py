@@ -80,6 +80,11 @@ DATALIST_NAME = "datalist.json"
 
 FIELD_OF_VIEW_MM = 200.0
 """Edge of the cubic grid in mm: the template brain spans at most 184 mm (anterior-posterior)."""
+MAX_SHAPE = 256
+"""The largest grid edge: 0.8 mm voxels over the field of view; the 1 mm template has no detail for finer grids, and a
+subject's four contrasts and tissue maps at 256^3 already take about 1 GiB while it is made."""
+MAX_SUBJECTS = 100_000
+"""The most subjects one call writes (BraTS 2021 has 1251): a larger count is a typo, not a data set."""
 
 _TEMPLATE_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _SUBJECT_RE = re.compile(r"^synth_\d{3,}$")
@@ -407,7 +412,7 @@ def synthesize_subject(index: int, seed: int = 0, shape: int = 96) -> SyntheticS
     Args:
         index: subject number, >= 0.
         seed: data-set seed, >= 0.
-        shape: edge of the cubic grid in voxels (>= 16); the grid spans 200 mm.
+        shape: edge of the cubic grid in voxels, 16 to :data:`MAX_SHAPE`; the grid spans 200 mm.
 
     Returns:
         The four int16 contrasts, the uint8 BraTS label map and the RAS affine.
@@ -417,7 +422,7 @@ def synthesize_subject(index: int, seed: int = 0, shape: int = 96) -> SyntheticS
     """
     check_int("index", index, 0)
     check_int("seed", seed, 0)
-    check_int("shape", shape, 16)
+    check_int("shape", shape, 16, MAX_SHAPE, hint="grid edge in voxels")
     rng = np.random.default_rng([seed, index])
     template = _template(shape)
     tissue = _deform(template, rng)
@@ -477,9 +482,9 @@ def _worker_init() -> None:
 
 
 def _check_arguments(out: str | os.PathLike, subjects: int, seed: int, shape: int, test_fraction: float) -> Path:
-    check_int("subjects", subjects, 1)
+    check_int("subjects", subjects, 1, MAX_SUBJECTS)
     check_int("seed", seed, 0)
-    check_int("shape", shape, 16)
+    check_int("shape", shape, 16, MAX_SHAPE, hint="grid edge in voxels")
     check_number("test_fraction", test_fraction, 0.0, 1.0, min_inclusive=False, max_inclusive=False)
     training, testing = split_subjects([synthetic_subject_id(i) for i in range(subjects)], float(test_fraction), seed)
     if not training or not testing:
@@ -626,9 +631,9 @@ def write_synthetic_dataset(
 
     Args:
         out: output folder; created if missing. It must be new, empty, or a synthetic data set written before.
-        subjects: number of subjects, >= 2 (both lists must be non-empty).
+        subjects: number of subjects, 2 to :data:`MAX_SUBJECTS` (both lists must be non-empty).
         seed: random seed, >= 0: the same seed gives identical voxel arrays.
-        shape: edge of the cubic grid in voxels, >= 16 (the 200 mm field of view is fixed).
+        shape: edge of the cubic grid in voxels, 16 to :data:`MAX_SHAPE` (the 200 mm field of view is fixed).
         test_fraction: share of subjects in the ``testing`` list, in (0, 1).
         overwrite: regenerate every subject; ``False`` keeps the complete subjects written with the same seed
             and shape (what :func:`ensure_synthetic_dataset` does).

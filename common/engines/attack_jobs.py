@@ -278,6 +278,8 @@ def build_jobs(
         RobustsegError: for an unknown attack name or setting, a bad epsilon, a sweep that is not FGSM, an L2 attack,
             or two attacks that would write rows with the same key (name, loss, epsilon).
     """
+    if isinstance(attacks, (str, bytes, Mapping)) or not isinstance(attacks, Sequence):
+        raise RobustsegError(f"attacks must be a list of attack specs or names, got {attacks!r}.")
     overrides = {} if temperature is None else {"temperature": temperature}
     defaults = {"epsilon": epsilon, "loss": loss, "amp": attack_amp}
     groups: dict[str, tuple[list[Attack], set[float]]] = {}

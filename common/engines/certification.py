@@ -68,7 +68,7 @@ from common.metrics import region_dice
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
 from common.utils.lock import locks_folder
-from common.utils.validation import check_int, check_number, look_up_option
+from common.utils.validation import check_device, check_int, check_number, look_up_option
 
 __all__ = [
     "CERTIFIER_SETTINGS",
@@ -371,6 +371,7 @@ def run_certification(
     _check_settings(n0, n, alpha, tau, correction)
     radii = _radii(radii)
     specs = _attack_specs(attacks)
+    device = check_device("device", device)
     datalist = _datalist(data)
     entries = test_entries(datalist)
     model = load_model_bundle(bundle, config_files, device, overrides)

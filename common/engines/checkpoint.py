@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ from monai.handlers import CheckpointSaver
 from torch import nn
 
 from common.errors import RobustsegError
-from common.utils.files import atomic_write, remove_temporaries
+from common.utils.files import remove_temporaries, write_atomic
 
 __all__ = ["AtomicCheckpointSaver", "ResumeFromLatest", "WeightsLoader", "latest_checkpoint", "load_weights"]
 
@@ -33,9 +34,10 @@ class _CheckpointFile(DiskSaver):
     ignite's ``Checkpoint`` removes the file it is about to replace *before* saving the new one: with ``n_saved=1`` a
     run killed during the save was left with no interval checkpoint at all (all its epochs lost), or no ``model.pt``,
     whose removal a resumed run then retried and failed on. Here :meth:`remove` only notes the file, and
-    :meth:`__call__` removes it once the new file is in place. Files are written by
-    :func:`common.utils.files.atomic_write` (a temporary ``.<name>.*.tmp`` in the same folder, fsynced, then renamed:
-    ignite's atomic mode does not fsync, so a power cut could leave an empty checkpoint under the final name).
+    :meth:`__call__` removes it once the new file is in place. Files are serialised in memory and written by
+    :func:`common.utils.files.write_atomic` (a temporary file in the same folder, fsynced, then renamed, removed on
+    any error: ignite's atomic mode does not fsync, so a power cut could leave an empty checkpoint under the final
+    name, and leaves its temporary file behind when closing it fails on a full disk).
     ``filename`` fixes the name as MONAI's ``CheckpointSaver`` does for ``model.pt``.
     """
 
@@ -54,8 +56,12 @@ class _CheckpointFile(DiskSaver):
                     (self.dirname / name).unlink(missing_ok=True)
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-            func(checkpoint, handle, **self.kwargs)
+        # serialised in memory first (a checkpoint of the paper's networks is tens of MB): torch's C++ writer turns
+        # a full disk's OSError into a RuntimeError without a file name; a plain write names ``path``, and
+        # write_atomic removes its temporary file on any error
+        buffer = io.BytesIO()
+        func(checkpoint, buffer, **self.kwargs)
+        write_atomic(path, buffer.getbuffer())
 
     def remove(self, filename: str) -> None:
         self._replaced.append(self.filename or filename)
@@ -68,9 +74,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
     MONAI 1.6 creates its ignite ``DiskSaver`` with ``atomic=False``, so a run killed while saving can leave a
     truncated ``model.pt`` that a later resume or evaluation would load; and ignite removes the previous checkpoint
     before writing the next, so a kill during the save of epoch N left no checkpoint to resume from. Here every save
-    goes to a temporary file in the same folder, is flushed to disk and renamed over the target (keeping group/other
-    read permission), and only then is the checkpoint it replaces removed: whenever the run is killed, the newest
-    complete checkpoint is on disk. Arguments are those of :class:`~monai.handlers.CheckpointSaver`.
+    is serialised in memory and written to a temporary file in the same folder, flushed to disk and renamed over the
+    target (keeping group/other read permission; the temporary file is removed on any error, a full disk or a
+    read-only folder), and only then is the checkpoint it replaces removed: whenever the run is killed or the disk
+    fills, the newest complete checkpoint is on disk. Arguments are those of :class:`~monai.handlers.CheckpointSaver`.
 
     :attr:`best_record` exposes the key-metric bookkeeping (ignite's ``Checkpoint``, which has ``state_dict`` /
     ``load_state_dict``): put it in the interval checkpoint so that a resumed run keeps the best score so far and

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ from common.engines.worst_case import with_worst_case_rows
 from common.errors import RobustsegError
 from common.report.schema import ADDED_LATER, COLUMN_NAMES, format_record
 from common.utils.enums import Threat
-from common.utils.files import atomic_write
+from common.utils.files import atomic_write, naming
 
 if TYPE_CHECKING:
     from common.engines.model_bundle import ModelBundle
@@ -330,7 +331,14 @@ def shard_subjects(items: Sequence[Any], rank: int, world_size: int) -> list[Any
 
 
 class _RowWriter:
-    """Append rows to a results file, header first, flushing after each batch of rows."""
+    """Append rows to a results file, the header with the first ones; each batch of rows lands whole or not at all.
+
+    A batch is formatted first and appended with one unbuffered write (repeated for what a short write left), then
+    synced to disk. If the write fails (a full disk, an interrupt), the file is cut back to its length before the
+    batch -- removed, if this batch would have created it: a full disk leaves the complete rows written before it,
+    no torn row and no results file without rows, and the error names the file. A process killed mid-write can still
+    leave a torn last line, which :func:`_read_rows` drops and the next writer rewrites away.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -339,17 +347,35 @@ class _RowWriter:
         ):
             # a line cut short by an interruption, or an earlier release's columns: rewrite before appending
             _write_rows_atomic(path, _read_rows(path))
-        self.handle = open(path, "a", newline="", encoding="utf-8")
-        self.writer = csv.writer(self.handle)
-        if path.stat().st_size == 0:
-            self.writer.writerow(COLUMN_NAMES)
-            self.handle.flush()
+        self.handle: io.FileIO | None = None
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        for record in records:
-            self.writer.writerow(format_record(record))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if not records:
+            return
+        rows = [format_record(record) for record in records]
+        created = False
+        if self.handle is None:
+            created = not self.path.exists()
+            with naming(self.path):
+                self.handle = open(self.path, "ab", buffering=0)
+        fd = self.handle.fileno()
+        size = os.fstat(fd).st_size
+        text = io.StringIO()
+        csv.writer(text).writerows([COLUMN_NAMES, *rows] if size == 0 else rows)
+        data = memoryview(text.getvalue().encode("utf-8"))
+        try:
+            with naming(self.path):
+                while data:
+                    data = data[self.handle.write(data) :]
+                os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)  # no torn row: the file ends with the last complete batch
+            if created:
+                self.close()
+                self.path.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None

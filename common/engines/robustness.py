@@ -114,7 +114,7 @@ from common.report.schema import format_trace
 from common.utils.enums import Threat
 from common.utils.files import write_atomic
 from common.utils.lock import FolderLock
-from common.utils.validation import check_int, check_number, look_up_option
+from common.utils.validation import check_device, check_int, check_number, look_up_option
 
 __all__ = ["RobustnessEvaluation"]
 
@@ -347,7 +347,7 @@ class RobustnessEvaluation:
     def _device(self, device: str | torch.device | None) -> torch.device:
         if device is None:
             return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-        device = torch.device(device)
+        device = torch.device(check_device("device", device) if isinstance(device, str) else device)
         if device.type == "cuda" and device.index is None:
             device = torch.device(f"cuda:{self.local_rank}")
         return device
@@ -599,6 +599,8 @@ class RobustnessEvaluation:
         try:
             written = write_tables(results, self.output_dir / TABLES_DIR, epsilon=self.epsilon, epsilons=columns)
         except RobustsegError as err:
+            if isinstance(err.__cause__, OSError):  # a full or read-only disk is the run's failure, not a note
+                raise
             logger.warning("tables not written: %s", err)
             return
         tables = [Path(p) for p in written if Path(p).name.startswith("table1_") and p.endswith(".md")]

@@ -8,14 +8,52 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 from common.data.labels import MODALITIES
 from common.errors import RobustsegError
-from common.utils.files import atomic_write
+from common.utils.files import atomic_write, naming
+from common.utils.validation import check_device
 
 __all__ = ["resolve_inputs", "segment"]
 
 logger = logging.getLogger(__name__)
+
+
+def _nifti_writer() -> type:
+    """MONAI's ``NibabelWriter``, keeping the ``OSError`` of a failed write.
+
+    ``SaveImage`` catches every writer's error, tries the next writer (ITK), and at the end raises a ``RuntimeError``
+    holding only their text: a full disk would read as "cannot find a suitable writer ... install the writer
+    libraries", with no ``OSError`` for :func:`common.errors.find_user_error` to report. With this one writer, the
+    write's own error is kept (:attr:`failures`) and raised by :func:`segment`.
+    """
+    from monai.data import NibabelWriter
+
+    class NiftiWriter(NibabelWriter):
+        failures: ClassVar[list[OSError]] = []
+
+        def write(self, filename: Any, verbose: bool = False, **kwargs: Any) -> None:
+            try:
+                super().write(filename, verbose=verbose, **kwargs)
+            except OSError as exc:
+                NiftiWriter.failures.append(exc)
+                raise
+
+    return NiftiWriter
+
+
+def _save_image_id(config_files: Sequence[str]) -> str:
+    """The config id of the ``SaveImaged`` transform in ``infer#postprocessing`` (e.g. ``...#transforms#2``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(config_files))
+    transforms = parser["infer#postprocessing#transforms"]
+    for index, transform in enumerate(transforms if isinstance(transforms, list) else []):
+        if isinstance(transform, dict) and str(transform.get("_target_", "")).endswith("SaveImaged"):
+            return f"infer#postprocessing#transforms#{index}"
+    raise RobustsegError(f"{config_files[0]}: infer#postprocessing has no SaveImaged, expected the bundle's one.")
 
 
 def resolve_inputs(inputs: str | Sequence[str]) -> list[str]:
@@ -82,7 +120,7 @@ def segment(
         The output path.
 
     Raises:
-        RobustsegError: bad input files, a bundle without weights or with weights that do not fit.
+        RobustsegError: bad input files or device, a bundle without weights or with weights that do not fit.
     """
     from monai.bundle import run
 
@@ -90,6 +128,7 @@ def segment(
     from common.data.check import check_dataset
     from common.engines.model_bundle import find_model_bundle
 
+    device = check_device("device", device)  # checked before it goes into a config expression
     root = find_model_bundle(bundle)
     files = resolve_inputs(input)
     out = Path(output).resolve()
@@ -103,7 +142,8 @@ def segment(
     config_files = list(config_files) if config_files else ["configs/inference.json"]
     trained = training_overrides(root)
 
-    with tempfile.TemporaryDirectory(prefix=".robustseg-", dir=out.parent) as tmp:
+    # a full disk fails a write without naming a file (inside MONAI's SaveImaged, too): the error names the output
+    with naming(out), tempfile.TemporaryDirectory(prefix=".robustseg-", dir=out.parent) as tmp:
         entry = {"image": files, "subject": subject}
         datalist = Path(tmp) / "datalist.json"
         datalist.write_text(json.dumps({"testing": [entry]}))
@@ -112,17 +152,24 @@ def segment(
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise RobustsegError(problems[0] + more)
         configs = [str(root / f) for f in config_files]
-        run(
-            "inferring",
-            config_file=configs,
-            meta_file=str(root / "configs" / "metadata.json"),
-            logging_file=str(root / "configs" / "logging.conf"),
-            bundle_root=str(root),
-            device=f"$torch.device('{device}')",
-            inference_datalist=[entry],
-            segmentation_dir=str(Path(tmp) / "out"),
-            **trained,
-        )
+        writer = _nifti_writer()
+        try:
+            run(
+                "inferring",
+                config_file=configs,
+                meta_file=str(root / "configs" / "metadata.json"),
+                logging_file=str(root / "configs" / "logging.conf"),
+                bundle_root=str(root),
+                device=f"$torch.device({device!r})",
+                inference_datalist=[entry],
+                segmentation_dir=str(Path(tmp) / "out"),
+                **{f"{_save_image_id(configs)}#writer": writer},
+                **trained,
+            )
+        except Exception as exc:
+            if writer.failures:  # the disk, not a missing library (see _nifti_writer)
+                raise writer.failures[-1] from exc
+            raise
         written = sorted((Path(tmp) / "out").glob("*.nii*"))
         if len(written) != 1:
             raise RobustsegError(f"{root}: inference wrote {len(written)} files, expected one segmentation.")

@@ -27,6 +27,7 @@ import torch
 from monai.data import MetaTensor
 from torch import Tensor
 
+from common.data.headers import header_problem
 from common.data.splits import load_split
 from common.engines.attack_jobs import AttackJob
 from common.engines.quality import InputQuality
@@ -36,19 +37,40 @@ from common.utils.validation import check_int
 __all__ = ["SubjectBatch", "Unit", "batches_of", "load_subjects", "subject_id", "test_entries"]
 
 
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` can name a folder inside the output folder and nothing else: no path separator, not ``.`` or
+    ``..``, no NUL, at most 255 bytes."""
+    return (
+        name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and len(name.encode("utf-8")) <= 255
+    )
+
+
 def subject_id(entry: Mapping[str, Any]) -> str:
-    """A datalist entry's subject id: its ``subject``, else the name of its first image without the extension."""
+    """A datalist entry's subject id: its ``subject``, else the name of its first image without the extension.
+
+    The id names the subject's example folder (``examples/<id>/``), so it must be a plain file name: an id such as
+    ``../../x`` or ``/tmp/x`` would write outside the output folder and is refused.
+
+    Raises:
+        RobustsegError: no id can be found, or it is not a plain file name.
+    """
     subject = entry.get("subject")
-    if isinstance(subject, str) and subject:
-        return subject
-    image = entry.get("image")
-    first = image[0] if isinstance(image, (list, tuple)) and image else image
-    if isinstance(first, str):
-        name = Path(first).name
+    if subject is not None and subject != "" and not isinstance(subject, str):
+        raise RobustsegError(f"datalist entry {entry!r:.200}: 'subject' is {subject!r}, expected a string id.")
+    if not subject:
+        image = entry.get("image")
+        first = image[0] if isinstance(image, (list, tuple)) and image else image
+        if not isinstance(first, str):
+            raise RobustsegError(f"datalist entry {entry!r:.200}: no 'subject' id and no image path to name it by.")
+        subject = Path(first).name
         for suffix in (".nii.gz", ".nii"):
-            name = name.removesuffix(suffix)
-        return name
-    raise RobustsegError(f"datalist entry {entry!r}: no 'subject' id and no image path to name it by.")
+            subject = subject.removesuffix(suffix)
+    if not _plain_name(subject):
+        raise RobustsegError(
+            f"datalist entry {entry!r:.200}: subject id {subject!r} is not a plain name, expected no '/', '\\', "
+            "NUL, '.' or '..' (it names the subject's folder in the output)."
+        )
+    return subject
 
 
 def files_of(entry: Mapping[str, Any]) -> list[str]:
@@ -61,11 +83,13 @@ def files_of(entry: Mapping[str, Any]) -> list[str]:
 
 
 def test_entries(datalist: str | os.PathLike) -> list[dict[str, Any]]:
-    """The ``testing`` entries of a datalist, checked before anything is computed: every subject id once, every file
-    there, every subject labelled (the test split is scored against its labels).
+    """The ``testing`` entries of a datalist, checked before anything is computed: every subject id once and usable
+    as a folder name, every file there with a sane NIfTI header that matches its size
+    (:func:`common.data.headers.header_problem`: no voxel is read), every subject labelled (the test split is scored
+    against its labels).
 
     Raises:
-        RobustsegError: naming the datalist or the missing file.
+        RobustsegError: naming the datalist, the subject or the file.
     """
     entries = load_split(str(datalist), "testing")
     subjects = [subject_id(e) for e in entries]
@@ -78,6 +102,13 @@ def test_entries(datalist: str | os.PathLike) -> list[dict[str, Any]]:
             raise RobustsegError(f"{missing[0]}: file of test subject {subject_id(entry)} not found.")
         if entry.get("label") is None:
             raise RobustsegError(f"{datalist}: test subject {subject_id(entry)} has no label to score with.")
+        msd = entry.get("layout") == "msd"
+        for key, ndim in (("image", 4 if msd else 3), ("label", 3)):
+            value = entry.get(key)
+            for path in value if isinstance(value, (list, tuple)) else [value]:
+                problem = header_problem(path, ndim) if isinstance(path, str) else None
+                if problem:
+                    raise RobustsegError(f"{problem}.")
     return entries
 
 
@@ -155,6 +186,24 @@ def batches_of(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
     return [list(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
 
 
+def _check_finite(entry: Mapping[str, Any], image: Tensor, label: Tensor) -> None:
+    """Stop at NaN/Inf voxels, naming the file (one per channel for BraTS files), before they reach an attack."""
+    images = entry.get("image")
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    for c in range(len(image)):
+        if not bool(torch.isfinite(image[c]).all()):
+            path = images[c] if len(images) == len(image) else images[0]
+            raise RobustsegError(
+                f"{path}: NaN/Inf voxels in test subject {subject_id(entry)} (expected finite intensities; "
+                "`robustseg data check` lists every such file)."
+            )
+    if label.is_floating_point() and not bool(torch.isfinite(label).all()):
+        raise RobustsegError(
+            f"{entry.get('label')}: NaN/Inf voxels in the label map of test subject {subject_id(entry)} "
+            "(expected BraTS labels 0, 1, 2, 4)."
+        )
+
+
 def load_subjects(
     entries: Sequence[Mapping[str, Any]],
     preprocessing: Callable[[dict[str, Any]], Mapping[str, Any]],
@@ -172,6 +221,9 @@ def load_subjects(
 
     Returns:
         The batches.
+
+    Raises:
+        RobustsegError: a subject's input or label holds NaN/Inf voxels after loading (naming the file).
     """
     groups: dict[tuple[int, ...], list[tuple[str, Tensor, Tensor, Any]]] = {}
     for entry in entries:
@@ -179,6 +231,7 @@ def load_subjects(
         image_meta, label_meta = item["image"], item["label"]
         image = _plain_tensor(image_meta).float().to(device)
         label = _plain_tensor(label_meta).to(device)
+        _check_finite(entry, image, label)
         groups.setdefault(tuple(image.shape), []).append(
             (subject_id(entry), image, label, getattr(image_meta, "affine", None))
         )

@@ -39,7 +39,8 @@ class ReportOptions:
 
     Raises:
         RobustsegError: if ``epsilon`` is not a finite number > 0, ``epsilons`` is empty or holds anything but finite
-            numbers >= 0, ``attack`` is empty, or ``alpha`` is not in (0, 1).
+            numbers >= 0, ``attack`` is not a non-empty string, ``loss`` is neither ``None`` nor one, ``baseline`` is
+            neither ``None``, a name nor a list of names, or ``alpha`` is not in (0, 1).
 
     Example::
 
@@ -62,14 +63,23 @@ class ReportOptions:
         if not epsilons or any(not (is_number(e) and e >= 0 and math.isfinite(e)) for e in epsilons):
             shown = self.epsilons if epsilons is None else epsilons
             raise RobustsegError(f"epsilons must be a non-empty list of finite numbers >= 0, got {shown}.")
-        if not self.attack:
-            raise RobustsegError("attack must name an attack (e.g. 'FGSM'), got an empty string.")
+        if not isinstance(self.attack, str) or not self.attack:
+            raise RobustsegError(f"attack must name an attack (e.g. 'FGSM'), got {self.attack!r}.")
+        if self.loss is not None and (not isinstance(self.loss, str) or not self.loss):
+            raise RobustsegError(f"loss must be None or an attack loss name (e.g. 'soft_dice'), got {self.loss!r}.")
         if not (is_number(self.alpha) and 0 < self.alpha < 1):
             raise RobustsegError(f"alpha must lie in (0, 1), got {self.alpha}.")
         object.__setattr__(self, "epsilon", epsilon)
         object.__setattr__(self, "epsilons", tuple(float(e) for e in epsilons))
         if self.baseline is not None and not isinstance(self.baseline, str):
-            object.__setattr__(self, "baseline", tuple(self.baseline))
+            names = list(self.baseline) if isinstance(self.baseline, (list, tuple)) else None
+            if names is None or not all(isinstance(name, str) and name for name in names):
+                raise RobustsegError(
+                    f"baseline must be None, a model name or a list of model names, got {self.baseline!r}."
+                )
+            object.__setattr__(self, "baseline", tuple(names))
+        elif self.baseline == "":
+            raise RobustsegError("baseline must be None, a model name or a list of model names, got ''.")
 
     @property
     def baselines(self) -> list[str]:

@@ -38,7 +38,8 @@ def write_files(out: str | os.PathLike, files: Mapping[str, str | bytes], what: 
         The paths written (``os.path.join(out, name)``), in the order of ``files``.
 
     Raises:
-        RobustsegError: ``"out: cannot create the output folder ..."`` or ``"out: cannot write the <what> into ..."``.
+        RobustsegError: ``"out: cannot create the output folder ..."`` or ``"out: cannot write the <what> into ..."``
+            (the latter caused by the ``OSError``, so a caller can tell a full or read-only disk from bad input).
     """
     folder = os.fspath(out)
     try:
@@ -62,5 +63,5 @@ def write_files(out: str | os.PathLike, files: Mapping[str, str | bytes], what: 
                 os.rmdir(path)
             except OSError:  # not empty: it holds files of an earlier report
                 pass
-        raise RobustsegError(f"out: cannot write the {what} into {folder} ({exc}).") from None
+        raise RobustsegError(f"out: cannot write the {what} into {folder} ({exc}).") from exc
     return [os.path.join(folder, name) for name in files]

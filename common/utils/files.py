@@ -2,7 +2,9 @@
 
 Every writer of the project goes through here: the content goes to a temporary file in the destination's folder
 (same file system, so the final ``os.replace`` is atomic), is flushed to disk (``fsync``), then replaces the
-destination; on any error the temporary file is removed and the destination is left as it was.
+destination; on any error the temporary file is removed and the destination is left as it was. A write error
+that names no file (a full disk raises ``OSError(ENOSPC)`` without one) is raised again naming the destination
+(:func:`naming`), so the one-line error of :mod:`common.errors` says which output could not be written.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_temporaries", "write_atomic"]
+__all__ = ["atomic_write", "naming", "remove_temporaries", "write_atomic"]
 
 
 def _new_file_mode() -> int:
@@ -30,6 +32,41 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _unnamed_os_error(exc: BaseException) -> OSError | None:
+    """The first ``OSError`` with an ``errno`` and no file name in ``exc``'s cause/context chain (a failed write:
+    ``write(2)`` knows no path; torch's C++ writer wraps it in a ``RuntimeError``), or ``None``."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError):
+            return link if link.errno is not None and link.filename is None else None
+        link = link.__cause__ or link.__context__
+    return None
+
+
+@contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Raise a file-system error that names no file, raised inside the block, again as an ``OSError`` naming ``path``.
+
+    A full disk fails a ``write`` with ``OSError(ENOSPC)`` and no file name, possibly wrapped by a library (torch's
+    serializer, a MONAI transform); the error that leaves this block names the output that could not be written,
+    with the original as its cause. Errors that name a file already, and all other errors, pass unchanged.
+
+    Example::
+
+        with naming("results.csv"):
+            handle.write(row)     # OSError(28, "No space left on device", "results.csv") when the disk is full
+    """
+    try:
+        yield
+    except Exception as exc:
+        unnamed = _unnamed_os_error(exc)
+        if unnamed is None:
+            raise
+        raise OSError(unnamed.errno, unnamed.strerror, os.fspath(path)) from exc
 
 
 @contextmanager
@@ -51,6 +88,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", parents: bool = 
 
     Raises:
         OSError: the folder cannot be created or written, or the replace fails; the destination is then untouched.
+            A write error without a file name (a full disk) names ``path``.
     """
     path = Path(path)
     if parents:
@@ -58,14 +96,15 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp", parents: bool = 
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     tmp = Path(name)
     try:
-        try:
-            # the destination gets the mode a plain open() would give it: results and reports are for sharing
-            os.fchmod(fd, _new_file_mode())
-        finally:
-            os.close(fd)
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with naming(path):
+            try:
+                # the destination gets the mode a plain open() would give it: results and reports are for sharing
+                os.fchmod(fd, _new_file_mode())
+            finally:
+                os.close(fd)
+            yield tmp
+            _fsync(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

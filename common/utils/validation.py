@@ -20,6 +20,7 @@ from common.errors import RobustsegError
 
 __all__ = [
     "check_bool",
+    "check_device",
     "check_int",
     "check_number",
     "check_optional_int",
@@ -138,6 +139,29 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise RobustsegError(f"{name} must be True or False (Python literals on the bundle CLI), got {value!r}.")
     return value
+
+
+def check_device(name: str, value: object) -> str:
+    """Check that ``value`` names a CPU or CUDA device this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``); return
+    its canonical text, safe to put into a config expression (``"$torch.device('cuda:1')"``).
+
+    Raises:
+        RobustsegError: for anything but such a string, or a CUDA device this machine does not have.
+    """
+    import torch  # here, not at the top: this module is imported by commands that never load torch
+
+    text = value if isinstance(value, str) else None
+    try:
+        device = torch.device(text) if text is not None and text.isprintable() else None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise RobustsegError(f"{name} must be a torch device: 'cpu', 'cuda' or 'cuda:<index>', got {value!r}.")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise RobustsegError(f"{name}: {value!r} is not available on this machine ({count} CUDA device(s)).")
+    return str(device)
 
 
 def look_up_option(name: str, value: Any, supported: Iterable[T] | type[Enum], hint: str = "") -> T:

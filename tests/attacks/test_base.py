@@ -399,6 +399,18 @@ def test_bad_amp_setting_raises(amp):
         IterativeFGSM(0.05, amp=amp)
 
 
+@pytest.mark.parametrize("inferer", [5, "SlidingWindowInferer"])
+def test_an_inferer_that_cannot_be_called_raises(inferer):
+    with pytest.raises(RobustsegError, match=r"inferer must be None or a MONAI inferer \(a callable\), got"):
+        IterativeFGSM(0.05, inferer=inferer)
+
+
+@pytest.mark.parametrize("relative", ["false", 0, None])
+def test_relative_must_be_a_boolean(relative):
+    with pytest.raises(RobustsegError, match=r"relative must be True or False"):
+        IterativeFGSM(0.05, relative=relative)
+
+
 @pytest.mark.parametrize("name", registered_attacks())
 def test_name_and_repr_list_the_settings(name):
     cls = ATTACKS[name]

@@ -314,10 +314,10 @@ def test_cli_synth_writes_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"subjects": 0}, "subjects must be an integer >= 1"),
-        ({"subjects": 2.5}, "subjects must be an integer >= 1"),
+        ({"subjects": 0}, "subjects must be an integer in \\[1, 100000\\]"),
+        ({"subjects": 2.5}, "subjects must be an integer in \\[1, 100000\\]"),
         ({"seed": -1}, "seed must be an integer >= 0"),
-        ({"shape": 15}, "shape must be an integer >= 16"),
+        ({"shape": 15}, "shape must be an integer in \\[16, 256\\]"),
         ({"test_fraction": 0.0}, "test_fraction must be a finite number in (0, 1)"),
         ({"test_fraction": 1.0}, "test_fraction must be a finite number in (0, 1)"),
         ({"subjects": 1}, "leaves the testing list empty"),

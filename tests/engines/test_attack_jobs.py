@@ -84,6 +84,8 @@ def test_iterates_carry_the_prediction_of_the_next_step_per_sample():
         ({"attacks": [3]}, r"attacks: each attack must be a spec"),
         ({"attacks": [{"name": "PGD", "norm": "l2", "epsilon": 0.5}]}, r"is an L2 attack; the attack lists are L-inf"),
         ({"attacks": [{"name": "APGD", "norm": "l2"}]}, r"is an L2 attack; the attack lists are L-inf"),
+        ({"attacks": float("nan")}, r"attacks must be a list of attack specs or names, got nan"),
+        ({"attacks": "FGSM"}, r"attacks must be a list of attack specs or names, got 'FGSM'"),
         ({"sweep_epsilons": "0.1"}, r"sweep_epsilons must be a list of numbers"),
         ({"sweep_epsilons": [0.1, float("nan")]}, r"sweep_epsilons: epsilon must be a finite number, got nan"),
         ({"sweep_epsilons": [0.1, True]}, r"sweep_epsilons: epsilon must be a finite number, got True"),

@@ -84,42 +84,34 @@ def arm(spec: str) -> None:
                 return write(self, records)
             buffer = io.StringIO()
             rows = csv.writer(buffer)
-            for record in records:
-                rows.writerow(format_record(record))
-            self.handle.write(_torn(buffer.getvalue(), fraction))
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-            _die()
+            with open(self.path, "ab", buffering=0) as handle:  # the writer's own unbuffered append, cut short
+                if os.fstat(handle.fileno()).st_size == 0:
+                    rows.writerow(results_io.COLUMN_NAMES)
+                for record in records:
+                    rows.writerow(format_record(record))
+                handle.write(_torn(buffer.getvalue(), fraction).encode("utf-8"))
+                os.fsync(handle.fileno())
+                _die()
 
         results_io._RowWriter.write = torn_write
     elif point in ("checkpoint", "model"):
-        import torch
-        from ignite.handlers import DiskSaver
+        from common.engines import checkpoint as checkpoints
+        from common.utils.files import atomic_write
 
         pattern = "checkpoint_epoch=" if point == "checkpoint" else "model.pt"
-        call = DiskSaver.__call__
-        save = torch.save
+        write = checkpoints.write_atomic  # the checkpoint saver serialises in memory, then writes through this
 
-        def torn_save(obj, f, *args, **kwargs):
-            buffer = io.BytesIO()
-            save(obj, buffer, *args, **kwargs)
-            data = buffer.getvalue()
-            data = data[: max(1, int(len(data) * fraction))]
-            if hasattr(f, "write"):
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            else:
-                with open(f, "wb") as handle:
-                    handle.write(data)
-            _die()
+        def torn_write(path, content, *args, **kwargs):
+            if pattern not in Path(os.fspath(path)).name or not hit():
+                return write(path, content, *args, **kwargs)
+            data = bytes(content)
+            with atomic_write(path) as tmp, open(tmp, "wb") as handle:  # the kill lands inside the temporary file
+                handle.write(data[: max(1, int(len(data) * fraction))])
+                handle.flush()
+                os.fsync(handle.fileno())
+                _die()
 
-        def torn_call(self, checkpoint, filename, metadata=None):
-            if pattern in filename and hit():
-                torch.save = torn_save
-            return call(self, checkpoint, filename, metadata)
-
-        DiskSaver.__call__ = torn_call
+        checkpoints.write_atomic = torn_write
     elif point == "replace":
         replace = os.replace
 

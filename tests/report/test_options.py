@@ -37,7 +37,11 @@ def test_sequences_are_kept_as_tuples_of_floats():
         ({"epsilons": []}, r"epsilons must be a non-empty list of finite numbers >= 0, got \[\]\."),
         ({"epsilons": [0, -1]}, r"epsilons must be a non-empty list of finite numbers >= 0, got \[0, -1\]\."),
         ({"epsilons": 0.1}, r"epsilons must be a non-empty list of finite numbers >= 0, got 0\.1\."),
-        ({"attack": ""}, r"attack must name an attack \(e\.g\. 'FGSM'\), got an empty string\."),
+        ({"attack": ""}, r"attack must name an attack \(e\.g\. 'FGSM'\), got ''\."),
+        ({"attack": 5}, r"attack must name an attack \(e\.g\. 'FGSM'\), got 5\."),
+        ({"loss": 0.1}, r"loss must be None or an attack loss name \(e\.g\. 'soft_dice'\), got 0\.1\."),
+        ({"baseline": 5}, r"baseline must be None, a model name or a list of model names, got 5\."),
+        ({"baseline": ["a", 1]}, r"baseline must be None, a model name or a list of model names, got \['a', 1\]\."),
         ({"alpha": 1.5}, r"alpha must lie in \(0, 1\), got 1\.5\."),
     ],
 )

@@ -9,6 +9,7 @@ from common.errors import RobustsegError
 from common.utils.enums import Defense
 from common.utils.validation import (
     check_bool,
+    check_device,
     check_int,
     check_number,
     check_optional_int,
@@ -109,6 +110,25 @@ def test_check_bool_accepts(value):
 def test_check_bool_refuses(value):
     with pytest.raises(RobustsegError, match=r"^adaptive must be True or False .*, got"):
         check_bool("adaptive", value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("cpu", "cpu"), ("cpu:0", "cpu:0")])
+def test_check_device_accepts(value, expected):
+    assert check_device("device", value) == expected
+
+
+@pytest.mark.parametrize("value", ["gpu", "cpu')", "cuda:-1", "meta", "", 0, None, ["cpu"], "cp\nu"])
+def test_check_device_refuses(value):
+    with pytest.raises(RobustsegError, match=r"^device must be a torch device: 'cpu', 'cuda' or 'cuda:<index>', got"):
+        check_device("device", value)
+
+
+def test_check_device_refuses_a_cuda_device_this_machine_lacks():
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(RobustsegError, match=rf"^device: 'cuda:{count}' is not available on this machine"):
+        check_device("device", f"cuda:{count}")
 
 
 def test_look_up_option_returns_the_option():
