@@ -142,3 +142,31 @@ def test_cli_names_a_missing_datalist(bundles, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["certify", "--bundle", str(bundles[BASELINE]), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "datalist.json not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("attacks", "expected"),
+    [(None, "default"), ("none", []), ("[{'name':'APGD','steps':3}]", [{"name": "APGD", "steps": 3}])],
+)
+def test_cli_prints_both_bounds_per_radius(attacks, expected, tmp_path, capsys, monkeypatch):
+    from common.engines import certification
+
+    seen = {}
+
+    def fake(bundle, data, out, **kwargs):
+        seen.update(kwargs)
+        attacked = {0.0: [0.9, 0.8, 0.7], 0.1: [0.85, 0.75, 0.6]} if kwargs["attacks"] else {}
+        certified = {0.0: [0.5, 0.2, 0.1], 0.1: [0.4, 0.1, 0.0]}
+        return tmp_path / "results.csv", {"certified": certified, "attacked": attacked}
+
+    monkeypatch.setattr(certification, "run_certification", fake)
+    argv = ["certify", "--bundle", "b", "--data", "d"] + ([] if attacks is None else ["--attacks", attacks])
+    main(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert seen["attacks"] == (certification.DEFAULT_SMOOTHED_ATTACKS if expected == "default" else expected)
+    table = lines[-2:]
+    if expected == []:
+        assert table[1].split() == ["0.1", "0.400", "0.100", "0.000"]
+    else:
+        assert lines[-3].split()[-3:] == ["WT", "TC", "ET"] and "attacked" in lines[-3]
+        assert table[1].split() == ["0.1", "0.400", "0.100", "0.000", "0.850", "0.750", "0.600"]
