@@ -46,6 +46,18 @@ class Tally:
 TALLY = Tally()
 
 
+@pytest.fixture(scope="session")
+def tiny_eval(tmp_path_factory):
+    """One tiny model bundle, three subjects, and the rows of their uninterrupted evaluation, shared by the kill and
+    concurrency tests (read-only: each test writes into its own folder)."""
+    from ._runs import evaluate, read_rows, tiny_evaluation
+
+    folder = tmp_path_factory.mktemp("reliability_eval")
+    settings = tiny_evaluation(folder)
+    evaluate(settings, folder / "reference")
+    return settings, read_rows(folder / "reference" / "results.csv")
+
+
 @pytest.fixture
 def reliability() -> Tally:
     """The session's :class:`Tally`."""

@@ -31,10 +31,8 @@ from ._runs import (
     evaluation_args,
     exit_of,
     python_command,
-    read_rows,
     run_forked,
     tiny_data,
-    tiny_evaluation,
     train,
 )
 
@@ -83,15 +81,6 @@ def _pause(owner, name: str, reached, release) -> None:
         return original(*args, **kwargs)
 
     setattr(owner, name, paused)
-
-
-@pytest.fixture(scope="module")
-def tiny_eval(tmp_path_factory):
-    """One tiny model bundle, three subjects, and the rows of their evaluation alone."""
-    folder = tmp_path_factory.mktemp("concurrent_eval")
-    settings = tiny_evaluation(folder)
-    evaluate(settings, folder / "reference")
-    return settings, read_rows(folder / "reference" / "results.csv")
 
 
 def test_a_second_evaluation_into_the_same_folder_is_refused_and_rows_never_interleave(

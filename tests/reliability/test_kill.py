@@ -48,15 +48,6 @@ KILLED = -signal.SIGKILL
 
 
 @pytest.fixture(scope="module")
-def tiny_eval(tmp_path_factory):
-    """One tiny model bundle, three subjects, and the rows of their uninterrupted evaluation."""
-    folder = tmp_path_factory.mktemp("kill_eval")
-    settings = tiny_evaluation(folder)
-    evaluate(settings, folder / "reference")
-    return settings, read_rows(folder / "reference" / "results.csv")
-
-
-@pytest.fixture(scope="module")
 def training_data(tmp_path_factory) -> str:
     """Four tiny subjects: three to train on, one to validate."""
     return tiny_data(tmp_path_factory.mktemp("kill_train_data"))
