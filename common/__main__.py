@@ -126,6 +126,49 @@ class CLI:
 
         return f"wrote {segment(bundle, input, output, device=device)}"
 
+    def attack(
+        self,
+        bundle: str | list[str],
+        data: str,
+        out: str = "runs/attack",
+        preset: str = "paper",
+        epsilons: list[float] | str | None = None,
+        config_file: str | list[str] = "configs/inference.json",
+        overrides: dict | str | None = None,
+        input_channels: list[str] | None = None,
+        output_channels: list[str] | None = None,
+        output_activation: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+    ) -> str:
+        """Attack any MONAI bundle (robustseg's or a Model Zoo one) on a data set; write results, tables, report.
+
+        Args:
+            bundle: a bundle folder or name, or a list of them ("[a,b]"); third-party bundles run on their own
+                preprocessing, inferer, channel order and outputs (read from their metadata.json).
+            data: a data folder with datalist.json (e.g. from `robustseg data synth`) or a datalist file.
+            out: output folder (results/, report/); a rerun resumes.
+            preset: "paper" (FGSM with its sweep, i-FGSM, ti-FGSM) or "worst-case" (plus the APGD/PGD ensemble).
+            epsilons: attack radii, e.g. "[0.01,0.05]": relative to each subject's maximum absolute input intensity
+                after the bundle's preprocessing (the preset's by default).
+            config_file: the bundles' config files, merged in order.
+            overrides: JSON of config ids -> values for every bundle, e.g. '{"inferer#roi_size": [64,64,64]}'.
+            input_channels: a third-party bundle's input modalities in order, e.g. "[t1ce,t1,t2,flair]", if its
+                metadata lacks inputs.image.channel_def.
+            output_channels: a third-party bundle's output channel names, e.g. "[TC,WT,ET]", if its metadata lacks
+                outputs.pred.channel_def.
+            output_activation: "sigmoid" or "softmax", if the bundle's postprocessing does not say.
+            device: "cpu", "cuda", ... (default: CUDA if available).
+            batch_size: test subjects attacked together.
+        """
+        from common.attack import run_attack
+
+        return run_attack(
+            bundle, data, out, preset=preset, epsilons=epsilons, config_file=config_file, overrides=overrides,
+            input_channels=input_channels, output_channels=output_channels, output_activation=output_activation,
+            device=device, batch_size=batch_size,
+        )  # fmt: skip
+
     def certify(
         self,
         bundle: str,

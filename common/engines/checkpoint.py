@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -227,17 +228,39 @@ def _already_complete(engine: Engine, epoch: int) -> None:
     engine.terminate()
 
 
+STATE_DICT_KEYS = ("model", "state_dict", "network", "net")
+"""Keys under which a checkpoint dict may hold the network's state dict (MONAI's ``CheckpointSaver`` writes
+``model``; other tools write ``state_dict``)."""
+
+
+def _tensors(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def _state_dict(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise RobustsegError(f"{path}: checkpoint not found (train the bundle first, or pass the right path).")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:
+            raise RobustsegError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}).") from exc
+        raise RobustsegError(
+            f"{path}: holds a pickled object ({refused.group(1)}) that weights_only=True refuses to load; expected "
+            "a state dict of tensors."
+        ) from exc
     except Exception as exc:
         raise RobustsegError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}).") from exc
     if isinstance(ckpt, dict) and len(ckpt) == 1 and isinstance(next(iter(ckpt.values())), dict):
         ckpt = next(iter(ckpt.values()))  # {"model": state_dict} as MONAI's CheckpointSaver writes it
-    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise RobustsegError(f"{path}: is not a network state dict.")
+    elif isinstance(ckpt, dict) and not _tensors(ckpt):
+        held = [ckpt[k] for k in STATE_DICT_KEYS if _tensors(ckpt.get(k))]
+        ckpt = held[0] if held else ckpt  # e.g. {"state_dict": ..., "epoch": ..., "optimizer": ...}
+    if not _tensors(ckpt):
+        raise RobustsegError(
+            f"{path}: is not a network state dict (nor a dict holding one under {list(STATE_DICT_KEYS)})."
+        )
     return {k.removeprefix("module."): v for k, v in ckpt.items()}  # DistributedDataParallel prefixes "module."
 
 
@@ -262,8 +285,11 @@ def load_weights(network: nn.Module, path: str | Path, map_location: Any = "cpu"
     own = target.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and
-                  state[k].shape != v.shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
         details = []
         if mismatched:

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from torch import nn
 from common.bundles import distillation_record, find_bundle, training_overrides
 from common.data.caching import transform_hashing
 from common.engines.checkpoint import load_weights
+from common.engines.zoo_bundle import is_zoo_bundle, load_zoo_bundle
 from common.errors import RobustsegError
 from common.utils.enums import Defense, Net, StrEnum
 from common.utils.validation import is_number
@@ -54,7 +55,8 @@ class ModelBundle:
         root: the bundle folder.
         config_files: the config files parsed, relative to ``root`` when inside it.
         network: the network built from ``network_def`` with the trained weights, in eval mode, on the device.
-        preprocessing: the bundle's ``preprocessing_transforms`` as a MONAI ``Compose`` (keys image and label).
+        preprocessing: the bundle's ``preprocessing_transforms`` as a MONAI ``Compose`` (keys image and label); for a
+            third-party bundle, :class:`~common.engines.zoo_bundle.ZooPreprocessing`.
         amp: whether the bundle infers under autocast (its ``amp`` setting, resolved from ``precision``).
         spatial_size: the preprocessed grid (``spatial_size``).
         net: ``"3d"`` or ``"2d"`` (metadata).
@@ -74,13 +76,15 @@ class ModelBundle:
         distillation: a distilled model's ``models/distillation_record.json`` (the recipe, temperatures and the
             student/teacher logit norm ratio; :class:`~common.defenses.DistillationRecord`), ``None`` if absent.
         amp_dtype: the autocast dtype when :attr:`amp` is on: ``"bfloat16"`` or ``"float16"`` (its ``amp_dtype``).
+        adapter: for a third-party (Model Zoo layout) bundle, how it was adapted (:mod:`common.engines.zoo_bundle`:
+            input channel order, output convention, inferer); ``None`` for robustseg's own bundles.
     """
 
     name: str
     root: Path
     config_files: list[str]
     network: nn.Module
-    preprocessing: Compose
+    preprocessing: Callable[[dict[str, Any]], Mapping[str, Any]]
     amp: bool
     spatial_size: list[int]
     net: str
@@ -97,6 +101,7 @@ class ModelBundle:
     overrides: dict[str, Any] = field(default_factory=dict)
     amp_dtype: str = "bfloat16"
     distillation: dict[str, Any] | None = None
+    adapter: dict[str, Any] | None = None
     _parser: ConfigParser | None = field(default=None, repr=False)
 
     @property
@@ -135,6 +140,7 @@ class ModelBundle:
             "preprocessing": self.preprocessing_settings,
             "training": self.training,
             "distillation": self.distillation,
+            **({"adapter": self.adapter} if self.adapter is not None else {}),
         }
 
 
@@ -253,8 +259,13 @@ def load_model_bundle(
     config_files: Sequence[str] = ("configs/inference.json",),
     device: str | torch.device = "cpu",
     overrides: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ModelBundle:
     """Load a trained model bundle: its network with weights, preprocessing, inference settings and identity.
+
+    A bundle whose ``metadata.json`` has no ``robustseg`` section is a third-party (Model Zoo layout) bundle, loaded
+    through :func:`common.engines.zoo_bundle.load_zoo_bundle`: its own network, weights, preprocessing, inferer,
+    channel order and output convention.
 
     Args:
         bundle: the bundle folder or name (see :func:`find_model_bundle`).
@@ -266,6 +277,8 @@ def load_model_bundle(
             Before them, the settings training recorded beside the weights (``models/training_settings.json``:
             grid, network width, preprocessing, amp; :func:`common.bundles.training_overrides`) are applied, so a
             model trained with an overlay or command-line overrides is evaluated as it was trained.
+        options: for third-party bundles only, the overrides of :data:`common.engines.zoo_bundle.ZOO_OPTIONS`
+            (``input_channels``, ``output_channels``, ``output_activation``).
 
     Returns:
         The :class:`ModelBundle`; its network is in eval mode with the weights of ``<ckpt_dir>/model.pt``.
@@ -286,6 +299,13 @@ def load_model_bundle(
     config_files = [os.fspath(f) for f in config_files]
     if not config_files:
         raise RobustsegError(f"model bundle {root.name}: config_files is empty; expected e.g. configs/inference.json.")
+    if is_zoo_bundle(root):
+        return ModelBundle(**load_zoo_bundle(root, config_files, torch.device(device), overrides, options))
+    if options:
+        raise RobustsegError(
+            f"model bundle {root.name}: options {sorted(options)} are for third-party bundles; robustseg's own "
+            "bundles define their channels in their configs."
+        )
     name, meta = _read_metadata(root)
     trained_with = training_overrides(root)
     overrides = dict(overrides or {})

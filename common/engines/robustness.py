@@ -129,7 +129,29 @@ channels): 0.56 of the time of batches of one, 2 at 0.63 (``python benchmarks/be
 takes about 4 GiB on a CPU."""
 
 
+EPSILON_SPACE = (
+    "epsilon perturbs the network's input after each bundle's own preprocessing, relative to each subject's maximum "
+    "absolute input intensity (relative=True): on [0, 1]-scaled inputs it is epsilon itself; on z-scored inputs "
+    "(NormalizeIntensityd) it is epsilon times the subject's largest absolute z-score; the linf column holds the "
+    "perturbation in input units"
+)
+"""Where epsilon lives, for ``settings.json`` and the report."""
+
+
 # ------------------------------------------------------------------------------------------------------ helpers
+def _bundle_item(item: Any) -> tuple[str, dict[str, Any] | None]:
+    """A ``model_bundles`` item: a folder or name, or a mapping with ``bundle`` and a third-party bundle's options."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item), None
+    if isinstance(item, Mapping) and isinstance(item.get("bundle"), (str, os.PathLike)):
+        options = {k: v for k, v in item.items() if k != "bundle"}
+        return os.fspath(item["bundle"]), options or None
+    raise RobustsegError(
+        f"model_bundles: item {item!r:.200} is neither a bundle folder or name nor a mapping with 'bundle' (and "
+        "options such as input_channels, output_channels, output_activation)."
+    )
+
+
 def _target_attainment(adversarial: Adversarial, prediction: Tensor, label: Tensor, brain: Tensor) -> float | None:
     """A targeted attack's success: the fraction of brain voxels predicted as the target label (``None`` for an
     untargeted attack, or an empty brain mask).
@@ -170,7 +192,11 @@ class RobustnessEvaluation:
     written before :meth:`run`.
 
     Args:
-        model_bundles: model bundle folders or names (see :func:`common.engines.model_bundle.find_model_bundle`).
+        model_bundles: model bundle folders or names (see :func:`common.engines.model_bundle.find_model_bundle`); an
+            item may also be a mapping ``{"bundle": folder, ...}`` with a third-party bundle's options
+            (:data:`common.engines.zoo_bundle.ZOO_OPTIONS`: ``input_channels``, ``output_channels``,
+            ``output_activation``). Third-party (Model Zoo layout) bundles run on their own preprocessing, inferer and
+            outputs (:mod:`common.engines.zoo_bundle`); every model of one evaluation must preprocess identically.
         output_dir: where ``results.csv``, ``settings.json``, ``examples/`` and ``tables/`` go.
         model_config_files: config files of every model bundle, merged in order (add ``configs/quick.json`` for
             bundles trained with their quick overlay).
@@ -293,13 +319,17 @@ class RobustnessEvaluation:
         self.example_severity = example_severity(self.severities) if self.corruptions else None
 
         self.models: list[ModelBundle] = []
-        for bundle in model_bundles:
-            self.models.append(load_model_bundle(bundle, model_config_files, self.device, model_overrides))
+        for item in model_bundles:
+            bundle, options = _bundle_item(item)
+            self.models.append(load_model_bundle(bundle, model_config_files, self.device, model_overrides, options))
         names = [m.name for m in self.models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise RobustsegError(f"model_bundles: {duplicates} given more than once; each model must appear once.")
         check_same_preprocessing(self.models)
+        self.datalist = str(Path(datalist if datalist is not None else self.models[0].datalist()).resolve())
+        self.entries = test_entries(self.datalist)
+        self.subjects = [subject_id(e) for e in self.entries]
         self.precision = self._attack_precision(attack_precision)
         amp = self.precision.precision
         if self.precision.amp:
@@ -326,9 +356,6 @@ class RobustnessEvaluation:
                 {check_number("worst_case_epsilons: epsilon", e, minimum=0) for e in worst_case_epsilons}
             )
 
-        self.datalist = str(Path(datalist if datalist is not None else self.models[0].datalist()).resolve())
-        self.entries = test_entries(self.datalist)
-        self.subjects = [subject_id(e) for e in self.entries]
         if example_subject is None:
             self.example_subject: str | None = self.subjects[0]
         elif example_subject is False or example_subject == "":
@@ -358,9 +385,12 @@ class RobustnessEvaluation:
             reason = "auto is not measured under torchrun (ranks could choose differently): fp32"
             return PrecisionChoice("fp32", "auto", self.device.type, reason)
         network = self.models[0].network
+        spatial = self.models[0].spatial_size
+        if not spatial:  # a third-party bundle's grid is that of its preprocessed inputs
+            spatial = list(self.models[0].preprocessing(dict(self.entries[0]))["image"].shape[1:])
         convolutions = [m for m in network.modules() if isinstance(m, _ConvNd)]
         channels = convolutions[0].in_channels if convolutions else 4
-        shape = [self.batch_size, channels, *self.models[0].spatial_size]
+        shape = [self.batch_size, channels, *spatial]
         return choose_precision(requested, network, shape, self.device)
 
     def _certifiers(self, certification: Mapping[str, Any] | None) -> dict[int, Certifier]:
@@ -489,7 +519,9 @@ class RobustnessEvaluation:
                     "definition": "per model, subject and epsilon: the lowest mean Dice (WT, TC, ET) over every "
                     "adversarial input scored (every iterate, threat and attack), attack 'ensemble'",
                 },
-                "prediction": "argmax of the logits, model in eval mode, autocast where the bundle's amp is on",
+                "prediction": "argmax of the logits (sigmoid region outputs: the Model Zoo rule, ET -> 4, else TC -> "
+                "1, else WT -> 2), model in eval mode, autocast where the bundle's amp is on",
+                "epsilon_space": EPSILON_SPACE,
             },
             "models": [m.settings() for m in self.models],
             "attacks": attacks,

@@ -113,7 +113,8 @@ def _edit_metadata(folder, **section):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        ({"drop": True}, r"metadata.json: no 'robustseg' section"),
+        # without its robustseg section a bundle is a third-party one, loaded by its metadata (then: no weights)
+        ({"drop": True}, r"model.pt: weights of model bundle tiny_bad_meta not found \(nor model.ts\)"),
         ({"net": "4d"}, r"robustseg.net is '4d'; expected one of \['3d', '2d'\]"),
         ({"defense": "magic"}, r"robustseg.defense is 'magic'; expected one of"),
         ({"temperature": -1}, r"robustseg.temperature is -1; expected null or a number > 0"),

@@ -1,0 +1,179 @@
+"""``robustseg attack``: the robustness evaluation of any model bundle on any BraTS data, in one command.
+
+Sugar over the ``brats_robustness_eval`` bundle (``python -m monai.bundle run evaluating``): the given bundles
+(robustseg's own or third-party Model Zoo ones, :mod:`common.engines.zoo_bundle`) are attacked on the ``testing``
+subjects of a datalist with the paper's attacks (``--preset paper``) or those plus the worst-case ensemble
+(``--preset worst-case``, the bundle's ``worst_case.json``), and the report is written from the results.
+
+Example::
+
+    robustseg attack --bundle bundles/brats_mri_segmentation --data runs/demo/data/synthetic-64 --out runs/zoo
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.errors import RobustsegError
+from common.utils.validation import check_number, look_up_option
+
+__all__ = ["PRESETS", "run_attack", "find_datalist"]
+
+PRESETS = ("paper", "worst-case")
+"""``paper``: FGSM (with its epsilon sweep), i-FGSM and ti-FGSM with soft Dice, and the random-sign control;
+``worst-case``: those plus the APGD/PGD ensemble of ``worst_case.json`` and its per-subject worst case."""
+
+EVAL_BUNDLE = "brats_robustness_eval"
+
+PAPER_ATTACKS: tuple[dict[str, Any], ...] = (
+    {"name": "FGSM"},
+    {"name": "i-FGSM", "steps": 10},
+    {"name": "ti-FGSM", "steps": 10, "target": 1},
+)
+"""The paper's Table 1 attacks (``evaluate.json``'s ``paper_attacks``), set at each of ``--epsilons``."""
+
+
+def find_datalist(data: str | os.PathLike) -> Path:
+    """The datalist of ``data``: a datalist JSON file, or a folder holding ``datalist.json``.
+
+    Raises:
+        RobustsegError: ``data`` does not exist, or is a folder without ``datalist.json``.
+    """
+    path = Path(data)
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        if (path / "datalist.json").is_file():
+            return (path / "datalist.json").resolve()
+        raise RobustsegError(
+            f"{path}: no datalist.json in this folder; write one with `robustseg data datalist {path}` (BraTS or MSD "
+            "Task01 folders) or pass the datalist file."
+        )
+    raise RobustsegError(f"{path}: --data not found; expected a data folder with datalist.json or a datalist file.")
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, Sequence):
+        return list(value)
+    raise RobustsegError(f"{what} is {value!r}; expected one value or a list.")
+
+
+def _epsilons(epsilons: Any) -> list[float]:
+    values = _list(epsilons, "epsilons")
+    if isinstance(epsilons, str):  # fire passes "0.01,0.05" as one string
+        values = [v for v in epsilons.replace("[", "").replace("]", "").split(",") if v.strip()]
+        try:
+            values = [float(v) for v in values]
+        except ValueError:
+            raise RobustsegError(f"epsilons is {epsilons!r}; expected numbers, e.g. [0.01,0.05].") from None
+    if not values:
+        raise RobustsegError("epsilons is empty; expected at least one epsilon, e.g. [0.05].")
+    return sorted({check_number("epsilons: epsilon", e, minimum=0, min_inclusive=False) for e in values})
+
+
+def _overrides(overrides: Any) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except ValueError:
+            expected = "expected a JSON object of config ids -> values"
+            raise RobustsegError(f"overrides is {overrides!r}; {expected}.") from None
+    if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+        raise RobustsegError(f"overrides is {overrides!r}; expected a mapping of config ids -> values.")
+    return dict(overrides)
+
+
+def run_attack(
+    bundle: str | Sequence[str],
+    data: str | os.PathLike,
+    out: str | os.PathLike = "runs/attack",
+    preset: str = "paper",
+    epsilons: Sequence[float] | str | None = None,
+    config_file: str | Sequence[str] = "configs/inference.json",
+    overrides: Mapping[str, Any] | str | None = None,
+    input_channels: Sequence[str] | None = None,
+    output_channels: Sequence[str] | None = None,
+    output_activation: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    report: bool = True,
+) -> str:
+    """Attack model bundles on the test subjects of ``data``; write ``results/``, the tables and ``report/``.
+
+    Args:
+        bundle: one bundle folder or name, or a list of them (all must preprocess identically).
+        data: a data folder with ``datalist.json`` (e.g. ``robustseg data synth`` output) or a datalist file; its
+            ``testing`` subjects are evaluated.
+        out: the output folder: ``results/`` (``results.csv``, ``settings.json``, ``tables/``, ``examples/``) and
+            ``report/report.html``. A rerun resumes.
+        preset: ``"paper"`` or ``"worst-case"`` (:data:`PRESETS`).
+        epsilons: the attack radii (relative to each subject's maximum absolute input intensity, in the network's
+            input space after the bundle's own preprocessing); default: the preset's (0.05 for the paper's attacks,
+            with the FGSM sweep 0.01-0.1; 0.01, 0.03, 0.05 for the worst case).
+        config_file: the bundles' config files, merged in order (default ``configs/inference.json``).
+        overrides: config ids -> values set in every bundle's configs, e.g. ``{"inferer#roi_size": [64, 64, 64]}``.
+        input_channels: a third-party bundle's input modalities in its channel order, if its metadata lacks them.
+        output_channels: a third-party bundle's output channel names, if its metadata lacks them.
+        output_activation: ``"sigmoid"`` or ``"softmax"``, if its postprocessing does not say.
+        device: e.g. ``"cpu"`` or ``"cuda"``; default CUDA if available.
+        batch_size: test subjects attacked together (default: the evaluation bundle's).
+        report: write ``report/report.html``.
+
+    Returns:
+        A line naming the results and the report.
+
+    Raises:
+        RobustsegError: a bad preset, epsilon, bundle, datalist or option (one line each).
+    """
+    from common.bundles import find_bundle
+    from common.demo import _run_bundle
+
+    look_up_option("preset", preset, PRESETS)
+    bundles = [str(Path(find_bundle(b, what="model bundle"))) for b in _list(bundle, "bundle")]
+    if not bundles:
+        raise RobustsegError("bundle is empty; expected a bundle folder or name.")
+    datalist = find_datalist(data)
+    options = {k: v for k, v in (("input_channels", input_channels), ("output_channels", output_channels),
+                                 ("output_activation", output_activation)) if v is not None}  # fmt: skip
+    items: list[Any] = [{"bundle": b, **options} if options else b for b in bundles]
+    out = Path(out)
+    results = out / "results"
+    settings: dict[str, Any] = {
+        "model_bundles": items,
+        "model_config_files": _list(config_file, "config_file"),
+        "model_overrides": _overrides(overrides),
+        "datalist": str(datalist),
+        "output_dir": str(results),
+    }
+    if device is not None:
+        settings["device"] = device
+    if batch_size is not None:
+        settings["batch_size"] = batch_size
+    configs = ["evaluate.json"]
+    if preset == "worst-case":
+        configs.append("worst_case.json")
+    if epsilons is not None:
+        radii = _epsilons(epsilons)
+        settings["sweep_epsilons"] = radii
+        settings["epsilon"] = 0.05 if 0.05 in radii else radii[-1]
+        settings["paper_attacks"] = [{**spec, "epsilon": e} for e in radii for spec in PAPER_ATTACKS]
+        if preset == "worst-case":
+            settings["worst_case_epsilons"] = radii
+    _run_bundle("evaluating", find_bundle(EVAL_BUNDLE, what="evaluation bundle"), configs, settings)
+    csv = results / "results.csv"
+    if not report:
+        return f"wrote {csv}"
+    from common.report.html import write_report
+
+    path = write_report(csv, out / "report")
+    return f"wrote {csv} and {path}"

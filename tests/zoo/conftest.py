@@ -1,0 +1,33 @@
+"""Fixtures of the third-party bundle tests: synthetic subjects and a small zoo-style BraTS bundle trained on them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.data.synthetic import write_synthetic_dataset
+
+from .zoo_bundles import train_zoo_brats, write_zoo_brats_bundle
+
+
+@pytest.fixture(scope="session")
+def zoo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 synthetic subjects at 24^3 (2 test subjects) and their datalist."""
+    root = tmp_path_factory.mktemp("zoo_data")
+    return Path(write_synthetic_dataset(root, subjects=8, seed=0, shape=24, workers=1))
+
+
+@pytest.fixture(scope="session")
+def trained_zoo_bundle(tmp_path_factory: pytest.TempPathFactory, zoo_data: Path) -> Path:
+    """The zoo-style BraTS bundle, trained for a few steps (read-only: copy it before changing it)."""
+    root = write_zoo_brats_bundle(tmp_path_factory.mktemp("zoo_bundles") / "zoo_brats_tiny")
+    train_zoo_brats(root, zoo_data, steps=40)
+    return root
+
+
+@pytest.fixture
+def zoo_copy(trained_zoo_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the trained bundle that a test may break."""
+    return Path(shutil.copytree(trained_zoo_bundle, tmp_path / trained_zoo_bundle.name))
