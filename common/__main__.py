@@ -93,7 +93,7 @@ class Data:
 
 
 class Bundles:
-    """Generate, check and export the MONAI bundles under ``bundles/``."""
+    """Generate, check, export and import the MONAI bundles under ``bundles/``."""
 
     def generate(self, check: bool = False, root: str = "bundles") -> str:
         """Write every bundle from its family template; with ``--check``, exit 1 if a committed bundle differs."""
@@ -111,6 +111,34 @@ class Bundles:
         from common.bundles import export_bundle
 
         return f"wrote {export_bundle(name, out, root=root)}"
+
+
+def _import_bundle(
+    self: Bundles, archive: str, root: str = "bundles", name: str | None = None, force: bool = False
+) -> str:
+    """Import a Model Zoo bundle zip into ROOT/NAME (checked as untrusted: no path escapes, symlinks or zip bombs).
+
+    Accepts the zip `bundles export` writes (one top folder) or one with configs/metadata.json at the top. Nothing
+    is run; but a bundle's configs run code when used (`_target_`, `$` expressions): import only trusted bundles.
+
+    Args:
+        archive: the bundle zip.
+        root: the folder holding the bundles.
+        name: the bundle's folder name (default: the zip's top folder, else metadata.json's name, else the zip's stem).
+        force: replace an existing ROOT/NAME (atomically: the old one stays if the import fails).
+    """
+    from common.bundle_import import import_bundle
+    from common.errors import RobustsegError
+
+    if isinstance(name, bool) or isinstance(root, bool):  # fire gives True for a flag without a value
+        raise RobustsegError("--name/--root: given without a value; expected --name NAME or --root FOLDER.")
+    name = None if name is None else str(name)  # fire turns --name 2024 into an int
+    return f"imported {import_bundle(str(archive), root=str(root), name=name, force=force)}"
+
+
+# `import` is a Python keyword: fire finds the command by getattr, so it is set under that name
+_import_bundle.__name__ = _import_bundle.__qualname__ = "import"
+setattr(Bundles, "import", _import_bundle)
 
 
 class CLI:
