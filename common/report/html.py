@@ -395,6 +395,7 @@ def render_report(
             '<div class="info" role="note">Data: no synthetic subject ids and no synthetic flag in the settings; see '
             '<a href="#settings">Settings</a> for the data that produced these numbers.</div>'
         )
+    out += _input_space_notes(settings)
     contents = [("tables", "Tables"), ("paper", "The paper's Table 1 (comparison)"), ("figures", "Figures")]
     contents += [("skipped", "Figures not drawn")] if skipped else []
     contents += [("settings", "Settings")]
@@ -460,6 +461,31 @@ def render_report(
     out.append(_value_html(_environment()))
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
+
+
+def _input_space_notes(settings: Sequence[tuple[str, Mapping]]) -> list[str]:
+    """Where epsilon lives, and how each third-party model was adapted, from the run settings (if recorded)."""
+    out = []
+    for _, data in settings:
+        evaluation = data.get("evaluation") if isinstance(data.get("evaluation"), Mapping) else {}
+        space = evaluation.get("epsilon_space")
+        if isinstance(space, str):
+            out.append(f'<p class="note" id="epsilon-space">Where ε lives: {html.escape(space)}.</p>')
+        models = data.get("models") if isinstance(data.get("models"), list) else []
+        for model in models:
+            adapter = model.get("adapter") if isinstance(model, Mapping) else None
+            if not isinstance(adapter, Mapping):
+                continue
+            output = adapter.get("output") if isinstance(adapter.get("output"), Mapping) else {}
+            inferer = adapter.get("inferer") if isinstance(adapter.get("inferer"), Mapping) else {}
+            out.append(
+                f'<p class="note">Third-party bundle <code>{html.escape(str(model.get("model")))}</code>: inputs in '
+                f"the order {html.escape(', '.join(map(str, adapter.get('input_channels', []))))}, "
+                f"{html.escape(str(output.get('activation')))} outputs "
+                f"{html.escape(', '.join(map(str, output.get('channels', []))))}, inferer "
+                f"{html.escape(str(inferer.get('class', 'none')))}; attacked and scored on its own preprocessing.</p>"
+            )
+    return out
 
 
 # -------------------------------------------------------------------------------------------------------- writing
