@@ -22,6 +22,16 @@ from common.attacks.gradient import input_gradient
 from common.attacks.windows import windowed_logits
 from common.data.labels import labels_to_indices, logits_to_labels
 from common.errors import RobustsegError
+from common.losses.by_output import ByOutput
+from common.losses.regions import (
+    RegionSegPGDLoss,
+    region_balanced_cross_entropy,
+    region_cospgd_loss,
+    region_cross_entropy,
+    region_jensen_shannon,
+    region_masked_cross_entropy,
+    region_soft_dice,
+)
 from common.losses.segmentation import (
     SegPGDLoss,
     balanced_cross_entropy,
@@ -52,27 +62,33 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _brats_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Voxel-averaged cross-entropy of ``logits`` (B, C, *spatial) against BraTS ``labels`` (B, 1, *spatial)."""
+    """Voxel-averaged cross-entropy of softmax ``logits`` (B, 4, *spatial) against BraTS ``labels`` (B, 1, *spatial)
+    (region logits get :func:`~common.losses.regions.region_cross_entropy` through :data:`LOSSES`)."""
     return F.cross_entropy(logits.float(), labels_to_indices(labels)[:, 0])
 
 
 LOSSES: dict[str, Callable[[], LossFn]] = {
-    "soft_dice": SoftDiceLoss,
-    "ce": lambda: _brats_cross_entropy,
-    "masked_ce": lambda: masked_cross_entropy,
-    "balanced_ce": lambda: balanced_cross_entropy,
-    "js": lambda: jensen_shannon,
-    "segpgd": SegPGDLoss,
-    "cospgd": lambda: cospgd_loss,
+    "soft_dice": lambda: ByOutput(SoftDiceLoss(), region_soft_dice),
+    "ce": lambda: ByOutput(_brats_cross_entropy, region_cross_entropy),
+    "masked_ce": lambda: ByOutput(masked_cross_entropy, region_masked_cross_entropy),
+    "balanced_ce": lambda: ByOutput(balanced_cross_entropy, region_balanced_cross_entropy),
+    "js": lambda: ByOutput(jensen_shannon, region_jensen_shannon),
+    "segpgd": lambda: ByOutput(SegPGDLoss(), RegionSegPGDLoss()),
+    "cospgd": lambda: ByOutput(cospgd_loss, region_cospgd_loss),
 }
 """Loss names an attack accepts: the paper's soft Dice (eq. 5, background ignored), cross-entropy, and the
 segmentation attack losses of :mod:`common.losses.segmentation` (SEA's masked CE, class-balanced CE and
-Jensen-Shannon; SegPGD; CosPGD). Each name builds a fresh loss per attack (SegPGD's loss holds its step)."""
+Jensen-Shannon; SegPGD; CosPGD). Each name builds a fresh :class:`~common.losses.by_output.ByOutput` per attack
+(SegPGD's losses hold their step): softmax logits (4 channels) get the loss above, exactly as before; sigmoid region
+logits (3 channels, WT, TC, ET; :mod:`common.data.labels`) get its counterpart of :mod:`common.losses.regions`; any
+other channel count is refused in one line."""
 
 
 def hard_dice(logits: Tensor, labels: Tensor) -> Tensor:
     """The scored Dice of each sample ``(B,)``: the mean over WT, TC and ET of :func:`common.metrics.dice.region_dice`
-    of the argmax prediction against ``labels`` (what an evaluation reports, unlike the soft Dice an attack ascends).
+    of the predicted label map (:func:`~common.data.labels.logits_to_labels`: the argmax of softmax logits, the Model
+    Zoo's rule for sigmoid region logits) against ``labels`` (what an evaluation reports, unlike the soft Dice an
+    attack ascends).
     """
     return region_dice(logits_to_labels(logits), labels).mean(1)
 
@@ -103,7 +119,8 @@ class AttackStep:
         active: ``(B,)`` booleans, False for a sample that a stop criterion took out of the batch (its iterate, loss,
             zero-gradient fraction and prediction are carried forward unchanged); ``None`` when every sample was
             computed.
-        predictions: BraTS label maps ``(B, 1, *spatial)``, the argmax of the logits of the same pass as
+        predictions: BraTS label maps ``(B, 1, *spatial)``, the prediction
+            (:func:`~common.data.labels.logits_to_labels`) of the logits of the same pass as
             :attr:`losses` (so at the iterate the gradient was taken at: the previous step's :attr:`adversarial`, the
             clean input for step 1); ``None`` without a callback, or while a sample left out of the whole run has
             none. A robustness evaluation scores iterate ``k`` with the predictions of record ``k + 1`` instead of one
@@ -168,7 +185,8 @@ def _gradient_vanished(probe: AttackProbe) -> Tensor:
 
 
 def _dice_zero(probe: AttackProbe) -> Tensor:
-    """A sample whose prediction (argmax of the logits) has Dice 0 against ``probe.labels`` in every BraTS region."""
+    """A sample whose prediction (:func:`~common.data.labels.logits_to_labels` of the logits) has Dice 0 against
+    ``probe.labels`` in every BraTS region."""
     return (region_dice(logits_to_labels(probe.logits), probe.labels) == 0).all(dim=1)
 
 
@@ -504,7 +522,9 @@ class Attack:
         loss: ``"soft_dice"`` (the paper's eq. 5 on softmax, background ignored), ``"ce"`` (cross-entropy over the
             BraTS classes), a segmentation attack loss (``"masked_ce"``, ``"balanced_ce"``, ``"js"``, ``"segpgd"``,
             ``"cospgd"``: :mod:`common.losses.segmentation`) or any callable ``(logits, labels) -> scalar`` where
-            labels carry BraTS values; a callable with a ``set_step(step, steps)`` method is told each step.
+            labels carry BraTS values; a callable with a ``set_step(step, steps)`` method is told each step. A name
+            works for sigmoid region outputs too: it then means its counterpart of :mod:`common.losses.regions`
+            (:data:`LOSSES`); a callable gets the logits as the model gives them.
         relative: whether ``epsilon`` and ``alpha`` are relative to each sample's maximum absolute intensity.
         norm: the threat model, ``"linf"`` (default) or ``"l2"`` (see above), one of :attr:`norms`; listed in
             ``repr`` only when ``"l2"``, so the ``attack_config`` of the L-inf rows written before it existed still
@@ -681,8 +701,9 @@ class Attack:
         """Adversarial images for ``model``.
 
         Args:
-            model: a segmentation network (or any callable) mapping images to logits (B, 4, *spatial), one channel
-                per BraTS label; with an ``inferer``, whatever the inferer accepts as its network.
+            model: a segmentation network (or any callable) mapping images to logits (B, 4, *spatial), one softmax
+                channel per BraTS label, or (B, 3, *spatial), one sigmoid channel per region WT, TC, ET (see
+                :mod:`common.data.labels`); with an ``inferer``, whatever the inferer accepts as its network.
             images: clean images (B, C, *spatial), floating point; not modified.
             labels: ground truth (B, 1, *spatial) with BraTS values {0, 1, 2, 4}; not modified.
             callback: called after each step with an :class:`AttackStep`.

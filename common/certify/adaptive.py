@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.certify.smoothing import GaussianSmoothing
+from common.certify.smoothing import GaussianSmoothing, check_class_logits
 from common.data.labels import BRATS_LABELS, channel_argmax, indices_to_labels
 from common.errors import RobustsegError
 from common.utils.validation import check_int, check_number
@@ -53,7 +53,8 @@ class SmoothedLogits(nn.Module):
 
     Raises:
         RobustsegError: if ``network`` is not a module, ``sigma`` is not a finite number > 0, or ``samples`` or
-            ``seed`` is not an integer in range.
+            ``seed`` is not an integer in range; when called, if the network gives sigmoid region logits (3
+            channels).
 
     Example::
 
@@ -88,7 +89,9 @@ class SmoothedLogits(nn.Module):
         shape = (self.samples, *images.shape)
         noise = torch.randn(shape, generator=self._generator, device=images.device, dtype=images.dtype)
         noisy = (images.unsqueeze(0) + self.sigma * noise).flatten(0, 1)  # sample-major: (k * B, C_in, *spatial)
-        probabilities = self.network(noisy).float().softmax(1)
+        logits = self.network(noisy)
+        check_class_logits(logits)  # a softmax over sigmoid region logits would be no distribution over classes
+        probabilities = logits.float().softmax(1)
         mean = probabilities.unflatten(0, (self.samples, images.shape[0])).mean(0)
         return mean.clamp_min(_TINY).log()
 

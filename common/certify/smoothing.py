@@ -14,12 +14,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.data.labels import channel_argmax
+from common.data.labels import BRATS_LABELS, REGION_CHANNELS, channel_argmax
 from common.errors import RobustsegError
 from common.networks.modes import eval_mode
 from common.utils.validation import check_int, check_number
 
 __all__ = ["GaussianSmoothing"]
+
+
+def check_class_logits(logits: Tensor) -> None:
+    """Refuse sigmoid region logits (3 channels, :data:`~common.data.labels.REGION_CHANNELS`): smoothing votes over
+    the argmax of per-class scores, and the argmax of three independent region logits is no class (its indices 0, 1,
+    2 would be read as the BraTS labels 0, 1, 2).
+
+    Raises:
+        RobustsegError: if ``logits`` has 3 channels.
+    """
+    if logits.ndim >= 2 and logits.shape[1] == len(REGION_CHANNELS):
+        raise RobustsegError(
+            f"network output: {logits.shape[1]} channels are sigmoid region logits ({', '.join(REGION_CHANNELS)}), "
+            f"which randomized smoothing cannot certify; expected softmax logits with one channel per class "
+            f"({len(BRATS_LABELS)} for the BraTS labels {list(BRATS_LABELS)})."
+        )
 
 
 class GaussianSmoothing:
@@ -32,7 +48,7 @@ class GaussianSmoothing:
 
     Args:
         network: maps ``(B, C_in, *spatial)`` inputs to logits ``(B, C, *spatial)`` (C classes; robustseg's networks
-            have 4, for the BraTS labels 0, 1, 2, 4 in that order).
+            have 4, for the BraTS labels 0, 1, 2, 4 in that order). Sigmoid region outputs (3 channels) are refused.
         sigma: the noise standard deviation, > 0, in input units (a fraction of the [0, 1] intensity range).
         batch_size: noisy copies per forward pass (memory against speed).
 
@@ -68,7 +84,8 @@ class GaussianSmoothing:
             ``(B, C, *spatial)`` counts, ``torch.int32`` (summing to ``n`` over the classes of each voxel).
 
         Raises:
-            RobustsegError: if ``n`` is not an integer >= 1 or ``images`` is not ``(B, C_in, *spatial)``.
+            RobustsegError: if ``n`` is not an integer >= 1, ``images`` is not ``(B, C_in, *spatial)`` or the network
+                gives sigmoid region logits (3 channels; :func:`check_class_logits`).
         """
         n = check_int("n", n, minimum=1, hint="the number of noise samples")
         if images.ndim < 3:
@@ -83,6 +100,7 @@ class GaussianSmoothing:
             k = min(self.batch_size, n - done)
             noise = torch.randn((k, *image.shape), generator=generator, device=image.device, dtype=image.dtype)
             logits = self.network(noise.mul_(self.sigma).add_(image))
+            check_class_logits(logits)
             classes = channel_argmax(logits).flatten(1)  # (k, V)
             if counts is None:
                 counts = torch.zeros((logits.shape[1], classes.shape[1]), dtype=torch.int32, device=image.device)

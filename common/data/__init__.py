@@ -9,8 +9,8 @@ from __future__ import annotations
 from common._lazy import lazy_exports
 
 _EXPORTS = {
-    "labels": ["BRATS_LABELS", "MODALITIES", "REGIONS", "indices_to_labels", "labels_to_indices", "logits_to_labels",
-               "region_masks"],
+    "labels": ["BRATS_LABELS", "MODALITIES", "REGIONS", "REGION_CHANNELS", "check_output_channels", "indices_to_labels",
+               "is_region_output", "labels_to_indices", "logits_to_labels", "region_masks"],
     "synthetic": ["SyntheticSubject", "ensure_synthetic_dataset", "write_synthetic_dataset", "synthesize_subject",
                   "synthetic_subject_id"],
     "paths": ["default_synthetic_dir"],
@@ -22,5 +22,5 @@ _EXPORTS = {
     "slices": ["RandAxialSlicesd"],
     "caching": ["stat_hashing", "transform_hashing"],
     "show": ["find_subject_files", "show_subject"],
-}
+}  # fmt: skip
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,9 +1,22 @@
 """BraTS label conventions shared by data, losses, attacks and metrics.
 
 Label tensors everywhere in robustseg carry the BraTS values {0, 1, 2, 4}: 0 background, 1 necrotic and
-non-enhancing tumour core (NCR/NET), 2 peritumoral oedema (ED), 4 GD-enhancing tumour (ET). Network output channel
-``i`` scores label ``BRATS_LABELS[i]``. Scoring uses the nested regions of the BraTS challenge: whole tumour
-WT = {1, 2, 4}, tumour core TC = {1, 4}, enhancing tumour ET = {4}.
+non-enhancing tumour core (NCR/NET), 2 peritumoral oedema (ED), 4 GD-enhancing tumour (ET). Scoring uses the nested
+regions of the BraTS challenge: whole tumour WT = {1, 2, 4}, tumour core TC = {1, 4}, enhancing tumour ET = {4}.
+
+A network's output ``(B, C, *spatial)`` follows one of two conventions, told apart by its channel count ``C``
+(:func:`check_output_channels`):
+
+* ``C = 4``: softmax logits over the BraTS labels; channel ``i`` scores label ``BRATS_LABELS[i]`` (robustseg's own
+  networks). The prediction is the argmax over channels.
+* ``C = 3``: sigmoid region logits, one independent logit per nested region and voxel, in the order of
+  :data:`REGION_CHANNELS` (channel 0 = WT, 1 = TC, 2 = ET); ``sigmoid(z)`` is the probability that the voxel belongs
+  to the region. This is the output of the MONAI Model Zoo bundle ``brats_mri_segmentation`` (a SegResNet,
+  Myronenko 2018, "3D MRI brain tumor segmentation using autoencoder regularization", BrainLes) once its channels
+  are put in this canonical order by the model adapter. The prediction is the zoo's postprocessing rule
+  (:func:`logits_to_labels`).
+
+Any other channel count is refused with one :class:`~common.errors.RobustsegError` line.
 """
 
 from __future__ import annotations
@@ -19,6 +32,9 @@ __all__ = [
     "BRATS_LABELS",
     "MODALITIES",
     "REGIONS",
+    "REGION_CHANNELS",
+    "check_output_channels",
+    "is_region_output",
     "labels_to_indices",
     "indices_to_labels",
     "region_masks",
@@ -34,6 +50,9 @@ MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 """Scoring regions as sets of BraTS label values."""
+
+REGION_CHANNELS: tuple[str, ...] = ("WT", "TC", "ET")
+"""The region of each channel of a sigmoid region output (3 channels), names of :data:`REGIONS`."""
 
 _LUT_SIZE = max(BRATS_LABELS) + 1
 
@@ -118,6 +137,66 @@ def channel_argmax(logits: Tensor) -> Tensor:
     return logits.movedim(1, -1).contiguous().argmax(-1).unsqueeze(1)
 
 
+def check_output_channels(logits: Tensor) -> int:
+    """The channel count of a network output, checked against the two conventions of this module.
+
+    Args:
+        logits: network output ``(B, C, *spatial)``.
+
+    Returns:
+        ``C``: 4 (softmax logits over :data:`BRATS_LABELS`) or 3 (sigmoid region logits in the order of
+        :data:`REGION_CHANNELS`).
+
+    Raises:
+        RobustsegError: if ``logits`` is not ``(B, C, *spatial)`` or ``C`` is neither 4 nor 3.
+    """
+    if logits.ndim < 3:
+        raise RobustsegError(f"logits: expected shape (B, C, *spatial), got {tuple(logits.shape)}.")
+    channels = int(logits.shape[1])
+    if channels not in (len(BRATS_LABELS), len(REGION_CHANNELS)):
+        raise RobustsegError(
+            f"logits: {channels} output channels, expected {len(BRATS_LABELS)} (softmax over BraTS labels "
+            f"{list(BRATS_LABELS)}) or {len(REGION_CHANNELS)} (sigmoid regions {', '.join(REGION_CHANNELS)})."
+        )
+    return channels
+
+
+def is_region_output(logits: Tensor) -> bool:
+    """Whether ``logits`` ``(B, C, *spatial)`` are sigmoid region logits (3 channels, :data:`REGION_CHANNELS`) rather
+    than softmax logits over the BraTS labels (4 channels).
+
+    Raises:
+        RobustsegError: for any other channel count (:func:`check_output_channels`).
+    """
+    return check_output_channels(logits) == len(REGION_CHANNELS)
+
+
 def logits_to_labels(logits: Tensor, values: Sequence[int] = BRATS_LABELS) -> Tensor:
-    """Turn network logits (B, C, *spatial) into a BraTS label map (B, 1, *spatial) by argmax over channels."""
-    return indices_to_labels(channel_argmax(logits), values)
+    """Turn a network output ``(B, C, *spatial)`` into a BraTS label map ``(B, 1, *spatial)``.
+
+    4 channels (softmax logits): the argmax over channels (:func:`channel_argmax`), channel ``i`` giving
+    ``values[i]``.
+
+    3 channels (sigmoid region logits WT, TC, ET): the postprocessing of the MONAI Model Zoo bundle
+    ``brats_mri_segmentation`` (``torch.where(et > 0, 4, torch.where(tc > 0, 1, torch.where(wt > 0, 2, 0)))``, with
+    ``sigmoid(z) > 0.5`` written as ``z > 0``): label 4 where the ET logit is positive, else 1 where the TC logit is,
+    else 2 where the WT logit is, else 0. ET wins over TC and TC over WT, so a voxel whose regions are not nested
+    (ET positive, TC negative) is still 4. The labels 0, 1, 2, 4 are given as ``values[0]``, ``values[1]``,
+    ``values[2]``, ``values[3]`` (the BraTS values by default).
+
+    Args:
+        logits: network output, 4 or 3 channels (see the module docstring).
+        values: the label value of each softmax channel (4 values).
+
+    Returns:
+        The label map ``(B, 1, *spatial)``, ``torch.long``.
+
+    Raises:
+        RobustsegError: if the output has neither 4 nor 3 channels.
+    """
+    if check_output_channels(logits) == len(BRATS_LABELS):
+        return indices_to_labels(channel_argmax(logits), values)
+    wt, tc, et = (logits[:, REGION_CHANNELS.index(r)].unsqueeze(1) > 0 for r in ("WT", "TC", "ET"))
+    # channel indices of BRATS_LABELS: 3 -> label 4, 1 -> label 1, 2 -> label 2, 0 -> label 0
+    index = torch.where(et, 3, torch.where(tc, 1, torch.where(wt, 2, 0)))
+    return indices_to_labels(index, values)

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from common.attacks.gradient import input_gradient
 from common.data.labels import logits_to_labels
 from common.errors import RobustsegError
+from common.losses.by_output import ByOutput
+from common.losses.regions import region_soft_dice
 from common.losses.soft_dice import SoftDiceLoss
 from common.networks.modes import eval_mode
 from common.utils.validation import check_int, check_number, look_up_option
@@ -113,7 +115,8 @@ def _fwd_bwd(network: Callable[..., Tensor], images: Tensor, labels: Tensor, dty
     x = images.detach().requires_grad_(True)
     with torch.autocast(device_type=images.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         logits = network(x)
-    loss = SoftDiceLoss()(logits.float(), labels)
+    # the attacks' "soft_dice": softmax logits (4 channels) or sigmoid region logits (3, WT/TC/ET) alike
+    loss = ByOutput(SoftDiceLoss(), region_soft_dice)(logits.float(), labels)
     return input_gradient(loss, x, fp16=dtype == torch.float16)
 
 
@@ -184,7 +187,8 @@ def choose_precision(
 
     Args:
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only).
-        network: the segmentation network (logits ``(B, C, *spatial)`` with one channel per BraTS label).
+        network: the segmentation network: softmax logits ``(B, 4, *spatial)``, one channel per BraTS label, or
+            sigmoid region logits ``(B, 3, *spatial)`` (:mod:`common.data.labels`).
         shape: the input shape to measure at, ``(B, C, *spatial)``: the workflow's batch and patch.
         device: the device to measure on (default: the network's).
         repeats: timed passes per precision after one warm-up, >= 1.

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 from scipy.stats import binom, norm
+from torch import nn
 
-from common.certify import GaussianSmoothing
+from common.certify import GaussianSmoothing, certify
+from common.certify.adaptive import SmoothedLogits, smoothed_prediction
 from common.errors import RobustsegError
 
 from .conftest import SIGMA, margin_volume
@@ -92,3 +94,23 @@ def test_bad_settings_raise_one_line(tiny_net, kwargs, match):
 def test_bad_counts_arguments_raise(tiny_net, n, images, match):
     with pytest.raises(RobustsegError, match=match):
         GaussianSmoothing(tiny_net, SIGMA).counts(images, n)
+
+
+REGION_REFUSAL = r"^network output: 3 channels are sigmoid region logits \(WT, TC, ET\), which randomized smoothing"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda net, x: certify(GaussianSmoothing(net, 0.25, 4), x, n0=4, n=8, alpha=0.01),
+        lambda net, x: smoothed_prediction(GaussianSmoothing(net, 0.25, 4), x, n=4),
+        lambda net, x: SmoothedLogits(net, sigma=0.25, samples=2)(x),
+    ],
+    ids=["certify", "smoothed_prediction", "SmoothedLogits"],
+)
+def test_sigmoid_region_outputs_are_refused_in_one_line(call):
+    """The argmax (or softmax) of three independent region logits is no class: refused, not certified as labels 0-2."""
+    torch.manual_seed(0)
+    with pytest.raises(RobustsegError, match=REGION_REFUSAL) as info:
+        call(nn.Conv3d(2, 3, 1), torch.rand(1, 2, 3, 3, 3))
+    assert "\n" not in str(info.value)

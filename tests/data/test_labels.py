@@ -7,8 +7,12 @@ import torch
 
 from common.data.labels import (
     BRATS_LABELS,
+    REGION_CHANNELS,
+    REGIONS,
     channel_argmax,
+    check_output_channels,
     indices_to_labels,
+    is_region_output,
     labels_to_indices,
     logits_to_labels,
     region_masks,
@@ -37,9 +41,7 @@ def test_logits_to_labels_argmax():
     assert logits_to_labels(logits).tolist() == [[[4, 1]]]
 
 
-@pytest.mark.parametrize(
-    "region, members", [("WT", {1, 2, 4}), ("TC", {1, 4}), ("ET", {4})]
-)
+@pytest.mark.parametrize("region, members", [("WT", {1, 2, 4}), ("TC", {1, 4}), ("ET", {4})])
 def test_region_masks(region, members):
     labels = torch.tensor([[[0, 1, 2, 4]]])
     mask = region_masks(labels, [region])[0, 0]
@@ -60,3 +62,82 @@ def test_channel_argmax_is_torch_argmax_ties_included(shape):
     got = channel_argmax(logits)
     assert got.dtype == torch.long and torch.equal(got, expected)
     assert torch.equal(channel_argmax(logits.transpose(2, -1)), torch.argmax(logits.transpose(2, -1), 1, keepdim=True))
+
+
+# -- sigmoid region outputs (3 channels: WT, TC, ET) ------------------------------------------------------------------
+
+
+def zoo_rule(logits):
+    """The MONAI Model Zoo brats_mri_segmentation postprocessing, transcribed: label 4 where ET, else 1 where TC, else 2
+    where WT, else 0, each region where its sigmoid exceeds 0.5."""
+    wt, tc, et = (torch.sigmoid(logits[:, i : i + 1]) > 0.5 for i in range(3))
+    return torch.where(et, 4, torch.where(tc, 1, torch.where(wt, 2, 0)))
+
+
+def test_region_channels_are_the_scoring_regions_in_canonical_order():
+    assert REGION_CHANNELS == ("WT", "TC", "ET") == tuple(REGIONS)
+
+
+@pytest.mark.parametrize(
+    ("wt", "tc", "et", "label"),
+    [
+        (-1.0, -1.0, -1.0, 0),
+        (2.0, -1.0, -1.0, 2),
+        (2.0, 3.0, -1.0, 1),
+        (2.0, 3.0, 0.5, 4),
+        (-1.0, 3.0, -1.0, 1),  # TC outside WT: not nested, TC wins
+        (2.0, -3.0, 0.5, 4),  # ET outside TC: ET wins
+        (-2.0, -3.0, 0.5, 4),  # ET alone
+        (0.0, 0.0, 0.0, 0),  # sigmoid exactly 0.5 is not inside (the zoo's "> 0.5")
+        (1e-6, 0.0, 0.0, 2),
+    ],
+)
+def test_region_logits_to_labels_follow_the_zoo_rule_voxel_by_voxel(wt, tc, et, label):
+    logits = torch.tensor([wt, tc, et]).view(1, 3, 1)
+    assert logits_to_labels(logits).tolist() == [[[label]]] == zoo_rule(logits).tolist()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (2, 3, 4, 5, 3), (1, 3, 7)])
+def test_region_logits_to_labels_equal_the_zoo_rule(shape):
+    logits = torch.randn(shape, generator=torch.Generator().manual_seed(0)).round(decimals=1)  # zeros included
+    got = logits_to_labels(logits)
+    assert got.dtype == torch.long and got.shape == (shape[0], 1, *shape[2:])
+    assert torch.equal(got, zoo_rule(logits))
+    not_nested = (logits[:, 2] > 0) & (logits[:, 1] <= 0)
+    assert not_nested.any() and (got[:, 0][not_nested] == 4).all()
+
+
+def test_region_logits_to_labels_map_through_values():
+    logits = torch.tensor([[[-1.0, 1.0, 1.0, 1.0], [-1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, 1.0]]])
+    assert logits_to_labels(logits).tolist() == [[[0, 2, 1, 4]]]
+    assert logits_to_labels(logits, values=(10, 11, 12, 14)).tolist() == [[[10, 12, 11, 14]]]
+
+
+def test_softmax_logits_to_labels_are_the_argmax_as_before():
+    logits = torch.randn(2, 4, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(logits_to_labels(logits), indices_to_labels(torch.argmax(logits, 1, keepdim=True)))
+    assert torch.equal(logits_to_labels(logits, (5, 6, 7, 8)), torch.argmax(logits, 1, keepdim=True) + 5)
+
+
+@pytest.mark.parametrize(("channels", "region"), [(4, False), (3, True)])
+def test_output_convention_by_channel_count(channels, region):
+    logits = torch.zeros(2, channels, 3, 3)
+    assert check_output_channels(logits) == channels
+    assert is_region_output(logits) is region
+
+
+@pytest.mark.parametrize("channels", [1, 2, 5, 8])
+@pytest.mark.parametrize("call", [check_output_channels, is_region_output, logits_to_labels])
+def test_other_channel_counts_are_refused_in_one_line(call, channels):
+    with pytest.raises(
+        RobustsegError,
+        match=rf"^logits: {channels} output channels, expected 4 \(softmax over BraTS "
+        r"labels \[0, 1, 2, 4\]\) or 3 \(sigmoid regions WT, TC, ET\)\.$",
+    ) as info:
+        call(torch.zeros(1, channels, 2, 2))
+    assert "\n" not in str(info.value)
+
+
+def test_logits_without_spatial_dimensions_are_refused():
+    with pytest.raises(RobustsegError, match=r"logits: expected shape \(B, C, \*spatial\), got \(4, 3\)"):
+        logits_to_labels(torch.zeros(4, 3))

@@ -16,9 +16,9 @@ from common.errors import RobustsegError
 SHAPE = (2, 4, 8, 8, 8)
 
 
-def _net() -> nn.Module:
+def _net(channels: int = 4) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv3d(4, 6, 3, padding=1), nn.ReLU(), nn.Dropout(0.2), nn.Conv3d(6, 4, 1))
+    return nn.Sequential(nn.Conv3d(4, 6, 3, padding=1), nn.ReLU(), nn.Dropout(0.2), nn.Conv3d(6, channels, 1))
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +91,25 @@ def test_real_measurement_leaves_the_network_as_found():
     assert not net[0].weight.requires_grad and net[3].weight.requires_grad
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_sigmoid_region_outputs_are_measured_with_the_region_soft_dice(monkeypatch):
+    """A 3-channel network (sigmoid logits of WT, TC, ET, a Model Zoo bundle) is measured like a softmax one; the
+    gradient is that of the attacks' soft Dice for region outputs."""
+    seen = []
+    real = precision_module._fwd_bwd
+    monkeypatch.setattr(precision_module, "_fwd_bwd", lambda *a: seen.append(real(*a)) or seen[-1])
+    _fake_timing(monkeypatch, 1.0, 0.5)
+    choice = choose_precision("auto", _net(3), SHAPE, "cpu")
+    assert choice.precision == "bf16" and choice.sign_agreement is not None
+    assert seen and all(torch.isfinite(g).all() and (g != 0).any() for g in seen)
+
+
+def test_an_output_of_neither_convention_is_refused(monkeypatch):
+    _fake_timing(monkeypatch, 1.0, 0.5)
+    with pytest.raises(RobustsegError, match=r"^logits: 5 output channels, expected 4 .* or 3 ") as info:
+        choose_precision("auto", _net(5), SHAPE, "cpu")
+    assert "\n" not in str(info.value)
 
 
 def test_measurement_is_cached_per_network_and_shape(monkeypatch):
