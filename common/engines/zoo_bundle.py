@@ -52,7 +52,7 @@ from monai.transforms import LoadImage, ResampleToMatch
 from torch import Tensor, nn
 
 from common.data.caching import transform_hashing
-from common.data.labels import BRATS_LABELS, MODALITIES
+from common.data.labels import BRATS_LABELS, MODALITIES, REGION_CHANNELS
 from common.engines.checkpoint import load_weights
 from common.errors import RobustsegError
 
@@ -122,8 +122,6 @@ def _match(name: str, activation: str) -> Any:
         return int(label.group(1))
     words = (("background", 0), ("nonenhancing", 1), ("necro", 1), ("edema", 2), ("oedema", 2), ("enhancing", 4))
     return next((value for word, value in words if word in key), None)
-
-REGION_CHANNELS = ("WT", "TC", "ET")  # TODO(merge): from common.data.labels
 
 
 def is_zoo_bundle(root: Path) -> bool:
