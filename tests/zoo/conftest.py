@@ -27,6 +27,22 @@ def trained_zoo_bundle(tmp_path_factory: pytest.TempPathFactory, zoo_data: Path)
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_zoo_softmax_bundle(tmp_path_factory: pytest.TempPathFactory, zoo_data: Path) -> Path:
+    """A softmax variant: 4 outputs in the MSD Task01 label order (background, edema, non-enhancing, enhancing)."""
+    root = tmp_path_factory.mktemp("zoo_bundles") / "zoo_brats_softmax"
+    write_zoo_brats_bundle(root, "zoo_brats_softmax", activation="softmax")
+    train_zoo_brats(root, zoo_data, steps=40, activation="softmax")
+    return root
+
+
+@pytest.fixture(params=["sigmoid", "softmax"])
+def any_zoo_bundle(request: pytest.FixtureRequest) -> Path:
+    """Each trained zoo-style bundle in turn."""
+    name = "trained_zoo_bundle" if request.param == "sigmoid" else "trained_zoo_softmax_bundle"
+    return request.getfixturevalue(name)
+
+
 @pytest.fixture
 def zoo_copy(trained_zoo_bundle: Path, tmp_path: Path) -> Path:
     """A copy of the trained bundle that a test may break."""

@@ -31,8 +31,17 @@ def _network_def(out_channels: int = 3) -> dict[str, Any]:
     }
 
 
-def zoo_metadata(name: str = "zoo_brats_tiny") -> dict[str, Any]:
+SOFTMAX_CHANNELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+"""The softmax variant's output channels: the MSD Task01 label order, not BraTS's."""
+MSD_OF_BRATS = {0: 0, 2: 1, 1: 2, 4: 3}
+"""BraTS label -> the softmax variant's class index."""
+
+
+def zoo_metadata(name: str = "zoo_brats_tiny", activation: str = "sigmoid") -> dict[str, Any]:
     """``metadata.json`` in the Model Zoo's form (channel_def of inputs and outputs)."""
+    outputs = {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"}
+    if activation == "softmax":
+        outputs = SOFTMAX_CHANNELS
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": "0.1.0",
@@ -63,20 +72,42 @@ def zoo_metadata(name: str = "zoo_brats_tiny") -> dict[str, Any]:
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": 3,
+                    "num_channels": len(outputs),
                     "spatial_shape": ["8*n", "8*n", "8*n"],
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "is_patch_data": True,
-                    "channel_def": {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"},
+                    "channel_def": outputs,
                 }
             },
         },
     }
 
 
-def zoo_inference(roi: list[int] | None = None) -> dict[str, Any]:
+_SIGMOID_POST = [
+    {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+     "meta_keys": "pred_meta_dict", "nearest_interp": False, "to_tensor": True},  # fmt: skip
+    {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+    {"_target_": "Lambdad", "keys": "pred",
+     "func": "$lambda x: torch.where(x[[2]] > 0, 4, torch.where(x[[0]] > 0, 1, torch.where(x[[1]] > 0, 2, 0)))"},
+]  # fmt: skip
+"""The Model Zoo bundle's postprocessing (before saving): sigmoid, threshold, its rule back to BraTS labels."""
+
+_SOFTMAX_POST = [
+    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+     "meta_keys": "pred_meta_dict", "nearest_interp": False, "to_tensor": True},  # fmt: skip
+    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+    {"_target_": "Lambdad", "keys": "pred",
+     "func": "$lambda x: torch.where(x == 1, 2, torch.where(x == 2, 1, torch.where(x == 3, 4, 0)))"},
+]  # fmt: skip
+"""The softmax variant's postprocessing: argmax over its MSD-ordered classes, mapped to BraTS labels."""
+
+
+def zoo_inference(roi: list[int] | None = None, activation: str = "sigmoid") -> dict[str, Any]:
     """``inference.json`` in the form of the Model Zoo's brats_mri_segmentation (data paths as placeholders)."""
+    post = _SIGMOID_POST if activation == "sigmoid" else _SOFTMAX_POST
     return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
@@ -88,7 +119,7 @@ def zoo_inference(roi: list[int] | None = None) -> dict[str, Any]:
         "base_dir=@dataset_dir)",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "amp": True,
-        "network_def": _network_def(),
+        "network_def": _network_def(3 if activation == "sigmoid" else 4),
         "network": "$@network_def.to(@device)",
         "preprocessing": {
             "_target_": "Compose",
@@ -104,13 +135,7 @@ def zoo_inference(roi: list[int] | None = None) -> dict[str, Any]:
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-                 "meta_keys": "pred_meta_dict", "nearest_interp": False, "to_tensor": True},  # fmt: skip
-                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-                {"_target_": "Lambdad", "keys": "pred",
-                 "func": "$lambda x: torch.where(x[[2]] > 0, 4, torch.where(x[[0]] > 0, 1, torch.where(x[[1]] > 0, "
-                         "2, 0)))"},  # fmt: skip
+                *post,
                 {"_target_": "SaveImaged", "keys": "pred", "meta_keys": "pred_meta_dict", "output_dir": "@output_dir",
                  "output_postfix": "seg", "output_dtype": "uint8", "resample": False, "squeeze_end_dims": True,
                  "separate_folder": False},  # fmt: skip
@@ -151,9 +176,12 @@ def zoo_datalist(datalist: str | Path, out: str | Path) -> Path:
     return out
 
 
-def train_zoo_brats(root: Path, datalist: str | Path, steps: int = 60, seed: int = 0) -> None:
-    """Fit the bundle's network for a few steps on the training subjects (its own preprocessing, DiceLoss on the
-    three region channels) and save ``models/model.pt`` as MONAI's CheckpointSaver does (a state dict)."""
+def train_zoo_brats(
+    root: Path, datalist: str | Path, steps: int = 60, seed: int = 0, activation: str = "sigmoid"
+) -> None:
+    """Fit the bundle's network for a few steps on the training subjects (its own preprocessing; DiceLoss on the
+    three region channels, or Dice over the softmax variant's tumour classes) and save ``models/model.pt`` as
+    MONAI's CheckpointSaver does (a state dict)."""
     from monai.bundle import ConfigParser
     from monai.losses import DiceLoss
     from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, LoadImage
@@ -168,8 +196,15 @@ def train_zoo_brats(root: Path, datalist: str | Path, steps: int = 60, seed: int
     load_label = LoadImage(image_only=True)
     to_regions = ConvertToMultiChannelBasedOnBratsClasses()
     images = torch.stack([preprocessing({"image": e["image"]})["image"].as_tensor() for e in data])
-    labels = torch.stack([to_regions(load_label(e["label"])).float().as_tensor() for e in data])
-    loss_fn = DiceLoss(sigmoid=True, smooth_nr=0, smooth_dr=1e-5, squared_pred=True)
+    if activation == "sigmoid":
+        labels = torch.stack([to_regions(load_label(e["label"])).float().as_tensor() for e in data])
+        loss_fn: Any = DiceLoss(sigmoid=True, smooth_nr=0, smooth_dr=1e-5, squared_pred=True)
+    else:
+        lut = torch.zeros(5, dtype=torch.long)
+        for label, index in MSD_OF_BRATS.items():
+            lut[label] = index
+        labels = torch.stack([lut[load_label(e["label"]).as_tensor().long()][None] for e in data])
+        loss_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, squared_pred=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
     network.train()
     for _ in range(steps):
@@ -181,12 +216,13 @@ def train_zoo_brats(root: Path, datalist: str | Path, steps: int = 60, seed: int
     torch.save(network.state_dict(), root / "models" / "model.pt")
 
 
-def write_zoo_brats_bundle(root: str | Path, name: str = "zoo_brats_tiny") -> Path:
-    """Write the untrained bundle folder (configs and docs) at ``root``."""
+def write_zoo_brats_bundle(root: str | Path, name: str = "zoo_brats_tiny", activation: str = "sigmoid") -> Path:
+    """Write the untrained bundle folder (configs and docs) at ``root``: sigmoid region outputs as the Model Zoo's
+    brats_mri_segmentation, or (``activation="softmax"``) softmax over the MSD Task01 label order."""
     root = Path(root)
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "docs").mkdir(exist_ok=True)
-    (root / "configs" / "metadata.json").write_text(json.dumps(zoo_metadata(name), indent=4))
-    (root / "configs" / "inference.json").write_text(json.dumps(zoo_inference(), indent=4))
+    (root / "configs" / "metadata.json").write_text(json.dumps(zoo_metadata(name, activation), indent=4))
+    (root / "configs" / "inference.json").write_text(json.dumps(zoo_inference(activation=activation), indent=4))
     (root / "docs" / "README.md").write_text("A tiny Model Zoo-style BraTS bundle for robustseg's tests.\n")
     return root
