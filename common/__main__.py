@@ -168,6 +168,7 @@ class CLI:
         output_activation: str | None = None,
         device: str | None = None,
         batch_size: int | None = None,
+        ensemble_steps: int | None = None,
     ) -> str:
         """Attack any MONAI bundle (robustseg's or a Model Zoo one) on a data set; write results, tables, report.
 
@@ -188,13 +189,14 @@ class CLI:
             output_activation: "sigmoid" or "softmax", if the bundle's postprocessing does not say.
             device: "cpu", "cuda", ... (default: CUDA if available).
             batch_size: test subjects attacked together.
+            ensemble_steps: steps per worst-case ensemble member (default 100; the demo uses 20).
         """
         from common.attack import run_attack
 
         return run_attack(
             bundle, data, out, preset=preset, epsilons=epsilons, config_file=config_file, overrides=overrides,
             input_channels=input_channels, output_channels=output_channels, output_activation=output_activation,
-            device=device, batch_size=batch_size,
+            device=device, batch_size=batch_size, ensemble_steps=ensemble_steps,
         )  # fmt: skip
 
     def certify(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import RobustsegError
-from common.utils.validation import check_number, look_up_option
+from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = ["PRESETS", "run_attack", "find_datalist"]
 
@@ -106,6 +106,7 @@ def run_attack(
     output_activation: str | None = None,
     device: str | None = None,
     batch_size: int | None = None,
+    ensemble_steps: int | None = None,
     report: bool = True,
 ) -> str:
     """Attack model bundles on the test subjects of ``data``; write ``results/``, the tables and ``report/``.
@@ -127,6 +128,8 @@ def run_attack(
         output_activation: ``"sigmoid"`` or ``"softmax"``, if its postprocessing does not say.
         device: e.g. ``"cpu"`` or ``"cuda"``; default CUDA if available.
         batch_size: test subjects attacked together (default: the evaluation bundle's).
+        ensemble_steps: steps of each worst-case ensemble member (``worst_case.json``'s 100 by default; the demo's
+            quick preset uses 20); only with ``preset="worst-case"``.
         report: write ``report/report.html``.
 
     Returns:
@@ -162,6 +165,11 @@ def run_attack(
     configs = ["evaluate.json"]
     if preset == "worst-case":
         configs.append("worst_case.json")
+    if ensemble_steps is not None:
+        if preset != "worst-case":
+            raise RobustsegError(f"ensemble_steps is {ensemble_steps!r}, but preset is {preset!r}; the ensemble runs "
+                                 "only with --preset worst-case.")  # fmt: skip
+        settings["ensemble_steps"] = check_int("ensemble_steps", ensemble_steps, 1)
     if epsilons is not None:
         radii = _epsilons(epsilons)
         settings["sweep_epsilons"] = radii

@@ -112,6 +112,19 @@ def test_robustseg_attack_cli(trained_zoo_bundle: Path, zoo_data: Path, tmp_path
     assert (out / "results" / "tables").is_dir()
 
 
+def test_robustseg_attack_cli_worst_case(trained_zoo_softmax_bundle: Path, zoo_data: Path, tmp_path: Path) -> None:
+    """``--preset worst-case`` adds the APGD/PGD ensemble (here 2 steps per member) and its worst case."""
+    out = tmp_path / "attack"
+    main(["attack", "--bundle", str(trained_zoo_softmax_bundle), "--data", str(zoo_data), "--out", str(out),
+          "--preset", "worst-case", "--epsilons", "[0.05]", "--ensemble_steps", "2", "--device", "cpu"])  # fmt: skip
+    rows = load_results(out / "results" / "results.csv")
+    ensemble = {(r["attack"], r["loss"]) for r in rows if r["threat"] == "white-box" and r["epsilon"] == 0.05}
+    assert {("APGD", "masked_ce"), ("APGD", "js"), ("APGD", "segpgd"), ("PGD", "soft_dice")} <= ensemble
+    assert {r["steps"] for r in rows if r["attack"] == "APGD"} == {2}
+    worst = [r for r in rows if r["threat"] == "worst-case"]
+    assert len(worst) == 2 and all(r["winner"] for r in worst)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -121,6 +134,8 @@ def test_robustseg_attack_cli(trained_zoo_bundle: Path, zoo_data: Path, tmp_path
         (["--data", "{data}", "--epsilons", "[-0.1]"], "epsilons: epsilon"),
         (["--data", "{data}", "--output_activation", "relu"], "output_activation is 'relu'"),
         (["--data", "{data}", "--overrides", "{{nope"], "overrides is"),
+        (["--data", "{data}", "--ensemble_steps", "5"], "the ensemble runs only with --preset worst-case"),
+        (["--data", "{data}", "--preset", "worst-case", "--ensemble_steps", "0"], "ensemble_steps"),
     ],
 )
 def test_robustseg_attack_errors(
