@@ -277,3 +277,23 @@ def test_trust_notice_names_the_bundle(zoo_copy: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.count("is a third-party bundle: its configs run code") == 1
     assert "zoo_brats_tiny" in err
+
+
+def test_label_follows_a_preprocessing_that_moves_the_grid(zoo_copy: Path, zoo_data: Path) -> None:
+    """A bundle whose preprocessing resamples the image (``Spacingd`` to twice the voxel size): the label is resampled
+    by nearest neighbour onto the same grid, so that it is scored where the network predicts."""
+    from monai.transforms import LoadImage, Spacing
+
+    entry = entries_of(str(zoo_data))[0]
+    pixdim = [2 * float(z) for z in nib.load(entry["label"]).header.get_zooms()[:3]]
+    config = json.loads((zoo_copy / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"].append({"_target_": "Spacingd", "keys": "image", "pixdim": pixdim})
+    (zoo_copy / "configs" / "inference.json").write_text(json.dumps(config))
+    model = load_model_bundle(zoo_copy)
+    item = model.preprocessing(dict(entry))
+    assert tuple(item["image"].shape[1:]) == (12, 12, 12)
+    assert tuple(item["label"].shape) == (1, 12, 12, 12)
+    expected = Spacing(pixdim=pixdim, mode="nearest")(LoadImage(image_only=True, ensure_channel_first=True)(
+        entry["label"]))  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(item["label"]), np.asarray(expected))
+    torch.testing.assert_close(item["label"].affine, item["image"].affine)
