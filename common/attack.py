@@ -57,8 +57,12 @@ def find_datalist(data: str | os.PathLike) -> Path:
 
 
 def _list(value: Any, what: str) -> list[Any]:
+    """One value or a list; a string ``"[a,b]"`` (what a shell passes when fire cannot read it as a literal, e.g.
+    paths) is the list of its comma-separated items."""
     if value is None:
         return []
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        return [item.strip().strip("'\"") for item in value[1:-1].split(",") if item.strip()]
     if isinstance(value, (str, os.PathLike)):
         return [os.fspath(value)]
     if isinstance(value, Sequence):
@@ -182,6 +186,24 @@ def run_attack(
     if not report:
         return f"wrote {csv}"
     from common.report.html import write_report
+    from common.report.options import ReportOptions
 
-    path = write_report(csv, out / "report")
+    path = write_report(csv, out / "report", options=ReportOptions(**_report_options(results, epsilons)))
     return f"wrote {csv} and {path}"
+
+
+def _report_options(results: Path, epsilons: Any) -> dict[str, Any]:
+    """The report's epsilons (those attacked) and baseline (the first undefended model given, if several)."""
+    options: dict[str, Any] = {}
+    if epsilons is not None:
+        radii = _epsilons(epsilons)
+        options["epsilon"] = 0.05 if 0.05 in radii else radii[-1]
+        options["epsilons"] = (0.0, *radii)
+    try:
+        models = json.loads((results / "settings.json").read_text())["models"]
+        undefended = [m["model"] for m in models if m.get("defense") == "none"]
+    except (OSError, ValueError, KeyError, TypeError):
+        undefended = []
+    if len(undefended) > 1:
+        options["baseline"] = undefended[0]
+    return options

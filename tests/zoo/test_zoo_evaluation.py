@@ -112,6 +112,23 @@ def test_robustseg_attack_cli(trained_zoo_bundle: Path, zoo_data: Path, tmp_path
     assert (out / "results" / "tables").is_dir()
 
 
+def test_two_third_party_bundles_in_one_run(
+    trained_zoo_bundle: Path, trained_zoo_softmax_bundle: Path, zoo_data: Path, tmp_path: Path
+) -> None:
+    """Two bundles with the same preprocessing are attacked in one run (``--bundle "[a,b]"``), with transfer from the
+    first to the second; the settings record each one's output convention."""
+    out = tmp_path / "attack"
+    bundles = f"[{trained_zoo_bundle},{trained_zoo_softmax_bundle}]"
+    main(["attack", "--bundle", bundles, "--data", str(zoo_data), "--out", str(out), "--epsilons", "[0.05]",
+          "--device", "cpu"])  # fmt: skip
+    rows = load_results(out / "results" / "results.csv")
+    transfer = [r for r in rows if r["threat"] == "transfer"]
+    assert transfer and {r["model"] for r in transfer} == {"zoo_brats_softmax"}
+    assert {r["source_model"] for r in transfer} == {"zoo_brats_tiny"}
+    settings = json.loads((out / "results" / "settings.json").read_text())
+    assert [m["adapter"]["output"]["activation"] for m in settings["models"]] == ["sigmoid", "softmax"]
+
+
 def test_robustseg_attack_cli_worst_case(trained_zoo_softmax_bundle: Path, zoo_data: Path, tmp_path: Path) -> None:
     """``--preset worst-case`` adds the APGD/PGD ensemble (here 2 steps per member) and its worst case."""
     out = tmp_path / "attack"
