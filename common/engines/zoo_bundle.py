@@ -15,8 +15,10 @@ labels; it reads its inputs in its own modality order (T1c, T1, T2, FLAIR); it p
   order WT, TC, ET (:data:`common.data.labels.REGION_CHANNELS`; predicted labels follow the Model Zoo bundle's own
   postprocessing rule, :func:`common.data.labels.logits_to_labels`).
 * **preprocessing** (:class:`ZooPreprocessing`): the bundle's own ``preprocessing`` (or ``preprocessing_transforms``)
-  on the subject's image files put in the bundle's channel order; the label is loaded beside it and resampled
-  (nearest neighbour) onto the preprocessed image's grid if the preprocessing moved it.
+  on the subject's image files put in the bundle's channel order, the result put back in robustseg's channel order
+  (the network adapter reorders for the network, so corruptions, examples and panels keep meaning what they say);
+  the label is loaded beside it and resampled (nearest neighbour) onto the preprocessed image's grid if the
+  preprocessing moved it.
 * **output convention** (:class:`OutputConvention`) and **input channel order**, read from ``metadata.json``
   (``network_data_format.outputs.pred.channel_def``, ``inputs.image.channel_def``) and the activation of the bundle's
   ``postprocessing`` (``Activations[d]`` with ``sigmoid`` or ``softmax``), each with an explicit override
@@ -307,8 +309,10 @@ def output_convention(
 class ZooNetwork(nn.Module):
     """A third-party bundle's network and inferer with robustseg's canonical output channels.
 
-    ``forward(x)`` is ``inferer(x, network)`` (``network(x)`` without an inferer), checked to have the channel count
-    of the bundle's metadata, with the channels reordered by :attr:`OutputConvention.order`. The inferer runs inside
+    ``forward(x)`` takes robustseg's channel order (:data:`~common.data.labels.MODALITIES`, as
+    :class:`ZooPreprocessing` gives it), puts the channels in the bundle's order (``input_order``), and returns
+    ``inferer(x, network)`` (``network(x)`` without an inferer), checked to have the channel count of the bundle's
+    metadata, with the output channels reordered by :attr:`OutputConvention.order`. The inferer runs inside
     ``forward``, so an attack differentiates through it (every window of a sliding-window inferer gets its share of
     the input gradient).
 
@@ -317,19 +321,28 @@ class ZooNetwork(nn.Module):
         convention: its output convention.
         inferer: the bundle's inferer, or ``None``.
         name: the bundle, for messages.
+        input_order: the robustseg channel of each of the bundle's input channels (``None``: the same order).
     """
 
     def __init__(
-        self, network: nn.Module, convention: OutputConvention, inferer: Callable[..., Tensor] | None, name: str
+        self,
+        network: nn.Module,
+        convention: OutputConvention,
+        inferer: Callable[..., Tensor] | None,
+        name: str,
+        input_order: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.convention = convention
         self.inferer = inferer
         self.name = name
+        self.input_order = list(input_order) if input_order is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """Canonical output logits of the bundle for inputs ``x`` (B, C, *spatial)."""
+        """Canonical output logits of the bundle for inputs ``x`` (B, 4, *spatial) in robustseg's channel order."""
+        if self.input_order is not None:
+            x = x[:, self.input_order]
         out = self.inferer(x, self.network) if self.inferer is not None else self.network(x)
         if isinstance(out, (list, tuple)):  # deep-supervision networks return the full-resolution output first
             out = out[0]
@@ -346,7 +359,9 @@ class ZooNetwork(nn.Module):
 
 class ZooPreprocessing:
     """A third-party bundle's preprocessing of a robustseg datalist entry: image files in the bundle's channel order,
-    its own transforms, and the label on the preprocessed image's grid.
+    its own transforms, the result back in robustseg's channel order (:data:`~common.data.labels.MODALITIES`, which
+    the corruptions, examples and figure panels rely on; :class:`ZooNetwork` reorders for the network), and the label
+    on the preprocessed image's grid.
 
     Args:
         transforms: the bundle's preprocessing (a callable on a dict with ``image``: the list of image files).
@@ -362,15 +377,16 @@ class ZooPreprocessing:
         self.transforms = transforms
         self.modalities = list(modalities)
         self.order = [MODALITIES.index(m) for m in self.modalities]
+        self.inverse = [self.modalities.index(m) for m in MODALITIES]
         self.name = name
         self._load_label = LoadImage(image_only=True, ensure_channel_first=True)
         self._resample = ResampleToMatch(mode="nearest")
 
     @property
     def hash(self) -> str:
-        """A hash of the transforms' classes and settings and the channel order."""
+        """A hash of the transforms' classes and settings, the channel order and the output order."""
         inner = getattr(self.transforms, "transforms", [self.transforms])
-        return transform_hashing([*inner, {"channel_order": self.modalities}]).decode()
+        return transform_hashing([*inner, {"channel_order": self.modalities, "output": "robustseg order"}]).decode()
 
     def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         images = entry.get("image")
@@ -386,13 +402,14 @@ class ZooPreprocessing:
             got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{images[0]}; expected (4, *spatial), the four contrasts as channels.")  # fmt: skip
+        image = image[self.inverse]  # back to robustseg's channel order: corruptions, examples and panels use it
         label = self._load_label(entry["label"])
         same_grid = tuple(label.shape[1:]) == tuple(image.shape[1:]) and (
             not hasattr(image, "affine") or torch.allclose(label.affine.double(), image.affine.double(), atol=1e-4)
         )
         if not same_grid:
             label = self._resample(label, img_dst=image)
-        return {**out, "label": label.round()}
+        return {**out, "image": image, "label": label.round()}
 
 
 def _weights(root: Path, parser: ConfigParser, where: str) -> tuple[Path, bool]:
@@ -477,7 +494,9 @@ def load_zoo_bundle(
         raise RobustsegError(f"{path}: cannot be read as JSON ({exc}).") from None
     if not isinstance(meta, dict):
         raise RobustsegError(f"{path}: expected a JSON object.")
-    name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else root.name
+    # the Model Zoo names a bundle by its folder (its id); metadata's "name" is a display name, often with spaces
+    name = root.name
+    display = meta.get("name") if isinstance(meta.get("name"), str) else None
     _warn_once(name, root)
     where = f"model bundle {name}"
     parser, _ = _parser(root, config_files, dict(overrides or {}))
@@ -526,7 +545,7 @@ def load_zoo_bundle(
         "name": name,
         "root": root,
         "config_files": relative,
-        "network": ZooNetwork(network, convention, inferer, name).to(device).eval(),
+        "network": ZooNetwork(network, convention, inferer, name, preprocessing.order).to(device).eval(),
         "preprocessing": preprocessing,
         # MONAI's evaluators autocast on CUDA only ("amp": true runs in fp32 on a CPU); so does the evaluation
         "amp": amp and device.type == "cuda",
@@ -544,6 +563,7 @@ def load_zoo_bundle(
         "overrides": {k: _plain(v) for k, v in (overrides or {}).items()},
         "adapter": {
             "kind": "model-zoo",
+            "display_name": display,
             "input_channels": modalities,
             "output": convention.describe(),
             "inferer": _describe_inferer(inferer),

@@ -2,7 +2,9 @@
 
 The Model Zoo's ``brats_mri_segmentation`` reads ``training``, ``validation`` and ``testing`` lists whose images are in
 its channel order (T1c, T1, T2, FLAIR); robustseg's datalists list ``t1, t1ce, t2, flair`` and have no validation
-list. ``robustseg attack`` reorders the channels itself, so this is only needed to *train* such a bundle here.
+list. ``robustseg attack`` reorders the channels itself, so this is only needed to *train* such a bundle here, with
+``train_float_labels.json`` beside it as an overlay: MONAI 1.6's ``DiceLoss(squared_pred=True)`` fails on the boolean
+labels that ``ConvertToMultiChannelBasedOnBratsClassesd`` gives, so the overlay casts them to float32.
 
 Usage::
 

@@ -36,6 +36,6 @@ def test_zoo_datalist_refuses_bad_arguments(zoo_data: Path, tmp_path: Path, args
 
 
 def test_training_overlay_is_valid_json() -> None:
-    overlay = json.loads((EXAMPLES / "train_cpu_fix.json").read_text())
+    overlay = json.loads((EXAMPLES / "train_float_labels.json").read_text())
     transforms = overlay["train#preprocessing_transforms#1"]["transforms"]
     assert [t["_target_"] for t in transforms] == ["ConvertToMultiChannelBasedOnBratsClassesd", "CastToTyped"]

@@ -48,15 +48,23 @@ def test_loads_as_a_model_bundle(trained_zoo_bundle: Path) -> None:
     json.dumps(model.settings())
 
 
-def test_preprocessing_uses_the_bundles_channel_order(trained_zoo_bundle: Path, zoo_data: Path) -> None:
-    """Channel 0 of the bundle's input is the subject's T1c (robustseg's channel 1), z-scored over the brain."""
+def test_preprocessing_reads_in_the_bundles_order_and_returns_robustsegs(
+    trained_zoo_bundle: Path, zoo_data: Path
+) -> None:
+    """The bundle's transforms get the image files in its order (T1c first); the result comes back in robustseg's
+    order (t1, t1ce, t2, flair), each channel z-scored over the brain as the bundle's NormalizeIntensityd does."""
     model = load_model_bundle(trained_zoo_bundle)
+    assert model.preprocessing.order == [1, 0, 2, 3]
+    seen = []
+    transforms = model.preprocessing.transforms
+    model.preprocessing.transforms = lambda item: seen.append(list(item["image"])) or transforms(item)
     entry = entries_of(str(zoo_data))[0]
     item = model.preprocessing(dict(entry))
+    assert seen == [[entry["image"][i] for i in (1, 0, 2, 3)]]
     image, label = item["image"], item["label"]
     assert image.shape[0] == 4 and label.shape == (1, *image.shape[1:])
-    for channel, source in enumerate([1, 0, 2, 3]):
-        raw = nib.load(entry["image"][source]).get_fdata()
+    for channel in range(4):
+        raw = nib.load(entry["image"][channel]).get_fdata()
         brain = raw != 0
         expected = (raw[brain] - raw[brain].mean()) / raw[brain].std()
         np.testing.assert_allclose(np.asarray(image[channel])[brain], expected, rtol=1e-4, atol=1e-4)
@@ -64,13 +72,14 @@ def test_preprocessing_uses_the_bundles_channel_order(trained_zoo_bundle: Path, 
 
 
 def test_network_output_is_canonical(trained_zoo_bundle: Path, zoo_data: Path) -> None:
-    """The adapter's channels are the bundle network's (through its inferer) in the order WT, TC, ET."""
+    """The adapter feeds the network its own input order and returns its channels (through its inferer) in the order
+    WT, TC, ET."""
     model = load_model_bundle(trained_zoo_bundle)
     (batch,) = load_subjects(entries_of(str(zoo_data)), model.preprocessing, torch.device("cpu"))
     adapter = model.network
     assert isinstance(adapter, ZooNetwork)
     with torch.no_grad():
-        raw = adapter.inferer(batch.images, adapter.network)
+        raw = adapter.inferer(batch.images[:, [1, 0, 2, 3]], adapter.network)
         canonical = model.network(batch.images)
     torch.testing.assert_close(canonical, raw[:, [1, 0, 2]])
 
@@ -105,7 +114,7 @@ def test_gradient_flows_through_every_window(trained_zoo_bundle: Path, zoo_data:
     per_window = []
     for window in windows:
         index = (slice(None), slice(None), *window)
-        piece = network(manual[index])
+        piece = network(manual[index][:, [1, 0, 2, 3]])
         out[index] += piece
         count[index] += 1
         per_window.append(torch.autograd.grad((piece * weights[index]).sum(), manual, retain_graph=True)[0])
@@ -297,3 +306,36 @@ def test_label_follows_a_preprocessing_that_moves_the_grid(zoo_copy: Path, zoo_d
         entry["label"]))  # fmt: skip
     np.testing.assert_array_equal(np.asarray(item["label"]), np.asarray(expected))
     torch.testing.assert_close(item["label"].affine, item["image"].affine)
+
+
+def test_model_is_named_by_its_folder(zoo_copy: Path) -> None:
+    """The Model Zoo names a bundle by its folder; metadata's display name (here with spaces) is kept beside it."""
+    meta = _meta(zoo_copy)
+    meta["name"] = "BraTS MRI segmentation"
+    _write_meta(zoo_copy, meta)
+    model = load_model_bundle(zoo_copy)
+    assert model.name == zoo_copy.name == "zoo_brats_tiny"
+    assert model.adapter["display_name"] == "BraTS MRI segmentation"
+
+
+@pytest.mark.parametrize("modality, bundle_channel", [("t1", 1), ("t1ce", 0), ("flair", 3)])
+def test_missing_modality_reaches_the_right_bundle_channel(
+    trained_zoo_bundle: Path, zoo_data: Path, modality: str, bundle_channel: int
+) -> None:
+    """Corruptions work in robustseg's channel order; the network gets the corrupted contrast on its own channel."""
+    from common.corruptions import corrupt
+
+    model = load_model_bundle(trained_zoo_bundle)
+    (batch,) = load_subjects(entries_of(str(zoo_data))[:1], model.preprocessing, torch.device("cpu"))
+    corrupted = corrupt(batch.images[0], f"missing_{modality}", 5, seed=0)
+    seen = []
+    handle = model.network.network.register_forward_pre_hook(lambda _module, args: seen.append(args[0].clone()))
+    try:
+        with torch.no_grad():
+            model.network(corrupted[None])
+    finally:
+        handle.remove()
+    windows = torch.cat(seen)  # the sliding windows the network saw, in its channel order (T1c, T1, T2, FLAIR)
+    assert windows[:, bundle_channel].abs().max() == 0
+    others = [c for c in range(4) if c != bundle_channel]
+    assert all(windows[:, c].abs().max() > 0 for c in others)
