@@ -26,6 +26,7 @@ from torch import Tensor
 
 from common.data.labels import REGION_CHANNELS, labels_to_indices, region_masks
 from common.errors import RobustsegError
+from common.losses.segmentation import SegPGDLoss, segpgd_weighting
 from common.utils.validation import check_int, check_number, look_up_option
 
 __all__ = [
@@ -242,14 +243,11 @@ def region_segpgd_loss(logits: Tensor, labels: Tensor, step: int = 1, steps: int
     """
     steps = check_int("steps", steps, 1)
     step = check_int("step", step, 1, steps)
-    weight = (step - 1) / (2 * steps)
     bce, targets = _pair_bce(logits, labels)
-    correct = _correct(logits, targets)
-    weighted = torch.where(correct, (1 - weight) * bce, weight * bce)
-    return weighted.flatten(1).mean(1).mean()
+    return segpgd_weighting(bce, _correct(logits, targets), step, steps)
 
 
-class RegionSegPGDLoss:
+class RegionSegPGDLoss(SegPGDLoss):
     """SegPGD's region loss (:func:`region_segpgd_loss`) that follows the attack's step, like
     :class:`~common.losses.SegPGDLoss`: the attacks call :meth:`set_step` before each gradient.
 
@@ -261,24 +259,7 @@ class RegionSegPGDLoss:
     """
 
     __name__ = "region_segpgd"
-
-    def __init__(self) -> None:
-        self.step, self.steps = 1, 1
-
-    def set_step(self, step: int, steps: int) -> None:
-        """Set the 1-based step ``step`` of ``steps`` the next evaluations belong to.
-
-        Raises:
-            RobustsegError: if ``steps`` < 1 or ``step`` is not in ``[1, steps]``.
-        """
-        self.steps = check_int("steps", steps, 1)
-        self.step = check_int("step", step, 1, self.steps)
-
-    def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return region_segpgd_loss(logits, labels, self.step, self.steps)
-
-    def __repr__(self) -> str:
-        return f"RegionSegPGDLoss(step={self.step}, steps={self.steps})"
+    _loss = staticmethod(region_segpgd_loss)
 
 
 def region_cospgd_loss(logits: Tensor, labels: Tensor) -> Tensor:

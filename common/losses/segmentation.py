@@ -165,10 +165,16 @@ def segpgd_loss(logits: Tensor, labels: Tensor, step: int = 1, steps: int = 1) -
     """
     steps = check_int("steps", steps, 1)
     step = check_int("step", step, 1, steps)
-    weight = (step - 1) / (2 * steps)
     ce, indices = _voxel_ce(logits, labels)
-    correct = _correct(logits, indices)
-    weighted = torch.where(correct, (1 - weight) * ce, weight * ce)
+    return segpgd_weighting(ce, _correct(logits, indices), step, steps)
+
+
+def segpgd_weighting(losses: Tensor, correct: Tensor, step: int, steps: int) -> Tensor:
+    """SegPGD's weighting of per-element losses: ``(1 - l_t)`` where ``correct``, ``l_t = (t - 1) / (2T)`` elsewhere,
+    averaged over each sample's elements, then over the batch (shared by :func:`segpgd_loss` and its region
+    counterpart :func:`common.losses.regions.region_segpgd_loss`; ``step`` and ``steps`` already checked)."""
+    weight = (step - 1) / (2 * steps)
+    weighted = torch.where(correct, (1 - weight) * losses, weight * losses)
     return weighted.flatten(1).mean(1).mean()
 
 
@@ -201,11 +207,14 @@ class SegPGDLoss:
         self.steps = check_int("steps", steps, 1)
         self.step = check_int("step", step, 1, self.steps)
 
+    _loss = staticmethod(segpgd_loss)
+    """The weighted loss of one step: ``(logits, labels, step, steps) -> scalar`` (a subclass may change it)."""
+
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return segpgd_loss(logits, labels, self.step, self.steps)
+        return self._loss(logits, labels, self.step, self.steps)
 
     def __repr__(self) -> str:
-        return f"SegPGDLoss(step={self.step}, steps={self.steps})"
+        return f"{type(self).__name__}(step={self.step}, steps={self.steps})"
 
 
 def cospgd_loss(logits: Tensor, labels: Tensor) -> Tensor:
