@@ -431,22 +431,20 @@ def _describe_inferer(inferer: Any) -> dict[str, Any] | None:
     """The inferer's class and public settings (e.g. a sliding window's ``roi_size`` and ``overlap``)."""
     if inferer is None:
         return None
+    from common.engines.model_bundle import _plain
+
     settings = {k: v for k, v in vars(inferer).items() if not k.startswith("_") and not callable(v)}
-    return {"class": type(inferer).__name__, **{k: _json_value(v) for k, v in settings.items()}}
+    return {"class": type(inferer).__name__, **{k: _plain(v) for k, v in settings.items()}}
 
 
-def _json_value(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return str(value)
+_WARNED: set[str] = set()
+"""The third-party bundle folders this process has warned about (the notice is given once per bundle)."""
 
 
-def _warn_once(name: str, root: Path, seen: set[str] = set()) -> None:  # noqa: B006 (the process's memory)
-    if str(root) in seen:
+def _warn_once(name: str, root: Path) -> None:
+    if str(root) in _WARNED:
         return
-    seen.add(str(root))
+    _WARNED.add(str(root))
     print(
         f"robustseg: model bundle {name} ({root}) is a third-party bundle: its configs run code when parsed "
         "(_target_ builds classes, $ evaluates Python); evaluate only bundles you trust.",
