@@ -11,7 +11,6 @@ from torch import Tensor
 
 from common.attacks.base import Attack, AttackProbe, AttackStep, ThreatModel
 from common.attacks.pgd import _BestIterate, _column, _random_start, _start_search, _traced
-from common.data.labels import logits_to_labels
 from common.utils.validation import check_int, check_number
 
 __all__ = ["APGD", "apgd_checkpoints"]
@@ -213,7 +212,7 @@ class APGD(Attack):
             loss = loss.new_full((batch,), math.nan).index_copy(0, rows, loss)
             grad = torch.zeros_like(x).index_copy(0, rows, grad)
         zero = (grad == 0).flatten(1).float().mean(1) if records else loss
-        prediction = None if callback is None or rows is not None else logits_to_labels(logits)
+        prediction = None if callback is None or rows is not None else self.task.predict(logits)
         self._stop(1, restart, x, labels, rows, logits, loss, zero, active)
         if self.radius_factor(0) == 1.0:
             tracker.observe(rows, _take(x, rows), logits, _take(loss, rows))
@@ -250,7 +249,7 @@ class APGD(Attack):
                 if records:
                     zero = _put(zero, rows, (new_grad == 0).flatten(1).float().mean(1))
             if callback is not None and prediction is not None:
-                prediction = _put(prediction, rows, logits_to_labels(new_logits))
+                prediction = _put(prediction, rows, self.task.predict(new_logits))
             successes += (computed & (new_loss > loss)).float()
             if self.radius_factor(k + 1) == 1.0:
                 tracker.observe(rows, _take(x_new, rows), new_logits, _take(new_loss, rows))

@@ -21,6 +21,7 @@ from torch import Tensor
 from common.attacks.gradient import input_gradient
 from common.attacks.windows import windowed_logits
 from common.data.labels import labels_to_indices, logits_to_labels
+from common.data.task import BRATS, SegmentationTask, check_task
 from common.errors import RobustsegError
 from common.losses.by_output import ByOutput
 from common.losses.regions import (
@@ -163,6 +164,7 @@ class AttackProbe:
         labels: the labels the loss aims at (the ground truth; a targeted attack's target map).
         losses: their attack losses ``(n,)``.
         zero_grad_fractions: their fractions ``(n,)`` of exactly-zero input gradients.
+        task: the attack's task (:mod:`common.data.task`): how the logits are predicted and scored.
     """
 
     step: int
@@ -172,6 +174,7 @@ class AttackProbe:
     labels: Tensor
     losses: Tensor
     zero_grad_fractions: Tensor
+    task: SegmentationTask = BRATS
 
 
 StopCriterion = Callable[[AttackProbe], Tensor]
@@ -185,9 +188,9 @@ def _gradient_vanished(probe: AttackProbe) -> Tensor:
 
 
 def _dice_zero(probe: AttackProbe) -> Tensor:
-    """A sample whose prediction (:func:`~common.data.labels.logits_to_labels` of the logits) has Dice 0 against
-    ``probe.labels`` in every BraTS region."""
-    return (region_dice(logits_to_labels(probe.logits), probe.labels) == 0).all(dim=1)
+    """A sample whose prediction (the task's, :meth:`~common.data.task.SegmentationTask.predict`, of the logits) has
+    Dice 0 against ``probe.labels`` in every scored region or class."""
+    return (probe.task.dice(probe.task.predict(probe.logits), probe.labels) == 0).all(dim=1)
 
 
 STOP_CRITERIA: dict[str, StopCriterion] = {"gradient_vanished": _gradient_vanished, "dice_zero": _dice_zero}
@@ -389,7 +392,7 @@ def _check_amp(amp: bool | str) -> tuple[bool, torch.dtype]:
     raise RobustsegError(f"amp must be False, True, 'fp32', 'bf16' or 'fp16', got {amp!r}.")
 
 
-def _check_inputs(images: Tensor, labels: Tensor) -> None:
+def _check_inputs(images: Tensor, labels: Tensor, task: SegmentationTask = BRATS) -> None:
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 3:
         what = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images)
         raise RobustsegError(f"images must be a floating-point tensor (B, C, *spatial), got a {what}.")
@@ -397,7 +400,7 @@ def _check_inputs(images: Tensor, labels: Tensor) -> None:
     if not isinstance(labels, Tensor) or tuple(labels.shape) != expected:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels)
         raise RobustsegError(f"labels: shape {shape} does not fit images {tuple(images.shape)}, expected {expected}.")
-    labels_to_indices(labels)  # raises if a value is not a BraTS label
+    task.check_labels(labels)  # raises if a value is not a label of the task (BraTS: {0, 1, 2, 4})
 
 
 def _rows(value: Tensor | float | None, index: Tensor) -> Tensor | float | None:
@@ -541,11 +544,15 @@ class Attack:
             or ``"fp16"``.
         stop: per-sample early stopping (see above): ``None`` (default), a name of :data:`STOP_CRITERIA` or a
             callable ``(AttackProbe) -> (n,) bool``. Listed in ``repr`` only when set.
+        task: the segmentation task (:mod:`common.data.task`): ``None`` (default) is BraTS; a
+            :class:`~common.data.task.ClassTask` (a third-party bundle's generic task, labels = channel indices)
+            builds the named loss for its classes, checks labels against them, and predicts and scores iterates
+            (best iterate, ``dice_zero``) by its per-class Dice. Listed in ``repr`` only when not BraTS.
 
     Raises:
         RobustsegError: for a bad setting (each names the parameter; ``norm="l2"`` for an attack that supports only
             L-inf), and when called with images that are not a floating-point (B, C, *spatial) tensor, labels not of
-            shape (B, 1, *spatial) or with values outside the BraTS labels {0, 1, 2, 4}, or under
+            shape (B, 1, *spatial) or with values outside the task's labels (BraTS: {0, 1, 2, 4}), or under
             ``torch.inference_mode()``.
 
     Example::
@@ -588,7 +595,9 @@ class Attack:
         inferer: Callable[..., Tensor] | None = None,
         amp: bool | str = False,
         stop: str | StopCriterion | None = None,
+        task: SegmentationTask | None = None,
     ) -> None:
+        self.task = check_task(task)
         self.relative = check_bool("relative", relative)
         self.norm = _check_norm(norm, type(self))
         self.epsilon = check_radius(epsilon, self.relative, self.norm)
@@ -597,7 +606,7 @@ class Attack:
             alpha = check_number("alpha", alpha, 0, min_inclusive=False)
         self.alpha = alpha if alpha is not None else self.default_alpha(self.epsilon, steps)
         if isinstance(loss, str) and loss in LOSSES:
-            self.loss_fn: LossFn = LOSSES[loss]()
+            self.loss_fn: LossFn = self.task.loss(loss)
         elif callable(loss):
             self.loss_fn = loss
         else:
@@ -647,7 +656,9 @@ class Attack:
         }
         if self.amp_dtype == torch.float16:
             settings["amp_dtype"] = "fp16"
-        return settings if self.stop is None else {**settings, "stop": self.stop}
+        if self.stop is not None:
+            settings["stop"] = self.stop
+        return settings if self.task is BRATS else {**settings, "task": self.task}
 
     def __repr__(self) -> str:
         described = ("loss", "inferer", "stop")
@@ -762,11 +773,13 @@ class Attack:
                 moved = threat.rows(index).project(self.step(images, grad, size))
                 fraction = (grad == 0).flatten(1).float().mean(1) if records else loss  # unread without records
                 if self.stop_criterion is not None:
-                    stopped = self._stopped(AttackProbe(step, restart, images, logits, target, loss, fraction))
+                    stopped = self._stopped(
+                        AttackProbe(step, restart, images, logits, target, loss, fraction, self.task)
+                    )
                     moved = torch.where(stopped.view(-1, *[1] * (moved.ndim - 1)), images, moved)
                     assert active is not None
                     active[stopped if index is None else index[stopped]] = False
-                predicted = logits_to_labels(logits) if callback is not None else None
+                predicted = self.task.predict(logits) if callback is not None else None
                 if index is None:
                     adversarial, losses, zero, predictions = moved, loss, fraction, predicted
                 else:
@@ -849,7 +862,7 @@ class Attack:
                 f"{type(self).__name__} needs input gradients: call it outside torch.inference_mode() "
                 "(torch.no_grad() is fine)."
             )
-        _check_inputs(images, labels)
+        _check_inputs(images, labels, self.task)
         # a tensor made under inference mode cannot join autograd; a copy can
         clean = images.clone() if images.is_inference() else images.detach()
         return clean, self.loss_labels(labels.detach()), self._scale(clean)

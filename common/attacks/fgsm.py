@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackProbe, AttackStep, _check_epsilon
-from common.data.labels import logits_to_labels
 from common.networks.modes import eval_mode
 
 __all__ = ["FGSM"]
@@ -83,7 +82,7 @@ class FGSM(Attack):
             stopped = self._stopped(AttackProbe(1, 0, clean, logits, labels, losses, zero))
             stopped = stopped.view(-1, *[1] * (clean.ndim - 1))
             active = None if not bool(stopped.any()) else ~stopped.flatten()
-        predictions = logits_to_labels(logits) if callback is not None else None
+        predictions = self.task.predict(logits) if callback is not None else None
         adversarials = []
         for epsilon in epsilons:
             threat = self.threat_model(clean, epsilon * scale)

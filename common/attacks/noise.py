@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import Attack, AttackStep, ThreatModel
-from common.data.labels import logits_to_labels
 from common.utils.validation import check_int
 
 __all__ = ["RandomSign"]
@@ -74,5 +73,5 @@ class RandomSign(Attack):
                 logits = self.logits(model, clean)
                 losses = self.sample_losses(logits, labels)
             nan = torch.full((len(clean),), float("nan"), device=clean.device)
-            callback(AttackStep(1, noisy, losses, nan, 0, None, logits_to_labels(logits)))
+            callback(AttackStep(1, noisy, losses, nan, 0, None, self.task.predict(logits)))
         return noisy

@@ -128,7 +128,7 @@ def _start_search(attack: Attack, clean: Tensor, labels: Tensor) -> tuple[torch.
     active = None
     if attack.stop_criterion is not None:
         active = torch.ones(len(clean), dtype=torch.bool, device=clean.device)
-    return generator, active, _BestIterate(clean, labels)
+    return generator, active, _BestIterate(clean, labels, attack.task.hard_dice)
 
 
 def _traced(
@@ -168,14 +168,16 @@ def _column(mask: Tensor, ndim: int) -> Tensor:
 class _BestIterate:
     """Per sample, the iterate with the lowest hard Dice so far (ties: the highest loss), from observed passes."""
 
-    def __init__(self, clean: Tensor, labels: Tensor) -> None:
-        self.best, self.labels = clean, labels
+    def __init__(
+        self, clean: Tensor, labels: Tensor, score: Callable[[Tensor, Tensor], Tensor] = hard_dice
+    ) -> None:
+        self.best, self.labels, self.score = clean, labels, score
         self.dice = torch.full((len(clean),), math.inf, device=clean.device)
         self.loss = torch.full((len(clean),), -math.inf, device=clean.device)
 
     def observe(self, index: Tensor | None, images: Tensor, logits: Tensor, losses: Tensor) -> None:
         labels = self.labels if index is None else self.labels[index]
-        dice = hard_dice(logits, labels).to(self.dice.dtype)
+        dice = self.score(logits, labels).to(self.dice.dtype)
         losses = losses.to(self.loss.dtype)
         if index is None:
             better = better_iterate(dice, losses, self.dice, self.loss)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from common.attacks.ifgsm import IterativeFGSM
-from common.data.labels import BRATS_LABELS, labels_to_indices
+from common.data.labels import BRATS_LABELS
 from common.errors import RobustsegError
 from common.utils.validation import look_up_option
 
@@ -57,11 +57,12 @@ class TargetedIterativeFGSM(IterativeFGSM):
                 raise RobustsegError(
                     f"target: a label map must have shape (B, 1, *spatial), got {tuple(target.shape)}."
                 )
-            labels_to_indices(target)  # raises if a value is not a BraTS label
+            self.task.check_labels(target)  # raises if a value is not a label of the task (BraTS: {0, 1, 2, 4})
             target = target.detach().clone()
         else:
-            hint = "a BraTS label, or a (B, 1, *spatial) label map"
-            target = look_up_option("target", target, BRATS_LABELS, hint=hint)
+            values = getattr(self.task, "values", BRATS_LABELS)
+            hint = f"a {'BraTS' if values == BRATS_LABELS else 'class'} label, or a (B, 1, *spatial) label map"
+            target = look_up_option("target", target, values, hint=hint)
         self.target = target
 
     @property

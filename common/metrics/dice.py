@@ -1,4 +1,5 @@
-"""Per-subject Dice of the BraTS scoring regions (whole tumour, tumour core, enhancing tumour)."""
+"""Per-subject Dice: of the BraTS scoring regions (whole tumour, tumour core, enhancing tumour), and of the classes of
+a generic segmentation task."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor
 from common.data.labels import BRATS_LABELS, REGIONS, labels_to_indices
 from common.errors import RobustsegError
 
-__all__ = ["region_dice"]
+__all__ = ["class_dice", "region_dice"]
 
 
 def region_dice(prediction: Tensor, label: Tensor, regions: Sequence[str] = ("WT", "TC", "ET")) -> Tensor:
@@ -59,15 +60,22 @@ def region_dice(prediction: Tensor, label: Tensor, regions: Sequence[str] = ("WT
     if unknown:
         raise RobustsegError(f"regions: unknown region(s) {unknown}, expected some of {list(REGIONS)}.")
     # A value outside {0, 1, 2, 4} (e.g. MSD's label 3) would silently fall out of every region: refuse it.
-    pred = labels_to_indices(prediction)
-    true = labels_to_indices(label)
-    k = len(BRATS_LABELS)
-    # one pass over the voxels: each sample's joint count of (predicted, true) label, k x k
+    counts = _joint_counts(labels_to_indices(prediction), labels_to_indices(label), len(BRATS_LABELS))
+    members = [[v in REGIONS[r] for v in BRATS_LABELS] for r in regions]
+    return _set_dice(counts, members)
+
+
+def _joint_counts(pred: Tensor, true: Tensor, k: int) -> Tensor:
+    """Each sample's joint count of (predicted, true) class index, ``(B, k, k)`` float64, in one pass over voxels."""
     pairs = (pred * k + true).flatten(1) + torch.arange(len(pred), device=pred.device)[:, None] * (k * k)
-    counts = torch.bincount(pairs.flatten(), minlength=len(pred) * k * k).view(len(pred), k, k).double()
+    return torch.bincount(pairs.flatten(), minlength=len(pred) * k * k).view(len(pred), k, k).double()
+
+
+def _set_dice(counts: Tensor, members: Sequence[Sequence[bool]]) -> Tensor:
+    """The Dice ``(B, len(members))`` of each set of classes (a boolean per class) from the joint counts."""
     columns = []
-    for r in regions:
-        member = torch.tensor([v in REGIONS[r] for v in BRATS_LABELS], device=counts.device)
+    for flags in members:
+        member = torch.tensor(list(flags), device=counts.device)
         both = counts[:, member][:, :, member].sum(dim=(1, 2))
         predicted = counts[:, member].sum(dim=(1, 2))
         true_size = counts[:, :, member].sum(dim=(1, 2))
@@ -75,3 +83,35 @@ def region_dice(prediction: Tensor, label: Tensor, regions: Sequence[str] = ("WT
         # MONAI's ignore_empty=False: both empty -> 1, else 2|P&Y| / (|P| + |Y|)
         columns.append(torch.where(total > 0, 2 * both / total.clamp_min(1), torch.ones_like(total)))
     return torch.stack(columns, dim=1).float()
+
+
+def class_dice(prediction: Tensor, label: Tensor, classes: int, scored: Sequence[int]) -> Tensor:
+    """Dice of a predicted class-index map against the ground truth, per sample and per scored class.
+
+    For a generic segmentation task whose labels are the class indices ``0 .. classes - 1`` (a MONAI bundle's output
+    channels; :class:`common.data.task.ClassTask`): for each class ``c`` of ``scored``, ``2 |P_c & Y_c| / (|P_c| +
+    |Y_c|)`` with the empty-mask convention of :func:`region_dice` (both empty -> 1.0; one empty -> 0.0), equal to
+    MONAI's :func:`~monai.metrics.compute_dice` with ``ignore_empty=False`` on the one-hot maps.
+
+    Args:
+        prediction: predicted class indices ``(B, 1, *spatial)``.
+        label: ground-truth class indices of the same shape.
+        classes: the number of classes.
+        scored: the classes to score (e.g. every class but the background), one output column each.
+
+    Returns:
+        A float tensor ``(B, len(scored))`` with Dice in [0, 1].
+
+    Raises:
+        RobustsegError: if the shapes differ or are not ``(B, 1, *spatial)``, a map holds a value outside
+            ``0 .. classes - 1``, or a scored class is out of range.
+    """
+    if prediction.shape != label.shape or prediction.ndim < 3 or prediction.shape[1] != 1:
+        raise RobustsegError(f"prediction and label must be class-index maps of one shape (B, 1, *spatial), got "
+                             f"{tuple(prediction.shape)} and {tuple(label.shape)}.")  # fmt: skip
+    bad = [c for c in scored if not 0 <= int(c) < classes]
+    if bad:
+        raise RobustsegError(f"scored: classes {bad} are out of range, expected indices 0 .. {classes - 1}.")
+    values = tuple(range(classes))
+    counts = _joint_counts(labels_to_indices(prediction, values), labels_to_indices(label, values), classes)
+    return _set_dice(counts, [[i == int(c) for i in values] for c in scored])

@@ -50,7 +50,9 @@ def test_a_batch_gives_each_sample_what_it_gets_alone(name, settings, trained_ne
         alone = []
         single = attack(trained_net, images[i : i + 1], labels[i : i + 1], callback=alone.append)
         # fp32: batched convolutions may round differently, which may flip the sign of a near-zero gradient
-        assert _moved_apart(adv[i : i + 1], single, attack.alpha) < 1e-3
+        # APGD's momentum and its step-size halving at checkpoints carry a flipped sign on to later iterates: on a
+        # 2-core AMD EPYC (AVX-512) with restarts and the radius schedule 0.26 % of the voxels ended apart
+        assert _moved_apart(adv[i : i + 1], single, attack.alpha) < (1e-2 if name == "APGD" and settings else 1e-3)
         for record, own in zip(records, alone, strict=True):
             torch.testing.assert_close(record.losses[i : i + 1], own.losses, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(record.zero_grad_fractions[i], own.zero_grad_fractions[0], atol=1e-3, rtol=0,
