@@ -1,8 +1,11 @@
 """BraTS label conventions shared by data, losses, attacks and metrics.
 
-Label tensors everywhere in robustseg carry the BraTS values {0, 1, 2, 4}: 0 background, 1 necrotic and
+Label tensors in robustseg carry the BraTS values {0, 1, 2, 4} by default: 0 background, 1 necrotic and
 non-enhancing tumour core (NCR/NET), 2 peritumoral oedema (ED), 4 GD-enhancing tumour (ET). Scoring uses the nested
 regions of the BraTS challenge: whole tumour WT = {1, 2, 4}, tumour core TC = {1, 4}, enhancing tumour ET = {4}.
+
+:func:`labels_to_indices` and :func:`indices_to_labels` take other label values too (``values``): a generic
+``K``-class task whose labels are the channel indices passes ``values=range(K)``.
 
 A network's output ``(B, C, *spatial)`` follows one of two conventions, told apart by its channel count ``C``
 (:func:`check_output_channels`):
@@ -54,50 +57,57 @@ REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)
 REGION_CHANNELS: tuple[str, ...] = ("WT", "TC", "ET")
 """The region of each channel of a sigmoid region output (3 channels), names of :data:`REGIONS`."""
 
-_LUT_SIZE = max(BRATS_LABELS) + 1
-
 
 def _lookup_table(values: Sequence[int], device: torch.device) -> Tensor:
-    lut = torch.full((_LUT_SIZE,), -1, dtype=torch.long, device=device)
+    """``lut[v] = i`` for ``v = values[i]``, -1 elsewhere; ``max(values) + 1`` entries."""
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise RobustsegError(f"values: expected distinct non-negative label values, got {list(values)}.")
+    lut = torch.full((max(values) + 1,), -1, dtype=torch.long, device=device)
     lut[torch.as_tensor(list(values), device=device)] = torch.arange(len(values), device=device)
     return lut
 
 
 def labels_to_indices(labels: Tensor, values: Sequence[int] = BRATS_LABELS) -> Tensor:
-    """Map a BraTS label map to channel indices: {0, 1, 2, 4} -> {0, 1, 2, 3}.
+    """Map a label map to channel indices: ``values[i] -> i`` (BraTS by default: {0, 1, 2, 4} -> {0, 1, 2, 3}).
 
     Args:
-        labels: integer-valued tensor of BraTS labels (any shape, any numeric dtype).
-        values: the label value of each channel.
+        labels: integer-valued tensor of label values (any shape, any numeric dtype).
+        values: the label value scored by each channel, distinct and non-negative (:data:`BRATS_LABELS` by default;
+            ``range(K)`` for a generic ``K``-class task whose labels are the channel indices).
 
     Returns:
-        A ``torch.long`` tensor of the same shape holding channel indices.
+        A ``torch.long`` tensor of the same shape holding channel indices in ``[0, len(values))``.
 
     Raises:
-        RobustsegError: if ``labels`` holds a value not in ``values``.
+        RobustsegError: if ``labels`` holds a value not in ``values`` (the message names the values found and the
+            expected ones), or ``values`` are empty, negative or repeated.
     """
+    values = tuple(int(v) for v in values)
+    lut = _lookup_table(values, labels.device)
     lab = labels.long()
-    bad = (lab < 0) | (lab >= _LUT_SIZE)
+    bad = (lab < 0) | (lab >= len(lut))
     if not bad.any():
-        idx = _lookup_table(values, lab.device)[lab]
+        idx = lut[lab]
         bad = idx < 0
         if not bad.any():
             return idx
+    bad = ~torch.isin(lab, torch.as_tensor(values, device=lab.device))  # all of them, out of the table or not
     found = sorted({int(v) for v in torch.unique(labels[bad])})
-    raise RobustsegError(f"labels: values {found} are not BraTS labels, expected only {list(values)}.")
+    what = "BraTS labels" if values == BRATS_LABELS else "label values of the task"
+    raise RobustsegError(f"labels: values {found} are not {what}, expected only {list(values)}.")
 
 
 def indices_to_labels(indices: Tensor, values: Sequence[int] = BRATS_LABELS) -> Tensor:
-    """Map channel indices (e.g. an argmax over the network output) back to BraTS label values.
+    """Map channel indices (e.g. an argmax over the network output) back to label values: ``i -> values[i]``.
 
     Args:
         indices: integer tensor of channel indices in ``[0, len(values))``.
-        values: the label value of each channel.
+        values: the label value of each channel (:data:`BRATS_LABELS` by default).
 
     Returns:
-        A tensor of BraTS labels with the shape of ``indices`` and dtype ``torch.long``.
+        A tensor of label values with the shape of ``indices`` and dtype ``torch.long``.
     """
-    return torch.as_tensor(list(values), device=indices.device)[indices.long()]
+    return torch.as_tensor(list(values), dtype=torch.long, device=indices.device)[indices.long()]
 
 
 def region_masks(labels: Tensor, regions: Sequence[str] = ("WT", "TC", "ET")) -> Tensor:

@@ -1,7 +1,7 @@
 """Losses: the paper's soft Dice (eq. 5), temperature distillation (eqs. 4, 7) and training at a temperature (a
-distillation teacher), segmentation attack losses (masked and class-balanced cross-entropy, Jensen-Shannon, SegPGD,
-CosPGD), their counterparts for sigmoid region outputs, and :class:`ByOutput`, which picks one of the two by the
-output's channel count."""
+distillation teacher), segmentation attack losses (cross-entropy, masked and class-balanced cross-entropy,
+Jensen-Shannon, SegPGD, CosPGD; over the BraTS labels or, with ``values=``, any labels), their counterparts for sigmoid
+region outputs, and :class:`ByOutput`, which picks one of the two by the output's channel count."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from common.losses.segmentation import (
     SegPGDLoss,
     balanced_cross_entropy,
     cospgd_loss,
+    cross_entropy,
     jensen_shannon,
     masked_cross_entropy,
     segpgd_loss,
@@ -37,6 +38,7 @@ __all__ = [
     "TemperatureScaledLoss",
     "balanced_cross_entropy",
     "cospgd_loss",
+    "cross_entropy",
     "jensen_shannon",
     "masked_cross_entropy",
     "region_balanced_cross_entropy",

@@ -261,6 +261,12 @@ class RegionSegPGDLoss(SegPGDLoss):
     __name__ = "region_segpgd"
     _loss = staticmethod(region_segpgd_loss)
 
+    def __init__(self) -> None:
+        super().__init__()  # the BraTS labels: the regions are defined on them
+
+    def _loss_options(self) -> dict[str, object]:
+        return {}  # region_segpgd_loss takes no label values
+
 
 def region_cospgd_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """The CosPGD loss over (region, voxel) pairs: each pair's BCE weighted by its cosine similarity to the target.

@@ -1,10 +1,13 @@
-"""Segmentation attack losses: masked and class-balanced cross-entropy, Jensen-Shannon, SegPGD and CosPGD.
+"""Segmentation attack losses: cross-entropy, masked and class-balanced cross-entropy, Jensen-Shannon, SegPGD and
+CosPGD.
 
-Each loss maps ``(logits (B, C, *spatial), labels (B, 1, *spatial))`` with BraTS label values {0, 1, 2, 4} (channel
-``i`` scores ``BRATS_LABELS[i]``, as :func:`common.data.labels.labels_to_indices` orders them) to a scalar: the mean
-over the batch of each sample's loss (the attacks apply a loss to one sample at a time,
-:meth:`common.attacks.base.Attack.sample_losses`). 2D and 3D inputs alike. The attacks know them by name
-(:data:`common.attacks.base.LOSSES`): ``"masked_ce"``, ``"balanced_ce"``, ``"js"``, ``"segpgd"``, ``"cospgd"``.
+Each loss maps ``(logits (B, len(values), *spatial), labels (B, 1, *spatial))`` to a scalar, where channel ``i`` scores
+the label value ``values[i]`` (as :func:`common.data.labels.labels_to_indices` orders them): the BraTS labels
+{0, 1, 2, 4} by default (``values=BRATS_LABELS``), or the channel indices ``0 .. K-1`` of a generic ``K``-class task
+(``values=range(K)``). The result is the mean over the batch of each sample's loss (the attacks apply a loss to one
+sample at a time, :meth:`common.attacks.base.Attack.sample_losses`). 2D and 3D inputs alike. The attacks know them by
+name (:data:`common.attacks.base.LOSSES`): ``"ce"``, ``"masked_ce"``, ``"balanced_ce"``, ``"js"``, ``"segpgd"``,
+``"cospgd"``.
 
 Per-voxel weights that come from the prediction (which voxels are still correct, the cosine similarity of CosPGD) are
 detached, as in the papers' code: they choose where the loss looks, the gradient is that of the weighted
@@ -12,6 +15,8 @@ cross-entropy.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,24 +30,72 @@ __all__ = [
     "SegPGDLoss",
     "balanced_cross_entropy",
     "cospgd_loss",
+    "cross_entropy",
     "jensen_shannon",
     "masked_cross_entropy",
     "segpgd_loss",
 ]
 
 
-def _voxel_ce(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-voxel cross-entropy ``(B, *spatial)`` and the class index of each voxel ``(B, *spatial)``."""
-    if logits.ndim < 3 or logits.shape[1] != len(BRATS_LABELS):
+def _class_indices(logits: Tensor, labels: Tensor, values: Sequence[int]) -> Tensor:
+    """The class index of each voxel ``(B, *spatial)``, after checking that logits and labels fit ``values``.
+
+    Raises:
+        RobustsegError: for logits that are not ``(B, len(values), *spatial)``, labels that are not
+            ``(B, 1, *spatial)`` or hold a value outside ``values``.
+    """
+    if logits.ndim < 3 or logits.shape[1] != len(values):
+        what = "BraTS label" if tuple(values) == BRATS_LABELS else "label value"
         raise RobustsegError(
-            f"logits: expected shape (B, {len(BRATS_LABELS)}, *spatial) (one channel per BraTS label "
-            f"{list(BRATS_LABELS)}), got {tuple(logits.shape)}."
+            f"logits: expected shape (B, {len(values)}, *spatial) (one channel per {what} {list(values)}), "
+            f"got {tuple(logits.shape)}."
         )
     expected = (logits.shape[0], 1, *logits.shape[2:])
     if tuple(labels.shape) != expected:
         raise RobustsegError(f"labels: shape {tuple(labels.shape)} does not fit logits, expected {expected}.")
-    indices = labels_to_indices(labels)[:, 0]
+    return labels_to_indices(labels, values)[:, 0]
+
+
+def _voxel_ce(logits: Tensor, labels: Tensor, *, values: Sequence[int] = BRATS_LABELS) -> tuple[Tensor, Tensor]:
+    """Per-voxel cross-entropy ``(B, *spatial)`` and the class index of each voxel ``(B, *spatial)``.
+
+    Args:
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
+        values: the label value scored by each logit channel.
+
+    Returns:
+        The per-voxel cross-entropy (float32 or wider) and the class indices (``torch.long``).
+
+    Raises:
+        RobustsegError: for logits without one channel per value of ``values``, labels that do not fit them or
+            hold a value outside ``values``.
+    """
+    indices = _class_indices(logits, labels, values)
     return F.cross_entropy(logits.float(), indices, reduction="none"), indices
+
+
+def cross_entropy(logits: Tensor, labels: Tensor, *, values: Sequence[int] = BRATS_LABELS) -> Tensor:
+    """Voxel-averaged cross-entropy of softmax logits: the attacks' ``"ce"`` (FGSM's loss, Goodfellow, Shlens &
+    Szegedy 2015, "Explaining and harnessing adversarial examples", ICLR).
+
+    ``1/(BN) sum_b sum_v CE(u_bv, y_bv)``, exactly ``F.cross_entropy(logits.float(), labels_to_indices(labels,
+    values)[:, 0])`` (every sample has the same ``N`` voxels, so it is also the batch mean of the per-sample means).
+
+    Args:
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
+        values: the label value scored by each logit channel: :data:`~common.data.labels.BRATS_LABELS` (default) or
+            ``range(K)`` for a ``K``-class task whose labels are the channel indices.
+
+    Returns:
+        A scalar.
+
+    Raises:
+        RobustsegError: for logits without one channel per value of ``values``, labels that do not fit them or
+            hold a value outside ``values``.
+    """
+    return F.cross_entropy(logits.float(), _class_indices(logits, labels, values))
 
 
 def _correct(logits: Tensor, indices: Tensor) -> Tensor:
@@ -50,7 +103,9 @@ def _correct(logits: Tensor, indices: Tensor) -> Tensor:
     return channel_argmax(logits.detach())[:, 0] == indices
 
 
-def masked_cross_entropy(logits: Tensor, labels: Tensor, *, normalize: str = "all") -> Tensor:
+def masked_cross_entropy(
+    logits: Tensor, labels: Tensor, *, normalize: str = "all", values: Sequence[int] = BRATS_LABELS
+) -> Tensor:
     """Cross-entropy of the voxels still predicted correctly (SEA's masked CE).
 
     Croce, Singh & Hein (2024), "Towards Reliable Evaluation and Fast Training of Robust Semantic Segmentation
@@ -62,21 +117,23 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, *, normalize: str = "al
     to flip.
 
     Args:
-        logits: network output ``(B, 4, *spatial)``.
-        labels: BraTS labels ``(B, 1, *spatial)``.
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
         normalize: ``"all"`` (default, the paper's ``1/N`` over all ``N`` voxels of the sample) or ``"correct"``
             (the mean over the correct voxels only: ``N / #correct`` times the former, a per-sample factor that
             leaves the sign of the gradient unchanged).
+        values: the label value scored by each logit channel: :data:`~common.data.labels.BRATS_LABELS` (default) or
+            ``range(K)`` for a ``K``-class task whose labels are the channel indices.
 
     Returns:
         The batch mean of the per-sample losses, a scalar.
 
     Raises:
-        RobustsegError: for a bad ``normalize``, logits without one channel per BraTS label, labels that do not fit
-            them or hold a value outside {0, 1, 2, 4}.
+        RobustsegError: for a bad ``normalize``, logits without one channel per value of ``values``, labels that do
+            not fit them or hold a value outside ``values``.
     """
     normalize = look_up_option("normalize", normalize, ("all", "correct"))
-    ce, indices = _voxel_ce(logits, labels)
+    ce, indices = _voxel_ce(logits, labels, values=values)
     correct = _correct(logits, indices)
     # where, not a product: a 0 weight times an infinite CE would be NaN
     total = torch.where(correct, ce, ce.new_zeros(())).flatten(1).sum(1)
@@ -84,7 +141,7 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, *, normalize: str = "al
     return (total / count.clamp(min=1)).mean()
 
 
-def balanced_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+def balanced_cross_entropy(logits: Tensor, labels: Tensor, *, values: Sequence[int] = BRATS_LABELS) -> Tensor:
     """Class-balanced cross-entropy: every class present in the sample's ground truth weighs the same.
 
     ``1/|K| sum_{c in K} 1/|V_c| sum_{v in V_c} CE(u_v, c)`` with ``V_c`` the voxels of ground-truth class ``c`` and
@@ -95,17 +152,20 @@ def balanced_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     the voxels) weighs as much as the enhancing tumour (a few hundred).
 
     Args:
-        logits: network output ``(B, 4, *spatial)``.
-        labels: BraTS labels ``(B, 1, *spatial)``.
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
+        values: the label value scored by each logit channel: :data:`~common.data.labels.BRATS_LABELS` (default) or
+            ``range(K)`` for a ``K``-class task whose labels are the channel indices.
 
     Returns:
         The batch mean of the per-sample losses, a scalar.
 
     Raises:
-        RobustsegError: for logits without one channel per BraTS label or labels that do not fit them.
+        RobustsegError: for logits without one channel per value of ``values``, labels that do not fit them or
+            hold a value outside ``values``.
     """
-    ce, indices = _voxel_ce(logits, labels)
-    onehot = F.one_hot(indices.flatten(1), len(BRATS_LABELS)).to(ce.dtype)  # (B, N, C)
+    ce, indices = _voxel_ce(logits, labels, values=values)
+    onehot = F.one_hot(indices.flatten(1), len(values)).to(ce.dtype)  # (B, N, C)
     sums = (onehot * ce.flatten(1).unsqueeze(-1)).sum(1)  # (B, C): each class's summed CE
     counts = onehot.sum(1)
     present = counts > 0
@@ -113,7 +173,7 @@ def balanced_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return ((means * present).sum(1) / present.sum(1)).mean()
 
 
-def jensen_shannon(logits: Tensor, labels: Tensor) -> Tensor:
+def jensen_shannon(logits: Tensor, labels: Tensor, *, values: Sequence[int] = BRATS_LABELS) -> Tensor:
     """Jensen-Shannon divergence between the softmax and the one-hot ground truth, per voxel, averaged.
 
     Croce, Singh & Hein (2024), ECCV, the loss L_JS: ``JS(p_v || e_{y_v}) = 1/2 KL(p_v || m_v) + 1/2 KL(e_{y_v} ||
@@ -122,19 +182,22 @@ def jensen_shannon(logits: Tensor, labels: Tensor) -> Tensor:
     gradient comes from the voxels still to flip, without a hard mask.
 
     Args:
-        logits: network output ``(B, 4, *spatial)``.
-        labels: BraTS labels ``(B, 1, *spatial)``.
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
+        values: the label value scored by each logit channel: :data:`~common.data.labels.BRATS_LABELS` (default) or
+            ``range(K)`` for a ``K``-class task whose labels are the channel indices.
 
     Returns:
         The batch mean of the per-sample losses, a scalar in ``[0, log 2]``.
 
     Raises:
-        RobustsegError: for logits without one channel per BraTS label or labels that do not fit them.
+        RobustsegError: for logits without one channel per value of ``values``, labels that do not fit them or
+            hold a value outside ``values``.
     """
-    _, indices = _voxel_ce(logits, labels)
+    _, indices = _voxel_ce(logits, labels, values=values)
     log_p = torch.log_softmax(logits.float(), dim=1)
     p = log_p.exp()
-    q = F.one_hot(indices, len(BRATS_LABELS)).movedim(-1, 1).to(p.dtype)
+    q = F.one_hot(indices, len(values)).movedim(-1, 1).to(p.dtype)
     # log_softmax, not log(p), and a floor on m: where p underflows to 0 the terms and their gradients stay finite
     log_m = ((p + q) / 2).clamp(min=torch.finfo(p.dtype).tiny).log()
     kl_p = p * (log_p - log_m)
@@ -142,7 +205,9 @@ def jensen_shannon(logits: Tensor, labels: Tensor) -> Tensor:
     return (0.5 * (kl_p + kl_q)).sum(1).flatten(1).mean(1).mean()
 
 
-def segpgd_loss(logits: Tensor, labels: Tensor, step: int = 1, steps: int = 1) -> Tensor:
+def segpgd_loss(
+    logits: Tensor, labels: Tensor, step: int = 1, steps: int = 1, *, values: Sequence[int] = BRATS_LABELS
+) -> Tensor:
     """The SegPGD loss at step ``step`` of ``steps``.
 
     Gu, Zhao, Tresp & Torr (2022), "SegPGD: An Effective and Efficient Adversarial Attack for Evaluating and Boosting
@@ -152,20 +217,23 @@ def segpgd_loss(logits: Tensor, labels: Tensor, step: int = 1, steps: int = 1) -
     flipped back. Correct or wrong is decided per voxel by the current argmax prediction (detached).
 
     Args:
-        logits: network output ``(B, 4, *spatial)``.
-        labels: BraTS labels ``(B, 1, *spatial)``.
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
         step: the 1-based step ``t``.
         steps: the number of steps ``T``, >= ``step``.
+        values: the label value scored by each logit channel: :data:`~common.data.labels.BRATS_LABELS` (default) or
+            ``range(K)`` for a ``K``-class task whose labels are the channel indices.
 
     Returns:
         The batch mean of the per-sample losses, a scalar.
 
     Raises:
-        RobustsegError: if ``steps`` < 1 or ``step`` is not in ``[1, steps]``, and for bad logits or labels.
+        RobustsegError: if ``steps`` < 1 or ``step`` is not in ``[1, steps]``, for logits without one channel per
+            value of ``values``, labels that do not fit them or hold a value outside ``values``.
     """
     steps = check_int("steps", steps, 1)
     step = check_int("step", step, 1, steps)
-    ce, indices = _voxel_ce(logits, labels)
+    ce, indices = _voxel_ce(logits, labels, values=values)
     return segpgd_weighting(ce, _correct(logits, indices), step, steps)
 
 
@@ -186,17 +254,23 @@ class SegPGDLoss:
     ``loss="segpgd"`` gives each attack Gu et al.'s schedule. Before any call it is the loss of step 1 (CE over the
     correct voxels only).
 
+    Args:
+        values: the label value scored by each logit channel, passed on to :func:`segpgd_loss`:
+            :data:`~common.data.labels.BRATS_LABELS` (default) or ``range(K)`` for a ``K``-class task whose labels are
+            the channel indices.
+
     Example::
 
-        loss = SegPGDLoss()
+        loss = SegPGDLoss()               # SegPGDLoss(values=(0, 1)) for a 2-class task labelled 0 and 1
         loss.set_step(3, 10)
         value = loss(logits, labels)     # (1 - 0.1) CE of the correct voxels + 0.1 CE of the wrong ones, / N
     """
 
     __name__ = "segpgd"
 
-    def __init__(self) -> None:
+    def __init__(self, values: Sequence[int] = BRATS_LABELS) -> None:
         self.step, self.steps = 1, 1
+        self.values = tuple(int(v) for v in values)
 
     def set_step(self, step: int, steps: int) -> None:
         """Set the 1-based step ``step`` of ``steps`` the next evaluations belong to.
@@ -208,16 +282,22 @@ class SegPGDLoss:
         self.step = check_int("step", step, 1, self.steps)
 
     _loss = staticmethod(segpgd_loss)
-    """The weighted loss of one step: ``(logits, labels, step, steps) -> scalar`` (a subclass may change it)."""
+    """The weighted loss of one step: ``(logits, labels, step, steps, **self._loss_options()) -> scalar`` (a subclass
+    may change it, and :meth:`_loss_options` with it)."""
+
+    def _loss_options(self) -> dict[str, object]:
+        """The keyword arguments :meth:`__call__` passes to :attr:`_loss` besides the step: the label values."""
+        return {"values": self.values}
 
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return self._loss(logits, labels, self.step, self.steps)
+        return self._loss(logits, labels, self.step, self.steps, **self._loss_options())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(step={self.step}, steps={self.steps})"
+        values = "" if self.values == BRATS_LABELS else f", values={self.values}"
+        return f"{type(self).__name__}(step={self.step}, steps={self.steps}{values})"
 
 
-def cospgd_loss(logits: Tensor, labels: Tensor) -> Tensor:
+def cospgd_loss(logits: Tensor, labels: Tensor, *, values: Sequence[int] = BRATS_LABELS) -> Tensor:
     """The CosPGD loss: per-voxel cross-entropy weighted by that voxel's cosine similarity to the ground truth.
 
     Agnihotri, Jung & Keuper (2024), "CosPGD: an efficient white-box adversarial attack for pixel-wise prediction
@@ -228,16 +308,19 @@ def cospgd_loss(logits: Tensor, labels: Tensor) -> Tensor:
     image (which would only rescale the plain CE).
 
     Args:
-        logits: network output ``(B, 4, *spatial)``.
-        labels: BraTS labels ``(B, 1, *spatial)``.
+        logits: network output ``(B, len(values), *spatial)``.
+        labels: label map ``(B, 1, *spatial)`` holding values of ``values``.
+        values: the label value scored by each logit channel: :data:`~common.data.labels.BRATS_LABELS` (default) or
+            ``range(K)`` for a ``K``-class task whose labels are the channel indices.
 
     Returns:
         The batch mean of the per-sample losses, a scalar.
 
     Raises:
-        RobustsegError: for logits without one channel per BraTS label or labels that do not fit them.
+        RobustsegError: for logits without one channel per value of ``values``, labels that do not fit them or
+            hold a value outside ``values``.
     """
-    ce, indices = _voxel_ce(logits, labels)
+    ce, indices = _voxel_ce(logits, labels, values=values)
     p = torch.softmax(logits.detach().float(), dim=1)
     # cos(p, e_y) = p_y / |p|_2 (the one-hot vector has norm 1)
     cosine = p.gather(1, indices.unsqueeze(1))[:, 0] / p.norm(dim=1).clamp(min=1e-12)

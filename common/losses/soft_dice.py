@@ -36,10 +36,12 @@ class SoftDiceLoss(nn.Module):
         include_background: also score channel 0 (the paper does not).
         temperature: divide the logits by this before the softmax (eq. 4); 1 is the ordinary softmax.
         ce_weight: weight of an added cross-entropy term; 0 gives the paper's loss.
-        labels: the BraTS label value scored by each network output channel.
+        labels: the label value scored by each network output channel: the BraTS labels (default) or ``range(K)``
+            for a ``K``-class task whose labels are the channel indices (channel 0 is then the background).
 
     Raises:
-        RobustsegError: if ``smooth`` < 0, ``temperature`` <= 0 or ``ce_weight`` < 0.
+        RobustsegError: if ``smooth`` < 0, ``temperature`` <= 0 or ``ce_weight`` < 0; when called, for logits
+            without one channel per value of ``labels`` or labels holding another value.
 
     Example::
 
@@ -76,7 +78,8 @@ class SoftDiceLoss(nn.Module):
         )
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Loss of ``logits`` (B, C, *spatial) against BraTS ``labels`` (B, 1, *spatial); returns a scalar."""
+        """Loss of ``logits`` (B, len(self.labels), *spatial) against ``labels`` (B, 1, *spatial) holding values of
+        ``self.labels``; returns a scalar."""
         if logits.shape[1] != len(self.labels):
             raise RobustsegError(
                 f"logits: {logits.shape[1]} channels, expected {len(self.labels)} (one per label {list(self.labels)})."

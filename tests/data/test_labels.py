@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -32,6 +34,47 @@ def test_labels_to_indices_rejects(bad):
     labels = torch.tensor([[[0, 1, bad]]])
     with pytest.raises(RobustsegError, match=rf"\[{bad}\]"):
         labels_to_indices(labels)
+
+
+def test_brats_error_message_is_unchanged():
+    message = r"^labels: values \[3, 5\] are not BraTS labels, expected only \[0, 1, 2, 4\]\.$"
+    with pytest.raises(RobustsegError, match=message):  # 3 in the lookup table, 5 beyond it: both named
+        labels_to_indices(torch.tensor([[[0, 3, 5, 3]]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.uint8, torch.int32, torch.float32])
+def test_labels_to_indices_with_eight_index_labels(dtype):
+    values = tuple(range(8))  # a generic 8-class task: the labels are the channel indices
+    labels = torch.randint(0, 8, (2, 1, 5, 6, 3), generator=torch.Generator().manual_seed(0))
+    assert set(labels.unique().tolist()) == set(values)
+    idx = labels_to_indices(labels.to(dtype), values)
+    assert idx.dtype == torch.long and torch.equal(idx, labels)
+    assert torch.equal(indices_to_labels(idx, values), labels)
+
+
+@pytest.mark.parametrize("values", [(0, 1), (0, 1, 2), (2, 0, 9), (7, 3)])
+def test_labels_to_indices_with_other_values_round_trip(values):
+    indices = torch.randint(0, len(values), (3, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor(values)[indices]
+    assert torch.equal(labels_to_indices(labels, values), indices)
+    assert torch.equal(indices_to_labels(indices, values), labels)
+
+
+@pytest.mark.parametrize(
+    ("values", "bad"),
+    [(tuple(range(8)), [8]), (tuple(range(8)), [-1]), (tuple(range(8)), [100, 8]), ((0, 1), [2]), ((2, 0, 9), [1, 5])],
+)
+def test_labels_to_indices_with_other_values_rejects(values, bad):
+    labels = torch.tensor([[[values[0], *bad, values[-1]]]])
+    message = f"labels: values {sorted(bad)} are not label values of the task, expected only {list(values)}."
+    with pytest.raises(RobustsegError, match=f"^{re.escape(message)}$"):
+        labels_to_indices(labels, values)
+
+
+@pytest.mark.parametrize("values", [(), (0, -1), (0, 1, 1)])
+def test_labels_to_indices_refuses_values_that_are_not_distinct_non_negative(values):
+    with pytest.raises(RobustsegError, match=r"^values: expected distinct non-negative label values, got \["):
+        labels_to_indices(torch.zeros(1, 1, 2, dtype=torch.long), values)
 
 
 def test_logits_to_labels_argmax():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,15 +14,22 @@ from common.losses import SoftDiceLoss
 VALUES = (0, 1, 2, 4)
 
 
-def _hand_eq5(logits: np.ndarray, labels: np.ndarray, smooth: float, temperature: float = 1.0) -> float:
+def _hand_eq5(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    smooth: float,
+    temperature: float = 1.0,
+    values: tuple[int, ...] = VALUES,
+    include_background: bool = False,
+) -> float:
     """Eq. 5 written out with numpy loops: 1 - mean over samples and foreground classes of the soft Dice."""
     z = logits / temperature
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     dice = []
     for b in range(logits.shape[0]):
-        for i, value in enumerate(VALUES):
-            if i == 0:
+        for i, value in enumerate(values):
+            if i == 0 and not include_background:
                 continue  # background ignored
             y = (labels[b, 0] == value).astype(np.float64)
             dice.append((2 * (p[b, i] * y).sum() + smooth) / (p[b, i].sum() + y.sum() + smooth))
@@ -36,6 +45,33 @@ def test_matches_hand_computation(shape, smooth, temperature):
     labels = np.array(VALUES)[rng.integers(0, 4, size=(shape[0], 1, *shape[2:]))]
     got = SoftDiceLoss(smooth=smooth, temperature=temperature)(torch.tensor(logits), torch.tensor(labels))
     assert got.item() == pytest.approx(_hand_eq5(logits, labels, smooth, temperature), rel=1e-5)
+
+
+@pytest.mark.parametrize("values", [(0, 1), (0, 1, 2)], ids=["2classes", "3classes"])
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (3, 8, 8)], ids=["3D", "2D"])  # (B, *spatial)
+@pytest.mark.parametrize("include_background", [False, True])
+def test_index_labels_of_a_k_class_task_match_hand_computation(values, shape, include_background):
+    """A generic task whose labels are the channel indices 0..K-1: ``labels=range(K)``."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(shape[0], len(values), *shape[1:])) * 3
+    labels = rng.integers(0, len(values), size=(shape[0], 1, *shape[1:]))
+    loss = SoftDiceLoss(smooth=1e-5, include_background=include_background, labels=values)
+    expected = _hand_eq5(logits, labels, 1e-5, values=values, include_background=include_background)
+    assert loss(torch.tensor(logits), torch.tensor(labels)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_two_class_soft_dice_by_hand():
+    """Two classes, four voxels, the foreground Dice written out: p1 = sigmoid(u1 - u0)."""
+    logits = torch.tensor([[[0.0, 0.0, 2.0, -1.0], [0.0, 2.0, 0.0, 1.0]]])  # (1, 2, 4)
+    labels = torch.tensor([[[0, 1, 0, 1]]])
+    p1 = [0.5, 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(2.0)), 1 / (1 + math.exp(-2.0))]
+    y1 = [0, 1, 0, 1]
+    dice = 2 * sum(p * y for p, y in zip(p1, y1)) / (sum(p1) + sum(y1))
+    assert SoftDiceLoss(smooth=0.0, labels=(0, 1))(logits, labels).item() == pytest.approx(1 - dice, rel=1e-6)
+    with pytest.raises(RobustsegError, match=r"logits: 2 channels, expected 3 \(one per label \[0, 1, 2\]\)"):
+        SoftDiceLoss(labels=(0, 1, 2))(logits, labels)
+    with pytest.raises(RobustsegError, match=r"labels: values \[2\] are not label values of the task"):
+        SoftDiceLoss(labels=(0, 1))(logits, labels + 1)
 
 
 def test_perfect_prediction_is_zero_and_gradient_flows():
