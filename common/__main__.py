@@ -169,6 +169,7 @@ class CLI:
         device: str | None = None,
         batch_size: int | None = None,
         ensemble_steps: int | None = None,
+        task: str | None = None,
     ) -> str:
         """Attack any MONAI bundle (robustseg's or a Model Zoo one) on a data set; write results, tables, report.
 
@@ -190,13 +191,15 @@ class CLI:
             device: "cpu", "cuda", ... (default: CUDA if available).
             batch_size: test subjects attacked together.
             ensemble_steps: steps per worst-case ensemble member (default 100; the demo uses 20).
+            task: "brats" or "classes" (a generic task scored per class by its channel_def names), if the bundle's
+                metadata does not tell (four input channels or BraTS output names: brats).
         """
         from common.attack import run_attack
 
         return run_attack(
             bundle, data, out, preset=preset, epsilons=epsilons, config_file=config_file, overrides=overrides,
             input_channels=input_channels, output_channels=output_channels, output_activation=output_activation,
-            device=device, batch_size=batch_size, ensemble_steps=ensemble_steps,
+            device=device, batch_size=batch_size, ensemble_steps=ensemble_steps, task=task,
         )  # fmt: skip
 
     def certify(

@@ -21,7 +21,7 @@ from typing import Any
 from common.errors import RobustsegError
 from common.utils.validation import check_int, check_number, look_up_option
 
-__all__ = ["PRESETS", "run_attack", "find_datalist"]
+__all__ = ["PRESETS", "bundle_task", "run_attack", "find_datalist"]
 
 PRESETS = ("paper", "worst-case")
 """``paper``: FGSM (with its epsilon sweep), i-FGSM and ti-FGSM with soft Dice, and the random-sign control;
@@ -112,6 +112,7 @@ def run_attack(
     batch_size: int | None = None,
     ensemble_steps: int | None = None,
     report: bool = True,
+    task: str | None = None,
 ) -> str:
     """Attack model bundles on the test subjects of ``data``; write ``results/``, the tables and ``report/``.
 
@@ -135,6 +136,9 @@ def run_attack(
         ensemble_steps: steps of each worst-case ensemble member (``worst_case.json``'s 100 by default; the demo's
             quick preset uses 20); only with ``preset="worst-case"``.
         report: write ``report/report.html``.
+        task: what a third-party bundle segments, ``"brats"`` or ``"classes"`` (a generic task, scored per class by
+            its ``channel_def`` names; :mod:`common.engines.class_evaluation`); default: read from its metadata
+            (:func:`common.engines.zoo_bundle.task_kind`).
 
     Returns:
         A line naming the results and the report.
@@ -150,8 +154,20 @@ def run_attack(
     if not bundles:
         raise RobustsegError("bundle is empty; expected a bundle folder or name.")
     datalist = find_datalist(data)
-    options = {k: v for k, v in (("input_channels", input_channels), ("output_channels", output_channels),
-                                 ("output_activation", output_activation)) if v is not None}  # fmt: skip
+    given = (("input_channels", input_channels), ("output_channels", output_channels),
+             ("output_activation", output_activation), ("task", task))  # fmt: skip
+    options = {k: v for k, v in given if v is not None}
+    kinds = {b: bundle_task(Path(b), options) for b in bundles}
+    if "classes" in kinds.values():
+        if "brats" in kinds.values():
+            brats = [Path(b).name for b, k in kinds.items() if k == "brats"]
+            raise RobustsegError(f"bundle: {brats} segment BraTS and the others a generic task; a run evaluates "
+                                 "bundles of one task.")  # fmt: skip
+        if batch_size is not None:
+            raise RobustsegError(f"batch_size is {batch_size!r}; a generic task's bundles are attacked one subject at "
+                                 "a time (leave batch_size out).")  # fmt: skip
+        return _run_class_attack(bundles, datalist, Path(out), preset, epsilons, _list(config_file, "config_file"),
+                                 _overrides(overrides), options, device, ensemble_steps, report)  # fmt: skip
     items: list[Any] = [{"bundle": b, **options} if options else b for b in bundles]
     out = Path(out)
     results = out / "results"
@@ -190,6 +206,67 @@ def run_attack(
 
     path = write_report(csv, out / "report", options=ReportOptions(**_report_options(results, epsilons)))
     return f"wrote {csv} and {path}"
+
+
+def bundle_task(root: Path, options: Mapping[str, Any]) -> str:
+    """``"brats"`` or ``"classes"``: what the bundle folder ``root`` segments (robustseg's own bundles: BraTS), read
+    from its metadata without parsing its configs (:func:`common.engines.zoo_bundle.task_kind`)."""
+    from common.engines.zoo_bundle import is_zoo_bundle, task_kind
+
+    if not is_zoo_bundle(root):
+        return "brats"
+    path = root / "configs" / "metadata.json"
+    return task_kind(json.loads(path.read_text()), str(path), options)
+
+
+def _ensemble(steps: int | None) -> list[dict[str, Any]]:
+    """``worst_case.json``'s ensemble (APGD with masked CE, JS and SegPGD; PGD with soft Dice and restarts), with
+    ``steps`` steps per member instead of its default."""
+    from monai.bundle import ConfigParser
+
+    from common.bundles import find_bundle
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(find_bundle(EVAL_BUNDLE, what="evaluation bundle")) / "configs" / "worst_case.json"))
+    if steps is not None:
+        parser["ensemble_steps"] = check_int("ensemble_steps", steps, 1)
+    return [dict(spec) for spec in parser.get_parsed_content("ensemble")]
+
+
+def _run_class_attack(
+    bundles: Sequence[str],
+    datalist: Path,
+    out: Path,
+    preset: str,
+    epsilons: Any,
+    config_files: Sequence[str],
+    overrides: Mapping[str, Any],
+    options: Mapping[str, Any],
+    device: str | None,
+    ensemble_steps: int | None,
+    report: bool,
+) -> str:
+    """:func:`run_attack` for bundles of a generic task (:class:`~common.engines.class_evaluation.ClassEvaluation`)."""
+    import torch
+
+    from common.engines.class_evaluation import CLASS_PAPER_ATTACKS, ClassEvaluation
+    from common.engines.model_bundle import load_model_bundle
+
+    if ensemble_steps is not None and preset != "worst-case":
+        raise RobustsegError(f"ensemble_steps is {ensemble_steps!r}, but preset is {preset!r}; the ensemble runs only "
+                             "with --preset worst-case.")  # fmt: skip
+    radii = _epsilons(epsilons) if epsilons is not None else ([0.05] if preset == "paper" else [0.01, 0.03, 0.05])
+    ensemble = _ensemble(ensemble_steps) if preset == "worst-case" else []
+    where = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    models = [load_model_bundle(b, config_files, where, overrides, options) for b in bundles]
+    results = out / "results"
+    evaluation = ClassEvaluation(models, datalist, results, CLASS_PAPER_ATTACKS, radii, ensemble, device=where)
+    csv = evaluation.run()
+    if not report:
+        return f"wrote {csv}"
+    from common.report.class_report import write_class_report
+
+    return f"wrote {csv} and {write_class_report(results, out / 'report')}"
 
 
 def _report_options(results: Path, epsilons: Any) -> dict[str, Any]:

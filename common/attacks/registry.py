@@ -29,7 +29,7 @@ ATTACKS: dict[str, type[Attack]] = {
 and the noise control ``random-sign``."""
 
 # keyword settings every attack accepts through ``Attack.__init__`` (subclasses pass them on as ``**kwargs``)
-_COMMON = ("loss", "relative", "norm", "clip", "temperature", "logit_scale", "inferer", "amp", "stop")
+_COMMON = ("loss", "relative", "norm", "clip", "temperature", "logit_scale", "inferer", "amp", "stop", "task")
 
 
 def _parameters(cls: type[Attack]) -> list[str]:

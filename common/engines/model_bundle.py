@@ -26,6 +26,7 @@ from torch import nn
 
 from common.bundles import distillation_record, find_bundle, training_overrides
 from common.data.caching import transform_hashing
+from common.data.task import BRATS, SegmentationTask
 from common.engines.checkpoint import load_weights
 from common.engines.zoo_bundle import is_zoo_bundle, load_zoo_bundle
 from common.errors import RobustsegError
@@ -78,6 +79,9 @@ class ModelBundle:
         amp_dtype: the autocast dtype when :attr:`amp` is on: ``"bfloat16"`` or ``"float16"`` (its ``amp_dtype``).
         adapter: for a third-party (Model Zoo layout) bundle, how it was adapted (:mod:`common.engines.zoo_bundle`:
             input channel order, output convention, inferer); ``None`` for robustseg's own bundles.
+        task: what the network segments (:mod:`common.data.task`): BraTS, or a third-party bundle's generic task
+            (:class:`~common.data.task.ClassTask`), which ``robustseg attack`` evaluates
+            (:mod:`common.engines.class_evaluation`).
     """
 
     name: str
@@ -102,6 +106,7 @@ class ModelBundle:
     amp_dtype: str = "bfloat16"
     distillation: dict[str, Any] | None = None
     adapter: dict[str, Any] | None = None
+    task: SegmentationTask = BRATS
     _parser: ConfigParser | None = field(default=None, repr=False)
 
     @property

@@ -79,6 +79,7 @@ from common.corruptions import (
     corruption_seed,
 )
 from common.data.labels import logits_to_labels
+from common.data.task import BRATS
 from common.engines.attack_jobs import (
     DEFAULT_ATTACKS,
     DEFAULT_SWEEP_EPSILONS,
@@ -322,6 +323,11 @@ class RobustnessEvaluation:
         for item in model_bundles:
             bundle, options = _bundle_item(item)
             self.models.append(load_model_bundle(bundle, model_config_files, self.device, model_overrides, options))
+        generic = [m.name for m in self.models if m.task is not BRATS]
+        if generic:
+            raise RobustsegError(f"model_bundles: {generic} segment a task that is not BraTS (their output channels "
+                                 "name other classes); evaluate them with `robustseg attack`, which scores a generic "
+                                 "task per class.")  # fmt: skip
         names = [m.name for m in self.models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

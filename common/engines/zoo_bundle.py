@@ -55,24 +55,34 @@ from torch import Tensor, nn
 
 from common.data.caching import transform_hashing
 from common.data.labels import BRATS_LABELS, MODALITIES, REGION_CHANNELS
+from common.data.task import BRATS, ClassTask, SegmentationTask
 from common.engines.checkpoint import load_weights
 from common.errors import RobustsegError
 
 __all__ = [
+    "TASKS",
     "ZOO_OPTIONS",
+    "ClassPreprocessing",
     "OutputConvention",
     "ZooNetwork",
     "ZooPreprocessing",
+    "class_convention",
     "input_order",
+    "label_on_grid",
     "output_convention",
+    "task_kind",
     "load_zoo_bundle",
     "is_zoo_bundle",
 ]
 
 logger = logging.getLogger(__name__)
 
-ZOO_OPTIONS = ("input_channels", "output_channels", "output_activation")
+ZOO_OPTIONS = ("input_channels", "output_channels", "output_activation", "task")
 """Per-bundle overrides of what ``metadata.json`` and the postprocessing say (see :func:`load_zoo_bundle`)."""
+
+TASKS = ("brats", "classes")
+"""What a third-party bundle segments: BraTS tumour labels or regions, or a generic task's classes
+(:class:`common.data.task.ClassTask`)."""
 
 
 def _key(name: str) -> str:
@@ -146,20 +156,37 @@ class OutputConvention:
         activation: ``"sigmoid"`` (one independent region per channel) or ``"softmax"`` (one BraTS label per channel).
         names: the bundle's own channel names, in its channel order.
         order: the bundle channel of each canonical channel: ``output[:, order]`` is canonical (sigmoid: WT, TC, ET;
-            softmax: labels 0, 1, 2, 4).
+            softmax: labels 0, 1, 2, 4; a generic task: the bundle's own order).
+        task: ``"brats"`` or ``"classes"`` (a generic task, :data:`TASKS`): softmax over the classes, or one sigmoid
+            channel (a binary task, whose logit ``z`` becomes the softmax logits ``(0, z)``: ``softmax((0, z))[1] =
+            sigmoid(z)``).
     """
 
     activation: str
     names: tuple[str, ...]
     order: tuple[int, ...]
+    task: str = "brats"
 
     @property
     def channels(self) -> int:
         """The bundle network's number of output channels."""
         return len(self.names)
 
+    @property
+    def binary(self) -> bool:
+        """A generic task's single sigmoid channel, given to the evaluation as two softmax logits ``(0, z)``."""
+        return self.task == "classes" and self.activation == "sigmoid"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """A generic task's class of each canonical channel (a binary task: ``background`` first)."""
+        return ("background", *self.names) if self.binary else self.names
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description for ``settings.json``."""
+        if self.task == "classes":
+            return {"task": "classes", "activation": self.activation, "channels": list(self.names),
+                    "classes": list(self.class_names)}  # fmt: skip
         canonical = REGION_CHANNELS if self.activation == "sigmoid" else [f"label {v}" for v in BRATS_LABELS]
         return {
             "activation": self.activation,
@@ -306,6 +333,74 @@ def output_convention(
     return OutputConvention(activation, tuple(found), order)
 
 
+def class_convention(
+    meta: Mapping[str, Any],
+    where: str,
+    activation: str | None = None,
+    names: Sequence[str] | None = None,
+    parser: ConfigParser | None = None,
+) -> OutputConvention:
+    """The output convention of a generic task's bundle (not BraTS): its classes, in its channel order.
+
+    Softmax over two or more channels (channel ``i`` scores label ``i``), or one sigmoid channel (a binary task:
+    label 1 where the logit is positive). The activation is the override, else that of the bundle's
+    ``postprocessing``, else softmax for two or more channels and sigmoid for one.
+
+    Raises:
+        RobustsegError: names missing or repeated, an unknown activation, softmax over one channel, or sigmoid over
+            several (independent, possibly overlapping classes: not a label map).
+    """
+    what = "output_channels" if names is not None else f"{where}: network_data_format.outputs.pred.channel_def"
+    found = _names(names, what) if names is not None else _channel_def(meta, where, "outputs.pred")[0]
+    if found is None:
+        raise RobustsegError(f"{where}: no network_data_format.outputs.pred.channel_def; give output_channels, the "
+                             "name of each output channel (e.g. ['background', 'spleen']).")  # fmt: skip
+    if activation is not None and activation not in ACTIVATIONS:
+        raise RobustsegError(f"output_activation is {activation!r}; expected one of {list(ACTIVATIONS)}.")
+    if activation is None and parser is not None:
+        activation = _postprocessing_activation(parser)
+    if activation is None:
+        activation = "softmax" if len(found) > 1 else "sigmoid"
+    if len(set(found)) != len(found):
+        raise RobustsegError(f"{what}: {list(found)} repeats a class name; each output channel needs its own.")
+    if activation == "softmax" and len(found) < 2:
+        raise RobustsegError(f"{what}: {list(found)} is one softmax channel; a softmax needs a channel per class "
+                             "(or give output_activation 'sigmoid' for a binary task).")  # fmt: skip
+    if activation == "sigmoid" and len(found) != 1:
+        raise RobustsegError(f"{what}: {list(found)} are {len(found)} sigmoid channels of a task that is not BraTS; "
+                             "independent (possibly overlapping) classes are not a label map robustseg can score: "
+                             "expected softmax channels, or one sigmoid channel.")  # fmt: skip
+    return OutputConvention(activation, tuple(found), tuple(range(len(found))), task="classes")
+
+
+def task_kind(meta: Mapping[str, Any], where: str, options: Mapping[str, Any]) -> str:
+    """What a third-party bundle segments (:data:`TASKS`): the ``task`` option, else BraTS when its input has four
+    channels or its output channels are named as BraTS regions or labels, else a generic task (``"classes"``).
+
+    Raises:
+        RobustsegError: an unknown ``task`` option, or a broken ``channel_def``.
+    """
+    if options.get("task") is not None:
+        if options["task"] not in TASKS:
+            raise RobustsegError(f"task is {options['task']!r}; expected one of {list(TASKS)}.")
+        return str(options["task"])
+    if options.get("input_channels") is not None:
+        return "brats"
+    inputs, count = _channel_def(meta, where, "inputs.image")
+    n_inputs = len(inputs) if inputs is not None else count
+    if n_inputs == len(MODALITIES):
+        return "brats"
+    outputs = options.get("output_channels")
+    if outputs is None:
+        outputs = _channel_def(meta, where, "outputs.pred")[0]
+    if isinstance(outputs, (list, tuple)) and outputs and all(isinstance(n, str) for n in outputs):
+        regions = {_match(n, "sigmoid") for n in outputs}
+        labels = {_match(n, "softmax") for n in outputs}
+        if regions == set(REGION_CHANNELS) or labels == set(BRATS_LABELS):
+            return "brats"
+    return "classes" if n_inputs is not None or outputs is not None else "brats"
+
+
 class ZooNetwork(nn.Module):
     """A third-party bundle's network and inferer with robustseg's canonical output channels.
 
@@ -340,7 +435,8 @@ class ZooNetwork(nn.Module):
         self.input_order = list(input_order) if input_order is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """Canonical output logits of the bundle for inputs ``x`` (B, 4, *spatial) in robustseg's channel order."""
+        """Canonical output logits of the bundle for inputs ``x`` (B, C, *spatial) in robustseg's channel order (a
+        BraTS bundle's four contrasts) or the bundle's own (a generic task's)."""
         if self.input_order is not None:
             x = x[:, self.input_order]
         out = self.inferer(x, self.network) if self.inferer is not None else self.network(x)
@@ -351,7 +447,10 @@ class ZooNetwork(nn.Module):
             names = list(self.convention.names)
             raise RobustsegError(f"model bundle {self.name}: the network outputs {got}, but its metadata names "
                                  f"{self.convention.channels} output channels {names}.")  # fmt: skip
-        return out[:, list(self.convention.order)].as_subclass(Tensor)
+        out = out[:, list(self.convention.order)].as_subclass(Tensor)
+        if self.convention.binary:  # softmax((0, z))[1] = sigmoid(z): one sigmoid channel as two softmax logits
+            out = torch.cat([torch.zeros_like(out), out], dim=1)
+        return out
 
     def extra_repr(self) -> str:
         return f"bundle={self.name!r}, convention={self.convention}, inferer={type(self.inferer).__name__}"
@@ -403,13 +502,60 @@ class ZooPreprocessing:
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{images[0]}; expected (4, *spatial), the four contrasts as channels.")  # fmt: skip
         image = image[self.inverse]  # back to robustseg's channel order: corruptions, examples and panels use it
-        label = self._load_label(entry["label"])
-        same_grid = tuple(label.shape[1:]) == tuple(image.shape[1:]) and (
-            not hasattr(image, "affine") or torch.allclose(label.affine.double(), image.affine.double(), atol=1e-4)
-        )
-        if not same_grid:
-            label = self._resample(label, img_dst=image)
-        return {**out, "image": image, "label": label.round()}
+        return {**out, "image": image, "label": label_on_grid(entry["label"], image, self._load_label, self._resample)}
+
+
+def label_on_grid(path: Any, image: Tensor, load: LoadImage, resample: ResampleToMatch) -> Tensor:
+    """The label file ``path`` as ``(1, *spatial)``, resampled (nearest neighbour) onto the preprocessed ``image``'s
+    grid if the preprocessing moved it (another shape or affine), with its values rounded."""
+    label = load(path)
+    same_grid = tuple(label.shape[1:]) == tuple(image.shape[1:]) and (
+        not hasattr(image, "affine") or torch.allclose(label.affine.double(), image.affine.double(), atol=1e-4)
+    )
+    if not same_grid:
+        label = resample(label, img_dst=image)
+    return label.round()
+
+
+class ClassPreprocessing:
+    """A generic task's bundle preprocessing of a datalist entry (``image``: one file or a list, ``label``: the class
+    index map): the bundle's own transforms on the image, the label on the preprocessed image's grid.
+
+    Args:
+        transforms: the bundle's preprocessing (a callable on a dict with ``image``).
+        channels: the bundle's input channel count (``None``: not checked).
+        name: the bundle, for messages.
+
+    Raises (when called):
+        RobustsegError: an entry without an image or a label, or a preprocessing that does not give a
+            ``(channels, *spatial)`` image.
+    """
+
+    def __init__(self, transforms: Callable[[dict[str, Any]], Any], channels: int | None, name: str) -> None:
+        self.transforms = transforms
+        self.channels = channels
+        self.name = name
+        self._load_label = LoadImage(image_only=True, ensure_channel_first=True)
+        self._resample = ResampleToMatch(mode="nearest")
+
+    @property
+    def hash(self) -> str:
+        """A hash of the transforms' classes and settings."""
+        inner = getattr(self.transforms, "transforms", [self.transforms])
+        return transform_hashing([*inner, {"task": "classes"}]).decode()
+
+    def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        if not entry.get("image") or not entry.get("label"):
+            raise RobustsegError(f"datalist entry {dict(entry)!r:.200}: model bundle {self.name} needs an 'image' "
+                                 "and a 'label' file.")  # fmt: skip
+        out = self.transforms({k: v for k, v in entry.items() if k != "label"})
+        image = out["image"] if isinstance(out, Mapping) else None
+        if not isinstance(image, Tensor) or image.ndim < 3 or (self.channels and image.shape[0] != self.channels):
+            got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            expected = f"({self.channels}, *spatial)" if self.channels else "(C, *spatial)"
+            raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
+                                 f"{entry['image']}; expected {expected}, its input channels.")  # fmt: skip
+        return {**out, "image": image, "label": label_on_grid(entry["label"], image, self._load_label, self._resample)}
 
 
 def _weights(root: Path, parser: ConfigParser, where: str) -> tuple[Path, bool]:
@@ -498,10 +644,22 @@ def load_zoo_bundle(
     _warn_once(name, root)
     where = f"model bundle {name}"
     parser, _ = _parser(root, config_files, dict(overrides or {}))
-    modalities = input_order(meta, str(path), options.get("input_channels"))
-    convention = output_convention(
-        meta, str(path), options.get("output_activation"), options.get("output_channels"), parser
-    )
+    kind = task_kind(meta, str(path), options)
+    if kind == "brats":
+        modalities: list[str] | None = input_order(meta, str(path), options.get("input_channels"))
+        convention = output_convention(
+            meta, str(path), options.get("output_activation"), options.get("output_channels"), parser
+        )
+        task: SegmentationTask = BRATS
+    else:
+        if options.get("input_channels") is not None:
+            raise RobustsegError(f"{where}: input_channels names the MR contrasts of a BraTS bundle; this bundle's "
+                                 "task is generic (task 'classes'), its inputs are read as they are.")  # fmt: skip
+        modalities = None
+        convention = class_convention(
+            meta, str(path), options.get("output_activation"), options.get("output_channels"), parser
+        )
+        task = ClassTask(convention.class_names)
 
     weights, script = _weights(root, parser, where)
     if script:
@@ -533,7 +691,13 @@ def load_zoo_bundle(
         transforms = Compose(list(transforms))
     if not callable(transforms):
         raise RobustsegError(f"{where}: {key} builds a {type(transforms).__name__}, expected a MONAI transform.")
-    preprocessing = ZooPreprocessing(transforms, modalities, name)
+    if modalities is not None:
+        preprocessing: ZooPreprocessing | ClassPreprocessing = ZooPreprocessing(transforms, modalities, name)
+        order: list[int] | None = preprocessing.order
+    else:
+        inputs, count = _channel_def(meta, str(path), "inputs.image")
+        preprocessing = ClassPreprocessing(transforms, len(inputs) if inputs is not None else count, name)
+        order = None
     amp = bool(_parsed(parser, "amp", where)) if "amp" in parser else False
     spatial = (((meta.get("network_data_format") or {}).get("inputs") or {}).get("image") or {}).get("spatial_shape")
     net = "2d" if isinstance(spatial, list) and len(spatial) == 2 else "3d"
@@ -543,7 +707,7 @@ def load_zoo_bundle(
         "name": name,
         "root": root,
         "config_files": relative,
-        "network": ZooNetwork(network, convention, inferer, name, preprocessing.order).to(device).eval(),
+        "network": ZooNetwork(network, convention, inferer, name, order).to(device).eval(),
         "preprocessing": preprocessing,
         # MONAI's evaluators autocast on CUDA only ("amp": true runs in fp32 on a CPU); so does the evaluation
         "amp": amp and device.type == "cuda",
@@ -562,6 +726,7 @@ def load_zoo_bundle(
         "adapter": {
             "kind": "model-zoo",
             "display_name": display,
+            "task": task.describe() if isinstance(task, ClassTask) else "brats",
             "input_channels": modalities,
             "output": convention.describe(),
             "inferer": _describe_inferer(inferer),
@@ -569,5 +734,6 @@ def load_zoo_bundle(
             "weights_format": "torchscript" if script else "state_dict",
             "options": {k: _plain(v) for k, v in options.items()},
         },
+        "task": task,
         "_parser": parser,
     }
