@@ -100,3 +100,43 @@ def test_equals_monai_compute_dice_on_region_masks(spatial, regions):
     got = region_dice(pred, true, regions)
     assert got.shape == (5, len(regions)) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected.float(), rtol=1e-6, atol=1e-7)
+
+
+# -- class_dice: a generic task's classes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial", [(7, 5, 3), (16, 16)])
+@pytest.mark.parametrize(("classes", "scored"), [(2, [1]), (3, [1, 2]), (3, [2, 0]), (8, [7, 3])])
+def test_class_dice_equals_monai_compute_dice(spatial, classes, scored):
+    from monai.metrics import compute_dice
+
+    from common.metrics.dice import class_dice
+
+    g = torch.Generator().manual_seed(classes)
+    pred = torch.randint(0, classes, (3, 1, *spatial), generator=g)
+    truth = torch.randint(0, classes, (3, 1, *spatial), generator=g)
+    truth[0] = torch.where(truth[0] == scored[0], 0 if scored[0] else 1, truth[0])  # a class absent from one truth
+    dice = class_dice(pred, truth, classes, scored)
+    onehot = [torch.nn.functional.one_hot(t[:, 0], classes).movedim(-1, 1) for t in (pred, truth)]
+    expected = compute_dice(onehot[0], onehot[1], include_background=True, ignore_empty=False)[:, scored]
+    torch.testing.assert_close(dice, expected.float())
+    for b in range(3):
+        for j, c in enumerate(scored):
+            assert dice[b, j].item() == pytest.approx(_hand_dice(pred[b], truth[b], (c,)), abs=1e-6)
+
+
+def test_class_dice_empty_masks_and_errors():
+    from common.metrics.dice import class_dice
+
+    zeros = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    one = zeros.clone()
+    one[0, 0, 0, 0] = 1
+    assert class_dice(zeros, zeros, 2, [1]).item() == 1.0  # nothing to find, nothing found
+    assert class_dice(one, zeros, 2, [1]).item() == 0.0
+    assert class_dice(zeros, one, 2, [1]).item() == 0.0
+    with pytest.raises(RobustsegError, match=r"labels: values \[2\]"):
+        class_dice(zeros + 2, zeros, 2, [1])
+    with pytest.raises(RobustsegError, match=r"scored: classes \[2\] are out of range"):
+        class_dice(zeros, zeros, 2, [2])
+    with pytest.raises(RobustsegError, match="class-index maps of one shape"):
+        class_dice(zeros, zeros[0], 2, [1])

@@ -1,4 +1,5 @@
-"""Fixtures of the third-party bundle tests: synthetic subjects and a small zoo-style BraTS bundle trained on them."""
+"""Fixtures of the third-party bundle tests: synthetic subjects and a small zoo-style BraTS bundle trained on them;
+CT-like volumes and a generic two-class bundle (softmax, and a one-channel sigmoid variant) trained on them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from common.data.synthetic import write_synthetic_dataset
 
+from .class_bundles import train_class_bundle, write_class_bundle, write_ct_dataset
 from .zoo_bundles import train_zoo_brats, write_zoo_brats_bundle
 
 
@@ -47,3 +49,32 @@ def any_zoo_bundle(request: pytest.FixtureRequest) -> Path:
 def zoo_copy(trained_zoo_bundle: Path, tmp_path: Path) -> Path:
     """A copy of the trained bundle that a test may break."""
     return Path(shutil.copytree(trained_zoo_bundle, tmp_path / trained_zoo_bundle.name))
+
+
+@pytest.fixture(scope="session")
+def ct_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 CT-like volumes at 24^3 with one organ each (2 test subjects): the datalist of a generic two-class task."""
+    return write_ct_dataset(tmp_path_factory.mktemp("ct_data"))
+
+
+@pytest.fixture(scope="session")
+def trained_class_bundle(tmp_path_factory: pytest.TempPathFactory, ct_data: Path) -> Path:
+    """The generic two-class bundle (softmax background/spleen), trained for a few steps (read-only)."""
+    root = write_class_bundle(tmp_path_factory.mktemp("class_bundles") / "spleen_tiny")
+    train_class_bundle(root, ct_data, steps=60)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_class_sigmoid_bundle(tmp_path_factory: pytest.TempPathFactory, ct_data: Path) -> Path:
+    """Its binary variant: one sigmoid output channel (spleen)."""
+    root = write_class_bundle(tmp_path_factory.mktemp("class_bundles") / "spleen_sigmoid", activation="sigmoid")
+    train_class_bundle(root, ct_data, steps=60)
+    return root
+
+
+@pytest.fixture(params=["softmax", "sigmoid"])
+def any_class_bundle(request: pytest.FixtureRequest) -> Path:
+    """Each trained generic bundle in turn."""
+    name = "trained_class_bundle" if request.param == "softmax" else "trained_class_sigmoid_bundle"
+    return request.getfixturevalue(name)
