@@ -1,4 +1,4 @@
-"""``examples/model_zoo``: the zoo-form datalist script and the training overlay the README uses."""
+"""``examples/model_zoo``: the zoo-form datalist script, the training overlay and the CT phantoms the README uses."""
 
 from __future__ import annotations
 
@@ -39,3 +39,29 @@ def test_training_overlay_is_valid_json() -> None:
     overlay = json.loads((EXAMPLES / "train_float_labels.json").read_text())
     transforms = overlay["train#preprocessing_transforms#1"]["transforms"]
     assert [t["_target_"] for t in transforms] == ["ConvertToMultiChannelBasedOnBratsClassesd", "CastToTyped"]
+
+
+def test_ct_phantoms_write_an_msd_layout_and_a_testing_datalist(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    out = tmp_path / "ct"
+    result = subprocess.run([sys.executable, str(EXAMPLES / "ct_phantoms.py"), str(out), "--train", "2", "--test", "1",
+                             "--shape", "32,32,16"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["spleen_000.nii.gz", "spleen_001.nii.gz"]
+    testing = json.loads((out / "datalist.json").read_text())["testing"]
+    assert [Path(e["image"]).parent.name for e in testing] == ["imagesTs"]
+    image, label = (nib.load(testing[0][k]) for k in ("image", "label"))
+    assert image.shape == label.shape == (32, 32, 16) and np.allclose(image.header.get_zooms(), (0.9, 0.9, 3.0))
+    values = np.asarray(label.dataobj)
+    spleen = np.asarray(image.dataobj)[values == 1]
+    assert set(np.unique(values)) == {0, 1} and 80 < spleen.mean() < 140  # in the spleen bundle's HU window
+
+
+@pytest.mark.parametrize("args", [["--shape", "32,32"], ["--shape", "8,32,32"], ["--test", "0"]])
+def test_ct_phantoms_refuse_bad_arguments(tmp_path: Path, args: list[str]) -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLES / "ct_phantoms.py"), str(tmp_path / "o"), *args],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
