@@ -3,7 +3,8 @@
 A generic (non-BraTS) Model Zoo bundle such as ``spleen_ct_segmentation`` reads ``imagesTr``/``labelsTr`` of a
 ``dataset_dir`` in its own ``train.json`` (the last 9 cases validate). No CT data can be downloaded here, so this
 writes phantoms: air at -1000 HU, an elliptic body of soft tissue (about 30 HU) with a fat rim (-100 HU), a spine
-(700 HU), and one spleen (about 110 HU, label 1) of random size and position on the body's left, with Gaussian noise.
+(700 HU), and one spleen (95-125 HU, label 1) of random size and position on the body's left, with Gaussian noise;
+sizes are fractions of the field of view.
 The voxels are anisotropic (0.9 x 0.9 x 3.0 mm by default), so the bundle's ``Spacingd`` resamples them, as it does
 real scans. Held-out labelled cases go to ``imagesTs``/``labelsTs`` and ``datalist.json`` lists them as ``testing``
 (what ``robustseg attack --data`` evaluates).
@@ -28,15 +29,16 @@ def phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float], rn
     """One CT volume (HU, float32) and its spleen mask (uint8)."""
     mm = [np.arange(n) * s - (n - 1) * s / 2 for n, s in zip(shape, spacing, strict=True)]
     x, y, z = np.meshgrid(*mm, indexing="ij")
-    half = np.array([0.42, 0.34]) * np.array(shape[:2]) * np.array(spacing[:2])
+    half = np.array([0.42, 0.34]) * np.array(shape[:2]) * np.array(spacing[:2])  # the body's half-axes, mm
+    depth = shape[2] * spacing[2] / 2
     body = (x / half[0]) ** 2 + (y / half[1]) ** 2 <= 1
-    inner = (x / (half[0] - 12)) ** 2 + (y / (half[1] - 12)) ** 2 <= 1
+    inner = (x / (0.88 * half[0])) ** 2 + (y / (0.88 * half[1])) ** 2 <= 1
     image = np.full(shape, -1000.0)
     image[body] = -100.0  # subcutaneous fat
     image[inner] = 30.0  # soft tissue
-    image[(x**2 + (y + 0.7 * half[1]) ** 2) <= 12**2] = 700.0  # spine
-    centre = np.array([0.45 * half[0], -0.1 * half[1], 0]) + rng.uniform(-8, 8, 3)
-    radii = rng.uniform([18, 14, 25], [30, 22, 45])
+    image[(x**2 + (y + 0.7 * half[1]) ** 2) <= (0.12 * half[1]) ** 2] = 700.0  # spine
+    centre = np.array([0.45 * half[0], -0.1 * half[1], 0]) + rng.uniform(-0.08, 0.08, 3) * np.array([*half, depth])
+    radii = rng.uniform([0.18, 0.2, 0.4], [0.3, 0.32, 0.7]) * np.array([*half, depth])
     spleen = (((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
               + ((z - centre[2]) / radii[2]) ** 2) <= 1  # fmt: skip
     spleen &= inner
