@@ -456,7 +456,25 @@ class ZooNetwork(nn.Module):
         return f"bundle={self.name!r}, convention={self.convention}, inferer={type(self.inferer).__name__}"
 
 
-class ZooPreprocessing:
+class _BundlePreprocessing:
+    """What both preprocessings share: the bundle's transforms, its name, and the label put on the image's grid."""
+
+    def __init__(self, transforms: Callable[[dict[str, Any]], Any], name: str) -> None:
+        self.transforms = transforms
+        self.name = name
+        self._load_label = LoadImage(image_only=True, ensure_channel_first=True)
+        self._resample = ResampleToMatch(mode="nearest")
+
+    def _hash(self, extra: Mapping[str, Any]) -> str:
+        """A hash of the transforms' classes and settings and of ``extra``."""
+        inner = getattr(self.transforms, "transforms", [self.transforms])
+        return transform_hashing([*inner, dict(extra)]).decode()
+
+    def _label(self, path: Any, image: Tensor) -> Tensor:
+        return label_on_grid(path, image, self._load_label, self._resample)
+
+
+class ZooPreprocessing(_BundlePreprocessing):
     """A third-party bundle's preprocessing of a robustseg datalist entry: image files in the bundle's channel order,
     its own transforms, the result back in robustseg's channel order (:data:`~common.data.labels.MODALITIES`, which
     the corruptions, examples and figure panels rely on; :class:`ZooNetwork` reorders for the network), and the label
@@ -473,19 +491,15 @@ class ZooPreprocessing:
     """
 
     def __init__(self, transforms: Callable[[dict[str, Any]], Any], modalities: Sequence[str], name: str) -> None:
-        self.transforms = transforms
+        super().__init__(transforms, name)
         self.modalities = list(modalities)
         self.order = [MODALITIES.index(m) for m in self.modalities]
         self.inverse = [self.modalities.index(m) for m in MODALITIES]
-        self.name = name
-        self._load_label = LoadImage(image_only=True, ensure_channel_first=True)
-        self._resample = ResampleToMatch(mode="nearest")
 
     @property
     def hash(self) -> str:
         """A hash of the transforms' classes and settings, the channel order and the output order."""
-        inner = getattr(self.transforms, "transforms", [self.transforms])
-        return transform_hashing([*inner, {"channel_order": self.modalities, "output": "robustseg order"}]).decode()
+        return self._hash({"channel_order": self.modalities, "output": "robustseg order"})
 
     def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         images = entry.get("image")
@@ -502,7 +516,7 @@ class ZooPreprocessing:
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{images[0]}; expected (4, *spatial), the four contrasts as channels.")  # fmt: skip
         image = image[self.inverse]  # back to robustseg's channel order: corruptions, examples and panels use it
-        return {**out, "image": image, "label": label_on_grid(entry["label"], image, self._load_label, self._resample)}
+        return {**out, "image": image, "label": self._label(entry["label"], image)}
 
 
 def label_on_grid(path: Any, image: Tensor, load: LoadImage, resample: ResampleToMatch) -> Tensor:
@@ -517,7 +531,7 @@ def label_on_grid(path: Any, image: Tensor, load: LoadImage, resample: ResampleT
     return label.round()
 
 
-class ClassPreprocessing:
+class ClassPreprocessing(_BundlePreprocessing):
     """A generic task's bundle preprocessing of a datalist entry (``image``: one file or a list, ``label``: the class
     index map): the bundle's own transforms on the image, the label on the preprocessed image's grid.
 
@@ -532,17 +546,13 @@ class ClassPreprocessing:
     """
 
     def __init__(self, transforms: Callable[[dict[str, Any]], Any], channels: int | None, name: str) -> None:
-        self.transforms = transforms
+        super().__init__(transforms, name)
         self.channels = channels
-        self.name = name
-        self._load_label = LoadImage(image_only=True, ensure_channel_first=True)
-        self._resample = ResampleToMatch(mode="nearest")
 
     @property
     def hash(self) -> str:
         """A hash of the transforms' classes and settings."""
-        inner = getattr(self.transforms, "transforms", [self.transforms])
-        return transform_hashing([*inner, {"task": "classes"}]).decode()
+        return self._hash({"task": "classes"})
 
     def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         if not entry.get("image") or not entry.get("label"):
@@ -555,7 +565,7 @@ class ClassPreprocessing:
             expected = f"({self.channels}, *spatial)" if self.channels else "(C, *spatial)"
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{entry['image']}; expected {expected}, its input channels.")  # fmt: skip
-        return {**out, "image": image, "label": label_on_grid(entry["label"], image, self._load_label, self._resample)}
+        return {**out, "image": image, "label": self._label(entry["label"], image)}
 
 
 def _weights(root: Path, parser: ConfigParser, where: str) -> tuple[Path, bool]:

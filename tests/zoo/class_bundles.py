@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from .zoo_bundles import fit_and_save
+
 ROI = [16, 16, 16]
 """The bundle's sliding window: smaller than the test volumes (24^3)."""
 
@@ -156,12 +158,4 @@ def train_class_bundle(root: Path, datalist: str | Path, steps: int = 60, seed: 
     labels = torch.stack([load(e["label"]).as_tensor().float() for e in data])
     sigmoid = network.out_channels == 1
     loss_fn: Any = DiceCELoss(sigmoid=True) if sigmoid else DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
-    network.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = loss_fn(network(images), labels)
-        loss.backward()
-        optimizer.step()
-    (root / "models").mkdir(exist_ok=True)
-    torch.save(network.state_dict(), root / "models" / "model.pt")
+    fit_and_save(network, images, labels, loss_fn, steps, root)

@@ -205,6 +205,13 @@ def train_zoo_brats(
             lut[label] = index
         labels = torch.stack([lut[load_label(e["label"]).as_tensor().long()][None] for e in data])
         loss_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, squared_pred=True)
+    fit_and_save(network, images, labels, loss_fn, steps, root)
+
+
+def fit_and_save(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: Any, steps: int,
+                 root: Path) -> None:  # fmt: skip
+    """``steps`` full-batch Adam steps (lr 0.01), then ``models/model.pt`` as MONAI's CheckpointSaver writes it (a
+    state dict)."""
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
     network.train()
     for _ in range(steps):
