@@ -13,6 +13,12 @@ given the task (the same loss names, checked labels, per-class scoring of the be
   epsilon lives and the package versions; a rerun with the same settings keeps the subjects already evaluated;
 * ``tables/``: per model, mean ± sd Dice per class under each attack (Markdown and CSV), and the worst case.
 
+The attacks perturb the network's input on its own grid and aim at the label resampled onto it (nearest neighbour);
+the Dice is scored where the bundle's own inference puts its output: when the preprocessing moves the grid
+(``Orientationd``, ``Spacingd``), the class probabilities are inverted onto the stored label's grid
+(:meth:`~common.engines.zoo_bundle.ClassPreprocessing.invert`, MONAI's ``Invertd``) before the argmax, so the clean
+Dice is that of the bundle's own ``inference.json`` outputs.
+
 The report (:func:`write_class_report`) renders the tables and a Dice-vs-epsilon figure. BraTS bundles (robustseg's
 and the Model Zoo's ``brats_mri_segmentation``) go through ``brats_robustness_eval`` instead, with its corruptions,
 defences, certificates and statistics; this evaluation has none of those (see the README's limits).
@@ -31,7 +37,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,41 +204,57 @@ class ClassEvaluation:
         writer.writerows(rows)
         write_atomic(self.output_dir / "results.csv", table.getvalue())
 
-    def _load(self, model: ModelBundle, entry: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    def _load(self, model: ModelBundle, entry: Mapping[str, Any]) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        """The network's input ``(1, C, *grid)``, the label on its grid (what the attacks aim at) and the scoring
+        function ``logits -> Dice (1, n_classes)`` (on the label's stored grid when the preprocessing moved it)."""
         data = model.preprocessing(dict(entry))
         image = torch.as_tensor(data["image"]).as_subclass(Tensor).float()[None].to(self.device)
         label = torch.as_tensor(data["label"]).as_subclass(Tensor).long()[None].to(self.device)
+        stored = data.get("label_original")
         try:
-            self.task.check_labels(label)
+            for value in (label, stored):
+                if value is not None:
+                    self.task.check_labels(torch.as_tensor(value).long())
         except RobustsegError as exc:
             raise RobustsegError(f"{entry.get('label')}: {exc} (the classes of {model.name}: "
                                  f"{list(self.task.names)}, labels 0 .. {len(self.task.names) - 1}).") from None
         if not torch.isfinite(image).all():
             raise RobustsegError(f"{entry.get('image')}: the preprocessed image of {model.name} holds NaN or inf.")
-        return image, label
+        if stored is None:
+            return image, label, lambda logits: self.task.dice(self.task.predict(logits), label)
+        truth = torch.as_tensor(stored).as_subclass(Tensor).long()[None].to(self.device)
+        meta = data["image"]
 
-    def _row(self, model: ModelBundle, subject: str, logits: Tensor, label: Tensor, **cells: Any) -> dict[str, Any]:
-        dice = self.task.dice(self.task.predict(logits), label)[0].tolist()
-        return {"model": model.name, "subject": subject, **dict(zip(self.columns, dice, strict=True)),
-                "dice_mean": float(np.mean(dice)), **cells}  # fmt: skip
+        def score(logits: Tensor) -> Tensor:
+            # the bundle's own postprocessing: probabilities inverted onto the stored grid (linear), then argmax
+            probabilities = model.preprocessing.invert(torch.softmax(logits.float(), 1)[0].cpu(), meta)
+            prediction = torch.as_tensor(probabilities).as_subclass(Tensor).to(self.device)[None]
+            return self.task.dice(self.task.predict(prediction), truth)
+
+        return image, label, score
+
+    def _row(self, model: ModelBundle, subject: str, dice: Tensor, **cells: Any) -> dict[str, Any]:
+        values = dice[0].tolist()
+        return {"model": model.name, "subject": subject, **dict(zip(self.columns, values, strict=True)),
+                "dice_mean": float(np.mean(values)), **cells}  # fmt: skip
 
     def evaluate(self, model: ModelBundle, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The rows of one model on one subject: clean, every attack at every epsilon, and the worst case."""
         subject = subject_id(entry)
-        image, label = self._load(model, entry)
+        image, label, score = self._load(model, entry)
         network = model.network
         with torch.no_grad():
-            clean = network(image)
-        rows = [self._row(model, subject, clean, label, attack="none", threat="clean", loss="", epsilon=0.0,
+            clean = score(network(image))
+        rows = [self._row(model, subject, clean, attack="none", threat="clean", loss="", epsilon=0.0,
                           steps=0, iteration=0, linf=0.0, seconds="", winner="", attack_config="")]  # fmt: skip
         for attack in self.attacks:
             started = time.perf_counter()
             adversarial = attack(network, image, label)
             seconds = time.perf_counter() - started
             with torch.no_grad():
-                logits = network(adversarial)
+                dice = score(network(adversarial))
             rows.append(self._row(
-                model, subject, logits, label, attack=attack.name, threat="white-box", loss=str(attack.loss),
+                model, subject, dice, attack=attack.name, threat="white-box", loss=str(attack.loss),
                 epsilon=attack.epsilon, steps=attack.steps, iteration=attack.steps,
                 linf=float((adversarial - image).abs().max()), seconds=round(seconds, 3), winner="",
                 attack_config=repr(attack)))  # fmt: skip

@@ -69,6 +69,7 @@ __all__ = [
     "class_convention",
     "input_order",
     "label_on_grid",
+    "same_grid",
     "output_convention",
     "task_kind",
     "load_zoo_bundle",
@@ -516,24 +517,50 @@ class ZooPreprocessing(_BundlePreprocessing):
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{images[0]}; expected (4, *spatial), the four contrasts as channels.")  # fmt: skip
         image = image[self.inverse]  # back to robustseg's channel order: corruptions, examples and panels use it
-        return {**out, "image": image, "label": self._label(entry["label"], image)}
+        stored = self._load_label(entry["label"])
+        if same_grid(stored, image):
+            return {**out, "image": image, "label": stored.round()}
+        label = self._resample(stored, img_dst=image).round()
+        return {**out, "image": image, "label": label, "label_original": stored.round()}
+
+    def invert(self, probabilities: Tensor, image: Tensor) -> Tensor:
+        """Class probabilities ``(C, *grid)`` on the preprocessed ``image``'s grid, put back on the grid the image was
+        stored on by inverting the bundle's transforms (MONAI's ``Invertd``, linear interpolation, as a Model Zoo
+        inference postprocessing does before its argmax)."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        invert = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=False,
+                         to_tensor=True)  # fmt: skip
+        return invert({"pred": MetaTensor(probabilities, meta=image.meta), "image": image})["pred"]
 
 
 def label_on_grid(path: Any, image: Tensor, load: LoadImage, resample: ResampleToMatch) -> Tensor:
     """The label file ``path`` as ``(1, *spatial)``, resampled (nearest neighbour) onto the preprocessed ``image``'s
     grid if the preprocessing moved it (another shape or affine), with its values rounded."""
     label = load(path)
-    same_grid = tuple(label.shape[1:]) == tuple(image.shape[1:]) and (
-        not hasattr(image, "affine") or torch.allclose(label.affine.double(), image.affine.double(), atol=1e-4)
-    )
-    if not same_grid:
+    if not same_grid(label, image):
         label = resample(label, img_dst=image)
     return label.round()
+
+
+def same_grid(label: Tensor, image: Tensor) -> bool:
+    """Whether ``label`` ``(1, *spatial)`` lies on ``image``'s grid: the same shape and (where both have one) affine."""
+    return tuple(label.shape[1:]) == tuple(image.shape[1:]) and (
+        not hasattr(image, "affine")
+        or not hasattr(label, "affine")
+        or torch.allclose(label.affine.double(), image.affine.double(), atol=1e-4)
+    )
 
 
 class ClassPreprocessing(_BundlePreprocessing):
     """A generic task's bundle preprocessing of a datalist entry (``image``: one file or a list, ``label``: the class
     index map): the bundle's own transforms on the image, the label on the preprocessed image's grid.
+
+    When the transforms move the grid (e.g. ``Orientationd`` and ``Spacingd``, as the Model Zoo's
+    ``spleen_ct_segmentation``), the result also holds ``label_original``, the label as stored, and :meth:`invert`
+    maps class probabilities back onto that grid as the bundle's own postprocessing does (``Invertd`` with
+    interpolation, then argmax): the evaluation scores there, so that its clean Dice is the bundle's own.
 
     Args:
         transforms: the bundle's preprocessing (a callable on a dict with ``image``).
@@ -565,7 +592,22 @@ class ClassPreprocessing(_BundlePreprocessing):
             expected = f"({self.channels}, *spatial)" if self.channels else "(C, *spatial)"
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{entry['image']}; expected {expected}, its input channels.")  # fmt: skip
-        return {**out, "image": image, "label": self._label(entry["label"], image)}
+        stored = self._load_label(entry["label"])
+        if same_grid(stored, image):
+            return {**out, "image": image, "label": stored.round()}
+        label = self._resample(stored, img_dst=image).round()
+        return {**out, "image": image, "label": label, "label_original": stored.round()}
+
+    def invert(self, probabilities: Tensor, image: Tensor) -> Tensor:
+        """Class probabilities ``(C, *grid)`` on the preprocessed ``image``'s grid, put back on the grid the image was
+        stored on by inverting the bundle's transforms (MONAI's ``Invertd``, linear interpolation, as a Model Zoo
+        inference postprocessing does before its argmax)."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        invert = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=False,
+                         to_tensor=True)  # fmt: skip
+        return invert({"pred": MetaTensor(probabilities, meta=image.meta), "image": image})["pred"]
 
 
 def _weights(root: Path, parser: ConfigParser, where: str) -> tuple[Path, bool]:

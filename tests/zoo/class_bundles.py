@@ -5,7 +5,9 @@
 ``spleen_ct_segmentation``: a MONAI UNet with one input channel and two softmax outputs (background, spleen) -- or one
 sigmoid output (``activation="sigmoid"``, a binary task) --, CT intensity windowing with ``ScaleIntensityRanged``, a
 ``SlidingWindowInferer`` whose window is smaller than the volume, and its own ``inference.json`` that saves the
-argmax. :func:`train_class_bundle` fits it for a few steps.
+argmax -- or (``resample=True``) resamples to 2 mm with ``Orientationd``/``Spacingd`` and inverts its output onto the
+stored grid with ``Invertd``, as the published spleen bundle does. :func:`train_class_bundle` fits it for a few
+steps.
 """
 
 from __future__ import annotations
@@ -79,14 +81,26 @@ def class_metadata(activation: str = "softmax") -> dict[str, Any]:
     }
 
 
-def class_inference(activation: str = "softmax") -> dict[str, Any]:
-    """``inference.json`` in the form of the Model Zoo's spleen_ct_segmentation (data paths as placeholders)."""
+RESAMPLE = [
+    {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+    {"_target_": "Spacingd", "keys": "image", "pixdim": [2.0, 2.0, 2.0], "mode": "bilinear"},
+]
+"""The resampling variant's spatial preprocessing (as the Model Zoo's spleen bundle): a coarser grid than the data's
+1.5 x 1.5 x 2 mm."""
+
+
+def class_inference(activation: str = "softmax", resample: bool = False) -> dict[str, Any]:
+    """``inference.json`` in the form of the Model Zoo's spleen_ct_segmentation (data paths as placeholders); with
+    ``resample``, its ``Orientationd``/``Spacingd`` and the ``Invertd`` of its postprocessing."""
     if activation == "softmax":
         post = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]  # fmt: skip
     else:
         post = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
                 {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]  # fmt: skip
+    if resample:
+        post.insert(1, {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                        "nearest_interp": False, "to_tensor": True})  # fmt: skip
     return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
@@ -103,6 +117,7 @@ def class_inference(activation: str = "softmax") -> dict[str, Any]:
             "transforms": [
                 {"_target_": "LoadImaged", "keys": "image"},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                *(RESAMPLE if resample else []),
                 {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -160, "a_max": 240, "b_min": 0.0,
                  "b_max": 1.0, "clip": True},  # fmt: skip
                 {"_target_": "EnsureTyped", "keys": "image"},
@@ -129,13 +144,13 @@ def class_inference(activation: str = "softmax") -> dict[str, Any]:
     }
 
 
-def write_class_bundle(root: str | Path, activation: str = "softmax") -> Path:
+def write_class_bundle(root: str | Path, activation: str = "softmax", resample: bool = False) -> Path:
     """Write the untrained bundle folder (configs and docs) at ``root``."""
     root = Path(root)
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "docs").mkdir(exist_ok=True)
     (root / "configs" / "metadata.json").write_text(json.dumps(class_metadata(activation), indent=4))
-    (root / "configs" / "inference.json").write_text(json.dumps(class_inference(activation), indent=4))
+    (root / "configs" / "inference.json").write_text(json.dumps(class_inference(activation, resample), indent=4))
     (root / "docs" / "README.md").write_text("A tiny Model Zoo-style CT bundle for robustseg's tests.\n")
     return root
 
@@ -145,7 +160,7 @@ def train_class_bundle(root: Path, datalist: str | Path, steps: int = 60, seed: 
     ``models/model.pt`` (a state dict, as MONAI's CheckpointSaver writes it)."""
     from monai.bundle import ConfigParser
     from monai.losses import DiceCELoss
-    from monai.transforms import LoadImage
+    from monai.transforms import Compose, DivisiblePad, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
 
     torch.manual_seed(seed)
     parser = ConfigParser()
@@ -153,9 +168,14 @@ def train_class_bundle(root: Path, datalist: str | Path, steps: int = 60, seed: 
     network = parser.get_parsed_content("network_def")
     preprocessing = parser.get_parsed_content("preprocessing")
     data = json.loads(Path(datalist).read_text())["training"]
-    load = LoadImage(image_only=True, ensure_channel_first=True)
-    images = torch.stack([preprocessing({"image": e["image"]})["image"].as_tensor() for e in data])
-    labels = torch.stack([load(e["label"]).as_tensor().float() for e in data])
+    steps_of_label = [LoadImaged("label"), EnsureChannelFirstd("label")]
+    if any(t.get("_target_") == "Spacingd" for t in parser["preprocessing"]["transforms"]):
+        # the label follows the image onto the network's grid (nearest neighbour)
+        steps_of_label += [Orientationd("label", axcodes="RAS"), Spacingd("label", pixdim=(2, 2, 2), mode="nearest")]
+    load_label = Compose(steps_of_label)
+    pad = DivisiblePad(4)  # the UNet halves the grid twice
+    images = torch.stack([pad(preprocessing({"image": e["image"]})["image"]).as_tensor() for e in data])
+    labels = torch.stack([pad(load_label({"label": e["label"]})["label"]).as_tensor().float() for e in data])
     sigmoid = network.out_channels == 1
     loss_fn: Any = DiceCELoss(sigmoid=True) if sigmoid else DiceCELoss(to_onehot_y=True, softmax=True)
     fit_and_save(network, images, labels, loss_fn, steps, root)

@@ -73,8 +73,15 @@ def trained_class_sigmoid_bundle(tmp_path_factory: pytest.TempPathFactory, ct_da
     return root
 
 
-@pytest.fixture(params=["softmax", "sigmoid"])
+@pytest.fixture(scope="session")
+def trained_class_resampled_bundle(tmp_path_factory: pytest.TempPathFactory, ct_data: Path) -> Path:
+    """A softmax variant that resamples to 2 mm (Orientationd, Spacingd) and inverts its output (Invertd)."""
+    root = write_class_bundle(tmp_path_factory.mktemp("class_bundles") / "spleen_resampled", resample=True)
+    train_class_bundle(root, ct_data, steps=120)
+    return root
+
+
+@pytest.fixture(params=["softmax", "sigmoid", "resampled"])
 def any_class_bundle(request: pytest.FixtureRequest) -> Path:
     """Each trained generic bundle in turn."""
-    name = "trained_class_bundle" if request.param == "softmax" else "trained_class_sigmoid_bundle"
-    return request.getfixturevalue(name)
+    return request.getfixturevalue(f"trained_class_{request.param}_bundle".replace("_softmax", ""))
