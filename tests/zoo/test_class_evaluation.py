@@ -132,11 +132,12 @@ def test_robustseg_attack_cli_on_a_generic_bundle(trained_class_bundle: Path, ct
     assert "| spleen | Mean |" in table
 
 
-def _sigmoid_pair(root: Path, tmp_path: Path) -> Path:
-    """A copy of ``root`` whose metadata names two sigmoid output channels."""
-    copy = Path(shutil.copytree(root, tmp_path / "two_sigmoid"))
+def _renamed(root: Path, tmp_path: Path, channels: dict) -> Path:
+    """A copy of ``root`` whose metadata names other output channels."""
+    copy = Path(shutil.copytree(root, tmp_path / "renamed"))
     meta = json.loads((copy / "configs" / "metadata.json").read_text())
-    meta["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "liver", "1": "tumour"}
+    meta["network_data_format"]["outputs"]["pred"]["channel_def"] = channels
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = len(channels)
     (copy / "configs" / "metadata.json").write_text(json.dumps(meta))
     return copy
 
@@ -160,6 +161,7 @@ def _bad_labels(ct_data: Path, tmp_path: Path) -> Path:
         ("mixed", "segment BraTS and the others a generic task"),
         ("input_channels", "input_channels names the MR contrasts of a BraTS bundle"),
         ("two_sigmoid", "2 sigmoid channels of a task that is not BraTS"),
+        ("three_classes", "network_def has out_channels 2, but"),
         ("bad_label", "bad_label.nii.gz: labels: values [2]"),
         ("batch_size", "attacked one subject at a time"),
         ("task", "task is 'organs'"),
@@ -175,7 +177,10 @@ def test_robustseg_attack_errors_on_generic_bundles(
     elif case == "input_channels":
         extra = ["--input_channels", "[t1ce,t1,t2,flair]", "--task", "classes"]
     elif case == "two_sigmoid":
-        bundle, extra = str(_sigmoid_pair(trained_class_bundle, tmp_path)), ["--output_activation", "sigmoid"]
+        bundle = str(_renamed(trained_class_bundle, tmp_path, {"0": "liver", "1": "tumour"}))
+        extra = ["--output_activation", "sigmoid"]
+    elif case == "three_classes":
+        bundle = str(_renamed(trained_class_bundle, tmp_path, {"0": "background", "1": "spleen", "2": "liver"}))
     elif case == "bad_label":
         data = str(_bad_labels(ct_data, tmp_path))
     elif case == "batch_size":
