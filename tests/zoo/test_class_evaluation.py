@@ -266,3 +266,20 @@ def test_class_convention(outputs, activation, names, expected):
     convention = class_convention(meta, "metadata.json", activation, names)
     assert (convention.activation, convention.class_names) == expected
     assert convention.binary == (expected[0] == "sigmoid")
+
+
+def test_two_generic_bundles_in_one_run(
+    trained_class_bundle: Path, trained_class_sigmoid_bundle: Path, ct_data: Path, tmp_path: Path
+) -> None:
+    """Bundles of one task are evaluated side by side, each on its own preprocessing: a table and a figure each."""
+    out = tmp_path / "attack"
+    main(["attack", "--bundle", f"[{trained_class_bundle},{trained_class_sigmoid_bundle}]", "--data", str(ct_data),
+          "--out", str(out), "--epsilons", "[0.05]", "--device", "cpu"])  # fmt: skip
+    rows = _rows(out / "results" / "results.csv")
+    assert {r["model"] for r in rows} == {"spleen_tiny", "spleen_sigmoid"}
+    assert {r["model"] for r in rows if r["threat"] == "worst-case"} == {"spleen_tiny", "spleen_sigmoid"}
+    for name in ("spleen_tiny", "spleen_sigmoid"):
+        assert (out / "results" / "tables" / f"dice_{name}.md").is_file()
+    assert sorted(p.name for p in (out / "report").glob("*.png")) == ["dice_vs_epsilon_0.png", "dice_vs_epsilon_1.png"]
+    settings = json.loads((out / "results" / "settings.json").read_text())
+    assert [m["adapter"]["output"]["activation"] for m in settings["models"]] == ["softmax", "sigmoid"]
