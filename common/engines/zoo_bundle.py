@@ -517,22 +517,7 @@ class ZooPreprocessing(_BundlePreprocessing):
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{images[0]}; expected (4, *spatial), the four contrasts as channels.")  # fmt: skip
         image = image[self.inverse]  # back to robustseg's channel order: corruptions, examples and panels use it
-        stored = self._load_label(entry["label"])
-        if same_grid(stored, image):
-            return {**out, "image": image, "label": stored.round()}
-        label = self._resample(stored, img_dst=image).round()
-        return {**out, "image": image, "label": label, "label_original": stored.round()}
-
-    def invert(self, probabilities: Tensor, image: Tensor) -> Tensor:
-        """Class probabilities ``(C, *grid)`` on the preprocessed ``image``'s grid, put back on the grid the image was
-        stored on by inverting the bundle's transforms (MONAI's ``Invertd``, linear interpolation, as a Model Zoo
-        inference postprocessing does before its argmax)."""
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
-
-        invert = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=False,
-                         to_tensor=True)  # fmt: skip
-        return invert({"pred": MetaTensor(probabilities, meta=image.meta), "image": image})["pred"]
+        return {**out, "image": image, "label": self._label(entry["label"], image)}
 
 
 def label_on_grid(path: Any, image: Tensor, load: LoadImage, resample: ResampleToMatch) -> Tensor:
