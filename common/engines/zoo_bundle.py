@@ -286,6 +286,30 @@ def _postprocessing_activation(parser: ConfigParser) -> str | None:
     return found[0] if len(set(found)) == 1 else None
 
 
+def _outputs(
+    meta: Mapping[str, Any],
+    where: str,
+    activation: str | None,
+    names: Sequence[str] | None,
+    parser: ConfigParser | None,
+    example: str,
+) -> tuple[str, list[str], str | None]:
+    """The output channel names (the override, else ``outputs.pred.channel_def``; ``what`` names where they came from,
+    for messages) and the activation (the override, else the postprocessing's; ``None`` if neither says)."""
+    what = "output_channels" if names is not None else f"{where}: network_data_format.outputs.pred.channel_def"
+    found = _names(names, what) if names is not None else _channel_def(meta, where, "outputs.pred")[0]
+    if found is None:
+        raise RobustsegError(f"{where}: no network_data_format.outputs.pred.channel_def; give output_channels, the "
+                             f"name of each output channel (e.g. {example}).")  # fmt: skip
+    if isinstance(found, str) or not all(isinstance(n, str) for n in found):
+        raise RobustsegError(f"{what}: {found!r} is not a list of channel names.")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise RobustsegError(f"output_activation is {activation!r}; expected one of {list(ACTIVATIONS)}.")
+    if activation is None and parser is not None:
+        activation = _postprocessing_activation(parser)
+    return what, list(found), activation
+
+
 def output_convention(
     meta: Mapping[str, Any],
     where: str,
@@ -307,17 +331,7 @@ def output_convention(
         RobustsegError: names missing, unknown or repeated, an unknown activation, or channels that are not the three
             regions (sigmoid) or the four BraTS labels (softmax).
     """
-    what = "output_channels" if names is not None else f"{where}: network_data_format.outputs.pred.channel_def"
-    found = _names(names, what) if names is not None else _channel_def(meta, where, "outputs.pred")[0]
-    if found is None:
-        raise RobustsegError(f"{where}: no network_data_format.outputs.pred.channel_def; give output_channels, the "
-                             "name of each output channel (e.g. ['TC', 'WT', 'ET']).")  # fmt: skip
-    if isinstance(found, str) or not all(isinstance(n, str) for n in found):
-        raise RobustsegError(f"{what}: {found!r} is not a list of channel names.")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise RobustsegError(f"output_activation is {activation!r}; expected one of {list(ACTIVATIONS)}.")
-    if activation is None and parser is not None:
-        activation = _postprocessing_activation(parser)
+    what, found, activation = _outputs(meta, where, activation, names, parser, "['TC', 'WT', 'ET']")
     if activation is None:
         activation = "sigmoid" if all(_key(n) in _REGION_NAMES for n in found) else "softmax"
     if activation == "sigmoid":
@@ -351,15 +365,7 @@ def class_convention(
         RobustsegError: names missing or repeated, an unknown activation, softmax over one channel, or sigmoid over
             several (independent, possibly overlapping classes: not a label map).
     """
-    what = "output_channels" if names is not None else f"{where}: network_data_format.outputs.pred.channel_def"
-    found = _names(names, what) if names is not None else _channel_def(meta, where, "outputs.pred")[0]
-    if found is None:
-        raise RobustsegError(f"{where}: no network_data_format.outputs.pred.channel_def; give output_channels, the "
-                             "name of each output channel (e.g. ['background', 'spleen']).")  # fmt: skip
-    if activation is not None and activation not in ACTIVATIONS:
-        raise RobustsegError(f"output_activation is {activation!r}; expected one of {list(ACTIVATIONS)}.")
-    if activation is None and parser is not None:
-        activation = _postprocessing_activation(parser)
+    what, found, activation = _outputs(meta, where, activation, names, parser, "['background', 'spleen']")
     if activation is None:
         activation = "softmax" if len(found) > 1 else "sigmoid"
     if len(set(found)) != len(found):
