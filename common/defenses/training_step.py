@@ -11,6 +11,7 @@ implements :meth:`TrainingStep.compute` only.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from typing import Any
 
@@ -19,6 +20,14 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+
+def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimizer would apply is finite (no inf, no NaN)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return all(bool(torch.isfinite(g).all()) for g in grads)
 
 __all__ = ["TrainingStep", "unwrap_network"]
 
@@ -40,7 +49,10 @@ class TrainingStep:
     ``step(engine, batchdata)`` does what ``SupervisedTrainer._iteration`` does around the loss -- prepare the
     batch, put the network in train mode, zero the gradients (at the start of each accumulation window), run
     :meth:`compute`, fire ``BACKWARD_COMPLETED``, step the optimizer (at the end of each accumulation window; through
-    the ``GradScaler`` under CUDA AMP), fire ``MODEL_COMPLETED`` -- and returns ``engine.state.output``.
+    the ``GradScaler`` under CUDA AMP), fire ``MODEL_COMPLETED`` -- and returns ``engine.state.output``. Without a
+    ``GradScaler`` (fp32, or bf16 autocast on a CPU) a step whose gradient holds inf or NaN is skipped, as the
+    ``GradScaler`` skips it, with a warning and ``engine.state.skipped_steps`` counting it: one overflow must not turn
+    every weight into NaN (it did, once in three test runs, for a distilled student under bf16 on an AVX512-BF16 CPU).
 
     A subclass implements :meth:`compute`, which must, using :meth:`autocast` around forward passes and losses and
     :meth:`backward` for every backward pass:
@@ -83,8 +95,15 @@ class TrainingStep:
             if engine.amp and engine.scaler is not None:
                 engine.scaler.step(engine.optimizer)
                 engine.scaler.update()
-            else:
+            elif _finite_gradients(engine.optimizer):
                 engine.optimizer.step()
+            else:
+                # what CUDA AMP's GradScaler does with a non-finite gradient: skip the step, keep the weights. Without
+                # it one overflow (bf16 autocast on a CPU) turns every weight into NaN and the run saves them.
+                engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+                engine.state.skipped_steps = getattr(engine.state, "skipped_steps", 0) + 1
+                logger.warning("%s: iteration %d: a non-finite gradient; the optimizer step was skipped (%d so far).",
+                               type(self).__name__, engine.state.iteration, engine.state.skipped_steps)  # fmt: skip
 
         if meta_inputs is not None:
             engine.state.output[Keys.IMAGE] = meta_inputs
