@@ -150,6 +150,11 @@ def run_attack(
     from common.demo import _run_bundle
 
     look_up_option("preset", preset, PRESETS)
+    if ensemble_steps is not None:
+        if preset != "worst-case":
+            raise RobustsegError(f"ensemble_steps is {ensemble_steps!r}, but preset is {preset!r}; the ensemble runs "
+                                 "only with --preset worst-case.")  # fmt: skip
+        ensemble_steps = check_int("ensemble_steps", ensemble_steps, 1)
     bundles = [str(Path(find_bundle(b, what="model bundle"))) for b in _list(bundle, "bundle")]
     if not bundles:
         raise RobustsegError("bundle is empty; expected a bundle folder or name.")
@@ -186,10 +191,7 @@ def run_attack(
     if preset == "worst-case":
         configs.append("worst_case.json")
     if ensemble_steps is not None:
-        if preset != "worst-case":
-            raise RobustsegError(f"ensemble_steps is {ensemble_steps!r}, but preset is {preset!r}; the ensemble runs "
-                                 "only with --preset worst-case.")  # fmt: skip
-        settings["ensemble_steps"] = check_int("ensemble_steps", ensemble_steps, 1)
+        settings["ensemble_steps"] = ensemble_steps
     if epsilons is not None:
         radii = _epsilons(epsilons)
         settings["sweep_epsilons"] = radii
@@ -221,7 +223,7 @@ def bundle_task(root: Path, options: Mapping[str, Any]) -> str:
 
 def _ensemble(steps: int | None) -> list[dict[str, Any]]:
     """``worst_case.json``'s ensemble (APGD with masked CE, JS and SegPGD; PGD with soft Dice and restarts), with
-    ``steps`` steps per member instead of its default."""
+    ``steps`` (checked by :func:`run_attack`) steps per member instead of its default."""
     from monai.bundle import ConfigParser
 
     from common.bundles import find_bundle
@@ -229,7 +231,7 @@ def _ensemble(steps: int | None) -> list[dict[str, Any]]:
     parser = ConfigParser()
     parser.read_config(str(Path(find_bundle(EVAL_BUNDLE, what="evaluation bundle")) / "configs" / "worst_case.json"))
     if steps is not None:
-        parser["ensemble_steps"] = check_int("ensemble_steps", steps, 1)
+        parser["ensemble_steps"] = steps
     return [dict(spec) for spec in parser.get_parsed_content("ensemble")]
 
 
@@ -252,9 +254,6 @@ def _run_class_attack(
     from common.engines.class_evaluation import CLASS_PAPER_ATTACKS, ClassEvaluation
     from common.engines.model_bundle import load_model_bundle
 
-    if ensemble_steps is not None and preset != "worst-case":
-        raise RobustsegError(f"ensemble_steps is {ensemble_steps!r}, but preset is {preset!r}; the ensemble runs only "
-                             "with --preset worst-case.")  # fmt: skip
     radii = _epsilons(epsilons) if epsilons is not None else ([0.05] if preset == "paper" else [0.01, 0.03, 0.05])
     ensemble = _ensemble(ensemble_steps) if preset == "worst-case" else []
     where = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
