@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.attacks.base import Attack, AttackStep, ThreatModel, better_iterate, hard_dice
+from common.attacks.base import Attack, AttackStep, ThreatModel, better_iterate
 from common.attacks.ifgsm import IterativeFGSM
 from common.utils.validation import check_int
 
@@ -168,9 +168,7 @@ def _column(mask: Tensor, ndim: int) -> Tensor:
 class _BestIterate:
     """Per sample, the iterate with the lowest hard Dice so far (ties: the highest loss), from observed passes."""
 
-    def __init__(
-        self, clean: Tensor, labels: Tensor, score: Callable[[Tensor, Tensor], Tensor] = hard_dice
-    ) -> None:
+    def __init__(self, clean: Tensor, labels: Tensor, score: Callable[[Tensor, Tensor], Tensor]) -> None:
         self.best, self.labels, self.score = clean, labels, score
         self.dice = torch.full((len(clean),), math.inf, device=clean.device)
         self.loss = torch.full((len(clean),), -math.inf, device=clean.device)

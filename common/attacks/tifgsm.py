@@ -60,7 +60,7 @@ class TargetedIterativeFGSM(IterativeFGSM):
             self.task.check_labels(target)  # raises if a value is not a label of the task (BraTS: {0, 1, 2, 4})
             target = target.detach().clone()
         else:
-            values = getattr(self.task, "values", BRATS_LABELS)
+            values = self.task.values
             hint = f"a {'BraTS' if values == BRATS_LABELS else 'class'} label, or a (B, 1, *spatial) label map"
             target = look_up_option("target", target, values, hint=hint)
         self.target = target

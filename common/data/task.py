@@ -25,7 +25,7 @@ from functools import partial
 
 from torch import Tensor
 
-from common.data.labels import REGION_CHANNELS, channel_argmax, labels_to_indices, logits_to_labels
+from common.data.labels import BRATS_LABELS, REGION_CHANNELS, channel_argmax, labels_to_indices, logits_to_labels
 from common.errors import RobustsegError
 
 __all__ = ["BRATS", "BratsTask", "ClassTask", "SegmentationTask", "check_task", "is_background", "score_columns"]
@@ -44,6 +44,8 @@ class SegmentationTask:
     """The interface of a task (:data:`BRATS`, :class:`ClassTask`); see the module docstring."""
 
     name: str = "task"
+    values: tuple[int, ...] = ()
+    """The label value of each output channel."""
     score_names: tuple[str, ...] = ()
     """The names of the Dice columns of :meth:`dice`, in order."""
 
@@ -73,6 +75,7 @@ class BratsTask(SegmentationTask):
     losses of :data:`common.attacks.base.LOSSES` (softmax or region counterpart by the output's channel count)."""
 
     name = "brats"
+    values = BRATS_LABELS
     score_names = REGION_CHANNELS
 
     def check_labels(self, labels: Tensor) -> None:
@@ -135,7 +138,7 @@ class ClassTask(SegmentationTask):
     name = "classes"
 
     @property
-    def values(self) -> tuple[int, ...]:
+    def values(self) -> tuple[int, ...]:  # type: ignore[override]
         """The label value of each channel: its index."""
         return tuple(range(len(self.names)))
 
