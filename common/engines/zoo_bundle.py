@@ -45,12 +45,13 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.transforms import LoadImage, ResampleToMatch
+from monai.transforms import Invertd, LoadImage, ResampleToMatch
 from torch import Tensor, nn
 
 from common.data.caching import transform_hashing
@@ -68,7 +69,6 @@ __all__ = [
     "ZooPreprocessing",
     "class_convention",
     "input_order",
-    "label_on_grid",
     "same_grid",
     "output_convention",
     "task_kind",
@@ -477,8 +477,14 @@ class _BundlePreprocessing:
         inner = getattr(self.transforms, "transforms", [self.transforms])
         return transform_hashing([*inner, dict(extra)]).decode()
 
-    def _label(self, path: Any, image: Tensor) -> Tensor:
-        return label_on_grid(path, image, self._load_label, self._resample)
+    def _labels(self, path: Any, image: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The label file ``path`` as ``(1, *spatial)`` with its values rounded: on the preprocessed ``image``'s grid
+        (resampled, nearest neighbour, if the preprocessing moved it: another shape or affine), and as stored when
+        that differs (``None`` when the grids are the same)."""
+        stored = self._load_label(path).round()
+        if same_grid(stored, image):
+            return stored, None
+        return self._resample(stored, img_dst=image).round(), stored
 
 
 class ZooPreprocessing(_BundlePreprocessing):
@@ -523,16 +529,7 @@ class ZooPreprocessing(_BundlePreprocessing):
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{images[0]}; expected (4, *spatial), the four contrasts as channels.")  # fmt: skip
         image = image[self.inverse]  # back to robustseg's channel order: corruptions, examples and panels use it
-        return {**out, "image": image, "label": self._label(entry["label"], image)}
-
-
-def label_on_grid(path: Any, image: Tensor, load: LoadImage, resample: ResampleToMatch) -> Tensor:
-    """The label file ``path`` as ``(1, *spatial)``, resampled (nearest neighbour) onto the preprocessed ``image``'s
-    grid if the preprocessing moved it (another shape or affine), with its values rounded."""
-    label = load(path)
-    if not same_grid(label, image):
-        label = resample(label, img_dst=image)
-    return label.round()
+        return {**out, "image": image, "label": self._labels(entry["label"], image)[0]}
 
 
 def same_grid(label: Tensor, image: Tensor) -> bool:
@@ -583,22 +580,24 @@ class ClassPreprocessing(_BundlePreprocessing):
             expected = f"({self.channels}, *spatial)" if self.channels else "(C, *spatial)"
             raise RobustsegError(f"model bundle {self.name}: its preprocessing gives an image {got} for "
                                  f"{entry['image']}; expected {expected}, its input channels.")  # fmt: skip
-        stored = self._load_label(entry["label"])
-        if same_grid(stored, image):
-            return {**out, "image": image, "label": stored.round()}
-        label = self._resample(stored, img_dst=image).round()
-        return {**out, "image": image, "label": label, "label_original": stored.round()}
+        label, stored = self._labels(entry["label"], image)
+        if stored is None:
+            return {**out, "image": image, "label": label}
+        return {**out, "image": image, "label": label, "label_original": stored}
 
     def invert(self, probabilities: Tensor, image: Tensor) -> Tensor:
         """Class probabilities ``(C, *grid)`` on the preprocessed ``image``'s grid, put back on the grid the image was
         stored on by inverting the bundle's transforms (MONAI's ``Invertd``, linear interpolation, as a Model Zoo
         inference postprocessing does before its argmax)."""
         from monai.data import MetaTensor
-        from monai.transforms import Invertd
 
-        invert = Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=False,
-                         to_tensor=True)  # fmt: skip
-        return invert({"pred": MetaTensor(probabilities, meta=image.meta), "image": image})["pred"]
+        return self._inverse({"pred": MetaTensor(probabilities, meta=image.meta), "image": image})["pred"]
+
+    @cached_property
+    def _inverse(self) -> Invertd:
+        """MONAI's ``Invertd`` of the bundle's transforms, built once, when first needed (a preprocessing that keeps
+        the grid is never inverted, and need not be invertible)."""
+        return Invertd(keys="pred", transform=self.transforms, orig_keys="image", nearest_interp=False, to_tensor=True)
 
 
 def _weights(root: Path, parser: ConfigParser, where: str) -> tuple[Path, bool]:
