@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,16 +29,23 @@ from torch import Tensor
 from common.data.labels import BRATS_LABELS, REGION_CHANNELS, channel_argmax, labels_to_indices, logits_to_labels
 from common.errors import RobustsegError
 
-__all__ = ["BRATS", "BratsTask", "ClassTask", "SegmentationTask", "check_task", "is_background", "score_columns"]
+__all__ = ["BRATS", "BratsTask", "ClassTask", "SegmentationTask", "check_task", "is_background", "name_key",
+           "score_columns"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 _BACKGROUND = ("background", "bg", "bkg", "backgr", "other", "none")
 
 
+def name_key(name: str) -> str:
+    """A ``channel_def`` name normalised for matching: lower case, ASCII letters and digits only (``T1-Gd`` ->
+    ``t1gd``)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 def is_background(name: str) -> bool:
     """Whether a ``channel_def`` name denotes the background (``background``, ``bg``, ...; case and spacing ignored)."""
-    return "".join(ch for ch in name.lower() if ch.isalnum()) in _BACKGROUND
+    return name_key(name) in _BACKGROUND
 
 
 class SegmentationTask:

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from common.data.caching import transform_hashing
 from common.data.labels import BRATS_LABELS, MODALITIES, REGION_CHANNELS
-from common.data.task import BRATS, ClassTask, SegmentationTask
+from common.data.task import BRATS, ClassTask, SegmentationTask, name_key
 from common.engines.checkpoint import load_weights
 from common.errors import RobustsegError
 
@@ -84,10 +84,6 @@ ZOO_OPTIONS = ("input_channels", "output_channels", "output_activation", "task")
 TASKS = ("brats", "classes")
 """What a third-party bundle segments: BraTS tumour labels or regions, or a generic task's classes
 (:class:`common.data.task.ClassTask`)."""
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 _MODALITY_NAMES: dict[str, str] = {
@@ -122,7 +118,7 @@ ACTIVATIONS = ("sigmoid", "softmax")
 def _match(name: str, activation: str) -> Any:
     """The region (sigmoid) or BraTS label (softmax) a channel name denotes: an exact name of the tables above, else
     ``label <n>`` in the name, else its key words (``non-enhancing``/``necrotic`` before ``enhancing``)."""
-    key = _key(name)
+    key = name_key(name)
     if activation == "sigmoid":
         if key in _REGION_NAMES:
             return _REGION_NAMES[key]
@@ -254,7 +250,7 @@ def input_order(meta: Mapping[str, Any], where: str, override: Sequence[str] | N
         raise RobustsegError(f"{what}: {names!r} is not a list of channel names.")
     modalities = []
     for name in names:
-        modality = _MODALITY_NAMES.get(_key(name))
+        modality = _MODALITY_NAMES.get(name_key(name))
         if modality is None:
             raise RobustsegError(f"{what}: channel {name!r} is no MR contrast robustseg knows; expected one of T1, "
                                  "T1c (T1Gd, T1ce), T2, FLAIR.")  # fmt: skip
@@ -333,7 +329,7 @@ def output_convention(
     """
     what, found, activation = _outputs(meta, where, activation, names, parser, "['TC', 'WT', 'ET']")
     if activation is None:
-        activation = "sigmoid" if all(_key(n) in _REGION_NAMES for n in found) else "softmax"
+        activation = "sigmoid" if all(name_key(n) in _REGION_NAMES for n in found) else "softmax"
     if activation == "sigmoid":
         wanted: Sequence[Any] = REGION_CHANNELS
         expected = "the three BraTS regions (whole tumour, tumour core, enhancing tumour)"
