@@ -147,7 +147,6 @@ class ClassEvaluation:
         self.attacks = [
             make_attack({**spec, "epsilon": eps}, task=self.task) for eps in self.epsilons for spec in specs
         ]
-        self.ensemble = bool(ensemble)
         self.fields = [*_LEAD, *self.columns, *_TAIL]
 
     def settings(self) -> dict[str, Any]:
