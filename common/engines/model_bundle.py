@@ -57,7 +57,8 @@ class ModelBundle:
         config_files: the config files parsed, relative to ``root`` when inside it.
         network: the network built from ``network_def`` with the trained weights, in eval mode, on the device.
         preprocessing: the bundle's ``preprocessing_transforms`` as a MONAI ``Compose`` (keys image and label); for a
-            third-party bundle, :class:`~common.engines.zoo_bundle.ZooPreprocessing`.
+            third-party bundle, :class:`~common.engines.zoo_bundle.ZooPreprocessing` (BraTS) or
+            :class:`~common.engines.zoo_bundle.ClassPreprocessing` (a generic task).
         amp: whether the bundle infers under autocast (its ``amp`` setting, resolved from ``precision``).
         spatial_size: the preprocessed grid (``spatial_size``).
         net: ``"3d"`` or ``"2d"`` (metadata).
@@ -283,7 +284,7 @@ def load_model_bundle(
             grid, network width, preprocessing, amp; :func:`common.bundles.training_overrides`) are applied, so a
             model trained with an overlay or command-line overrides is evaluated as it was trained.
         options: for third-party bundles only, the overrides of :data:`common.engines.zoo_bundle.ZOO_OPTIONS`
-            (``input_channels``, ``output_channels``, ``output_activation``).
+            (``input_channels``, ``output_channels``, ``output_activation``, ``task``).
 
     Returns:
         The :class:`ModelBundle`; its network is in eval mode with the weights of ``<ckpt_dir>/model.pt``.
