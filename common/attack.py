@@ -222,8 +222,8 @@ def bundle_task(root: Path, options: Mapping[str, Any]) -> str:
 
 
 def _ensemble(steps: int | None) -> list[dict[str, Any]]:
-    """``worst_case.json``'s ensemble (APGD with masked CE, JS and SegPGD; PGD with soft Dice and restarts), with
-    ``steps`` (checked by :func:`run_attack`) steps per member instead of its default."""
+    """``worst_case.json``'s ensemble (APGD with soft Dice, masked CE, JS and SegPGD; PGD with soft Dice and
+    restarts), with ``steps`` (checked by :func:`run_attack`) steps per member instead of its default."""
     from monai.bundle import ConfigParser
 
     from common.bundles import find_bundle

@@ -153,6 +153,20 @@ def _bundle_item(item: Any) -> tuple[str, dict[str, Any] | None]:
     )
 
 
+def _repeated_iterates(flat: Sequence[Adversarial], counts: Sequence[int]) -> list[int | None]:
+    """Per input of ``flat`` (``counts[i]`` consecutive inputs per subject), the index of the one before it when the
+    two are the same subject's equal iterates, else ``None``: a sample that a stop criterion stopped keeps its iterate,
+    and each later row scores it again without another forward pass."""
+    same: list[int | None] = [None] * len(flat)
+    start = 0
+    for count in counts:
+        for k in range(start + 1, start + count):
+            if torch.equal(flat[k].image, flat[k - 1].image):
+                same[k] = k - 1
+        start += count
+    return same
+
+
 def _target_attainment(adversarial: Adversarial, prediction: Tensor, label: Tensor, brain: Tensor) -> float | None:
     """A targeted attack's success: the fraction of brain voxels predicted as the target label (``None`` for an
     untargeted attack, or an empty brain mask).
@@ -854,13 +868,17 @@ class RobustnessEvaluation:
         job = unit.job
         assert job is not None
         flat = [a for own in per_subject for a in own]
+        counts = [len(own) for own in per_subject]
         known = [None] * len(flat) if unit.transfer else reusable_predictions(flat, model.amp, model.amp_dtype)
-        unknown = [k for k, p in enumerate(known) if p is None]
+        same = _repeated_iterates(flat, counts)
+        unknown = [k for k, p in enumerate(known) if p is None and same[k] is None]
         if unknown:
             computed = self._predict(model, torch.cat([flat[k].image for k in unknown]))
-            known = [computed[unknown.index(k)][None] if p is None else p for k, p in enumerate(known)]
+            known = [computed[unknown.index(k)][None] if k in unknown else p for k, p in enumerate(known)]
+        for k, earlier in enumerate(same):  # in order: ``earlier`` has its prediction already
+            if earlier is not None:
+                known[k] = known[earlier]
         predictions = torch.cat(known)  # type: ignore[arg-type]
-        counts = [len(own) for own in per_subject]
         labels = torch.cat([part.labels[i : i + 1].expand(n, *part.labels.shape[1:]) for i, n in enumerate(counts)])
         dice = region_dice(predictions, labels)
         brains = part.images.abs().amax(dim=1) > 0  # (n, *spatial): voxels where any clean channel is non-zero

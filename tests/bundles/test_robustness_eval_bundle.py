@@ -125,9 +125,9 @@ def test_an_unknown_attack_is_one_line_and_writes_nothing(tiny_models, tiny_data
 
 
 def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
-    """configs/worst_case.json: the paper's attacks, then APGD (masked CE, JS, SegPGD) and PGD (soft Dice) at each
-    worst-case epsilon, and i-FGSM at epsilon 1 (the unbounded sanity check), all accepted by the evaluation's job
-    builder (no two rows share a key)."""
+    """configs/worst_case.json: the paper's attacks, then APGD (soft Dice, masked CE, JS, SegPGD) and PGD (soft Dice)
+    at each worst-case epsilon, and i-FGSM at epsilon 1 stopping per subject at Dice 0 (the unbounded sanity check),
+    all accepted by the evaluation's job builder (no two rows share a key)."""
     parser = ConfigParser()
     parser.read_config([str(EVAL / "configs" / f) for f in ("evaluate.json", "quick.json", "worst_case.json")])
     parser["ensemble_steps"] = 3
@@ -135,19 +135,35 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     epsilons = parser.get_parsed_content("worst_case_epsilons")
     assert epsilons == [0.01, 0.03, 0.05]
     assert [a["name"] for a in attacks[:4]] == ["FGSM", "i-FGSM", "ti-FGSM", "random-sign"]
-    assert attacks[-1] == {"name": "i-FGSM", "steps": 10, "epsilon": 1.0}  # the sanity table's unbounded check
+    # the sanity table's unbounded check
+    assert attacks[-1] == {"name": "i-FGSM", "steps": 10, "epsilon": 1.0, "stop": "dice_zero"}
     ensemble = [(a["name"], a["loss"], a["epsilon"], a["steps"]) for a in attacks[4:-1]]
     assert sorted(ensemble) == sorted(
         (name, loss, eps, 3)
         for eps in epsilons
-        for name, loss in (("APGD", "masked_ce"), ("APGD", "js"), ("APGD", "segpgd"), ("PGD", "soft_dice"))
+        for name, loss in (
+            ("APGD", "soft_dice"), ("APGD", "masked_ce"), ("APGD", "js"), ("APGD", "segpgd"), ("PGD", "soft_dice")
+        )
     )
     # random-start PGD with restarts for every model; APGD restarts at its checkpoints instead
     assert {a["restarts"] for a in attacks[4:-1] if a["name"] == "PGD"} == {2}
     assert {a["restarts"] for a in attacks[4:-1] if a["name"] == "APGD"} == {1}
     jobs = build_jobs(attacks, parser.get_parsed_content("sweep"), parser.get_parsed_content("sweep_epsilons"),
                       0.05, "soft_dice")  # fmt: skip
-    assert len([j for j in jobs if not j.sweep]) == 2 + 1 + 12 + 1
+    assert len([j for j in jobs if not j.sweep]) == 2 + 1 + 15 + 1
+
+
+@pytest.mark.parametrize("dice_steps", [None, 7])
+def test_apgd_dice_steps_follow_ensemble_steps_unless_set(dice_steps):
+    """``apgd_dice_steps`` (APGD with soft Dice) is ``ensemble_steps`` unless set on its own, as the demo does."""
+    parser = ConfigParser()
+    parser.read_config([str(EVAL / "configs" / f) for f in ("evaluate.json", "quick.json", "worst_case.json")])
+    parser["ensemble_steps"] = 3
+    if dice_steps is not None:
+        parser["apgd_dice_steps"] = dice_steps
+    steps = {(a["name"], a["loss"]): a["steps"] for a in parser.get_parsed_content("ensemble")}
+    assert steps.pop(("APGD", "soft_dice")) == (3 if dice_steps is None else dice_steps)
+    assert set(steps.values()) == {3}
 
 
 def test_worst_case_preset_runs(tiny_models, tiny_datalist, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from common.attacks import FGSM, IterativeFGSM, TargetedIterativeFGSM
+from common.attacks.base import STOP_CRITERIA
 from common.corruptions import corrupt, corruption_seed
 from common.data.labels import logits_to_labels
 from common.data.splits import load_split
@@ -503,6 +504,33 @@ def test_iterates_are_scored_from_the_attacks_own_passes(attack_precision, predi
             (row,) = _rows(rows, attack=name, threat="white-box", iteration=record.step)
             dice = region_dice(prediction, label)[0].tolist()
             assert [row["dice_wt"], row["dice_tc"], row["dice_et"]] == pytest.approx(dice, abs=0.005)
+
+
+@pytest.mark.parametrize("stop_at", [2, 4, None])
+def test_a_stopped_iterate_is_scored_once(stop_at, bundles, tiny_datalist, tmp_path, monkeypatch):
+    """Once the stop criterion stops a subject (``dice_zero``, stood in for by one that stops at step ``stop_at``), its
+    later iterates equal the one it stopped at: each still gets its row, with that iterate's Dice, but no forward pass
+    of its own (bf16 attacks: no iterate is predicted by the attack's own passes)."""
+    seen = []
+    original = RobustnessEvaluation._predict
+    monkeypatch.setattr(RobustnessEvaluation, "_predict",
+                        lambda self, model, images: seen.append(len(images)) or original(self, model, images))
+    steps = 6
+
+    def stop(probe):
+        return torch.full((len(probe.images),), stop_at is not None and probe.step >= stop_at)
+
+    monkeypatch.setitem(STOP_CRITERIA, "dice_zero", stop)
+    attacks = [{"name": "i-FGSM", "steps": steps, "epsilon": 1.0, "stop": "dice_zero"}]
+    out = tmp_path / "out"
+    evaluation(bundles, tiny_datalist, out, models=(BASELINE,), attacks=attacks, sweep=None, attack_precision="bf16",
+               tables=False, example_subject=False, batch_size=len(SUBJECTS)).run()  # fmt: skip
+    distinct = steps if stop_at is None else stop_at - 1
+    assert sum(seen) == len(SUBJECTS) * (1 + distinct)  # the clean input and each distinct iterate
+    rows = load_results(out / "results.csv")
+    for subject in SUBJECTS:
+        dice = [mean_dice(_rows(rows, subject=subject, attack="i-FGSM", iteration=k)[0]) for k in range(1, steps + 1)]
+        assert len(set(dice[distinct - 1 :])) == 1 or stop_at is None
 
 
 def test_best_iterate_rows_carry_their_trace_and_noise_is_white_box_only(bundles, tiny_datalist, tmp_path):
