@@ -148,6 +148,9 @@ def test_worst_case_preset_adds_the_ensemble_at_three_epsilons():
     # random-start PGD with restarts for every model; APGD restarts at its checkpoints instead
     assert {a["restarts"] for a in attacks[4:-1] if a["name"] == "PGD"} == {2}
     assert {a["restarts"] for a in attacks[4:-1] if a["name"] == "APGD"} == {1}
+    # APGD with soft Dice starts at twice the radius and shrinks to it (SEA's schedule); the others at the radius
+    assert {a.get("radius_schedule") for a in attacks[4:-1] if a["loss"] == "soft_dice"} == {2, None}
+    assert {a.get("radius_schedule") for a in attacks[4:-1] if a["loss"] != "soft_dice"} == {None}
     jobs = build_jobs(attacks, parser.get_parsed_content("sweep"), parser.get_parsed_content("sweep_epsilons"),
                       0.05, "soft_dice")  # fmt: skip
     assert len([j for j in jobs if not j.sweep]) == 2 + 1 + 15 + 1
