@@ -148,8 +148,10 @@ def build_table1(
         rows.append(row)
         p_rows.append(p_row)
 
+    # a label that already names its loss and steps (an attack name used with several) is not repeated
     attacks_text = "; ".join(
-        f"{label} (loss {key[1] or 'n/a'}, {steps_text([key[2]])})" for key, label in zip(keys, labels)
+        f"{label} (loss {key[1] or 'n/a'}, {steps_text([key[2]])})" if label == key[0] else label
+        for key, label in zip(keys, labels)
     )
     caption = (
         f"Segmentation results of `{model}` ({NET_NAMES[net]}) for white-box attacks at ε = {format_eps(epsilon)} "

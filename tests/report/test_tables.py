@@ -203,6 +203,23 @@ def test_table1_without_significance_has_no_asterisk(tmp_path, make_row, write_c
     assert "0.0312" in tables[0].to_markdown() and "0.0938" in tables[0].to_markdown()  # 2/64 and 3 * 2/64
 
 
+def test_table1_caption_names_each_attack_once(tmp_path, make_row, write_csv):
+    """An attack name used with two losses is labelled by loss and steps, and the caption does not repeat them."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in SUBJECTS[:6]:
+        dice = rng.uniform(0.5, 0.9, 3)
+        rows.append(make_row(BASE, s, dice))
+        rows.append(make_row(BASE, s, dice - 0.2, attack="FGSM", threat="white-box", epsilon=0.05, steps=1,
+                             iteration=1))  # fmt: skip
+        for loss, steps in (("soft_dice", 60), ("masked_ce", 10)):
+            rows.append(make_row(BASE, s, dice - 0.3, attack="APGD", threat="white-box", epsilon=0.05, steps=steps,
+                                 iteration=steps, loss=loss))  # fmt: skip
+    md = build_tables(load_results(write_csv(tmp_path / "r.csv", rows)))[0].to_markdown()
+    assert "FGSM (loss soft_dice, 1 step); APGD (soft_dice, 60 steps); APGD (masked_ce, 10 steps)." in md
+    assert "(loss masked_ce" not in md
+
+
 # ------------------------------------------------------------------------------------------------------ table 2
 def _expected_defence_rows(cells: dict, daggers: set) -> tuple[list[str], dict]:
     """Markdown rows and the (p, corrected) per comparison, from the arrays; cells[model][eps][region]."""
