@@ -230,7 +230,9 @@ def convergence_figures(records: Sequence[Record]) -> list[ReportFigure]:
         caption = (
             "Worst-case mean Dice (WT, TC, ET) over the attack ensemble vs the gradient passes each member may spend "
             f"(log scale; mean over {n} subjects), per model and ε; dots mark the end of each restart. FGSM, the "
-            "noise control and inputs transferred from another model count from the first pass. A model is "
+            "noise control and inputs transferred from another model count from the first pass; a member with a "
+            "radius schedule (APGD with SEA's, attacking from a larger ball first) only from the pass where its "
+            "iterates are back inside the ε-ball, so the curve can drop sharply there. A model is "
             f"flagged NOT CONVERGED when the last {100 * LAST_FRACTION:.0f} % of the passes or the last restart "
             f"lowered it by more than {CONVERGENCE_TOLERANCE}: its worst case then overstates robustness. "
             + (f"Not converged: {', '.join(failed)}." if failed else "Every checked search levelled off.")
