@@ -267,11 +267,11 @@ def plan_demo(
     suffix = "".join(f"-{flag}" for flag in optional)
     if worst_case:
         what = f"add the worst-case ensemble (APGD x 4 losses, PGD) to the {count} models' evaluation"
-        stages.append(Stage(f"evaluate-worst-case{suffix}", what, evaluate, "~15 min"))
+        stages.append(Stage(f"evaluate-worst-case{suffix}", what, evaluate, "~5-12 min"))
         stages.append(Stage(f"report-worst-case{suffix}", "write the report", report, "~10 s"))
     else:
         what = f"attack the {count} models and score them under MR artifacts (brats_robustness_eval)"
-        stages.append(Stage(f"evaluate{suffix}", what, evaluate, "~6 min"))
+        stages.append(Stage(f"evaluate{suffix}", what, evaluate, "~3-6 min"))
         stages.append(Stage(f"report{suffix}", "write the report", report, "~10 s"))
     return stages
 
