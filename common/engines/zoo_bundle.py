@@ -228,6 +228,21 @@ def _names(value: Any, what: str) -> list[str]:
     return list(value)
 
 
+def _listed_channels(
+    meta: Mapping[str, Any], where: str, section: str, option: str, override: Sequence[str] | None, hint: str
+) -> tuple[str, list[str]]:
+    """The channel names of ``section`` (``inputs.image`` or ``outputs.pred``): the ``option`` override, else its
+    ``channel_def``; and ``what`` names where they came from, for messages. Neither: one line asking for ``option``,
+    ``hint`` saying what it holds."""
+    what = option if override is not None else f"{where}: network_data_format.{section}.channel_def"
+    names = _names(override, what) if override is not None else _channel_def(meta, where, section)[0]
+    if names is None:
+        raise RobustsegError(f"{where}: no network_data_format.{section}.channel_def; give {option}, {hint}.")
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise RobustsegError(f"{what}: {names!r} is not a list of channel names.")
+    return what, names
+
+
 def input_order(meta: Mapping[str, Any], where: str, override: Sequence[str] | None = None) -> list[str]:
     """The bundle's input channels as robustseg modalities (``t1``, ``t1ce``, ``t2``, ``flair``), in its order.
 
@@ -241,13 +256,8 @@ def input_order(meta: Mapping[str, Any], where: str, override: Sequence[str] | N
         RobustsegError: no channel_def and no override, a name that is no MR contrast robustseg knows, or a list that
             is not the four modalities, each once.
     """
-    what = "input_channels" if override is not None else f"{where}: network_data_format.inputs.image.channel_def"
-    names = _names(override, what) if override is not None else _channel_def(meta, where, "inputs.image")[0]
-    if names is None:
-        raise RobustsegError(f"{where}: no network_data_format.inputs.image.channel_def; give input_channels, the "
-                             f"modality of each input channel (e.g. ['t1ce', 't1', 't2', 'flair']).")  # fmt: skip
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise RobustsegError(f"{what}: {names!r} is not a list of channel names.")
+    hint = "the modality of each input channel (e.g. ['t1ce', 't1', 't2', 'flair'])"
+    what, names = _listed_channels(meta, where, "inputs.image", "input_channels", override, hint)
     modalities = []
     for name in names:
         modality = _MODALITY_NAMES.get(name_key(name))
@@ -292,13 +302,8 @@ def _outputs(
 ) -> tuple[str, list[str], str | None]:
     """The output channel names (the override, else ``outputs.pred.channel_def``; ``what`` names where they came from,
     for messages) and the activation (the override, else the postprocessing's; ``None`` if neither says)."""
-    what = "output_channels" if names is not None else f"{where}: network_data_format.outputs.pred.channel_def"
-    found = _names(names, what) if names is not None else _channel_def(meta, where, "outputs.pred")[0]
-    if found is None:
-        raise RobustsegError(f"{where}: no network_data_format.outputs.pred.channel_def; give output_channels, the "
-                             f"name of each output channel (e.g. {example}).")  # fmt: skip
-    if isinstance(found, str) or not all(isinstance(n, str) for n in found):
-        raise RobustsegError(f"{what}: {found!r} is not a list of channel names.")
+    hint = f"the name of each output channel (e.g. {example})"
+    what, found = _listed_channels(meta, where, "outputs.pred", "output_channels", names, hint)
     if activation is not None and activation not in ACTIVATIONS:
         raise RobustsegError(f"output_activation is {activation!r}; expected one of {list(ACTIVATIONS)}.")
     if activation is None and parser is not None:
