@@ -874,7 +874,8 @@ class RobustnessEvaluation:
         unknown = [k for k, p in enumerate(known) if p is None and same[k] is None]
         if unknown:
             computed = self._predict(model, torch.cat([flat[k].image for k in unknown]))
-            known = [computed[unknown.index(k)][None] if k in unknown else p for k, p in enumerate(known)]
+            for n, k in enumerate(unknown):
+                known[k] = computed[n : n + 1]
         for k, earlier in enumerate(same):  # in order: ``earlier`` has its prediction already
             if earlier is not None:
                 known[k] = known[earlier]
