@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .zoo_bundles import fit_and_save
+from .zoo_bundles import fit_and_save, metadata_header
 
 ROI = [16, 16, 16]
 """The bundle's sliding window: smaller than the test volumes (24^3)."""
@@ -55,17 +55,8 @@ def class_metadata(activation: str = "softmax") -> dict[str, Any]:
     """``metadata.json`` of the spleen-like bundle, in the Model Zoo's form."""
     outputs = {"0": "background", "1": "spleen"} if activation == "softmax" else {"0": "spleen"}
     return {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
-        "version": "0.1.0",
-        "changelog": {"0.1.0": "test bundle"},
-        "monai_version": "1.6.1",
-        "pytorch_version": "2.13.0",
-        "numpy_version": "2.0",
-        "name": "Spleen CT segmentation (tiny)",
-        "task": "Decathlon spleen segmentation",
-        "description": "a tiny zoo-style generic bundle for tests",
-        "authors": "robustseg tests",
-        "copyright": "none",
+        **metadata_header("Spleen CT segmentation (tiny)", "Decathlon spleen segmentation",
+                          "a tiny zoo-style generic bundle for tests"),  # fmt: skip
         "network_data_format": {
             "inputs": {
                 "image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,

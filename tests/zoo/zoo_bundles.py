@@ -37,11 +37,8 @@ MSD_OF_BRATS = {0: 0, 2: 1, 1: 2, 4: 3}
 """BraTS label -> the softmax variant's class index."""
 
 
-def zoo_metadata(name: str = "zoo_brats_tiny", activation: str = "sigmoid") -> dict[str, Any]:
-    """``metadata.json`` in the Model Zoo's form (channel_def of inputs and outputs)."""
-    outputs = {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"}
-    if activation == "softmax":
-        outputs = SOFTMAX_CHANNELS
+def metadata_header(name: str, task: str, description: str) -> dict[str, Any]:
+    """The fields of a test bundle's ``metadata.json`` before ``network_data_format``, in the Model Zoo's form."""
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": "0.1.0",
@@ -50,10 +47,20 @@ def zoo_metadata(name: str = "zoo_brats_tiny", activation: str = "sigmoid") -> d
         "pytorch_version": "2.13.0",
         "numpy_version": "2.0",
         "name": name,
-        "task": "Multimodal Brain Tumor segmentation",
-        "description": "a tiny zoo-style bundle for tests",
+        "task": task,
+        "description": description,
         "authors": "robustseg tests",
         "copyright": "none",
+    }
+
+
+def zoo_metadata(name: str = "zoo_brats_tiny", activation: str = "sigmoid") -> dict[str, Any]:
+    """``metadata.json`` in the Model Zoo's form (channel_def of inputs and outputs)."""
+    outputs = {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"}
+    if activation == "softmax":
+        outputs = SOFTMAX_CHANNELS
+    return {
+        **metadata_header(name, "Multimodal Brain Tumor segmentation", "a tiny zoo-style bundle for tests"),
         "network_data_format": {
             "inputs": {
                 "image": {
