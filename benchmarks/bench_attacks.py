@@ -28,6 +28,10 @@ printed). Because the network dominates and that load swamps the milliseconds th
 1x1x1 convolution standing in for the network: the difference is the attack's own work, and ``1 + difference / real
 reference time`` the ratio it implies on the real network.
 
+Like robustseg's command line and bundles, the script first calls :func:`common.utils.keep_freed_memory` (glibc keeps
+freed tensor memory instead of page-faulting it in again at every pass, which made every side about 20 % slower;
+``benchmarks/bench_allocator.py``); ``--default-malloc`` keeps glibc's defaults.
+
 Usage::
 
     python benchmarks/bench_attacks.py                            # UNet3D base 8, 48^3, 5 repeats (~12 minutes)
@@ -50,6 +54,7 @@ from torch import Tensor, nn
 from common.attacks import APGD, FGSM, IterativeFGSM
 from common.data.labels import labels_to_indices
 from common.losses import SoftDiceLoss
+from common.utils import keep_freed_memory
 
 # mean intensity of each BraTS label (rows 0, 1, 2, 4) in each contrast (t1, t1ce, t2, flair)
 _MEANS = torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.25, 0.2, 0.7, 0.55], [0.35, 0.35, 0.8, 0.9], [0.35, 0.9, 0.6, 0.6]])
@@ -165,7 +170,13 @@ def main() -> None:
         help="torch threads (default 1: on a shared CPU, more threads mostly add "
         "noise from waiting on each other; 0 keeps torch's default)",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's allocator defaults (robustseg's command line and bundles call keep_freed_memory)",
+    )
     args = parser.parse_args()
+    kept = False if args.default_malloc else keep_freed_memory()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -181,7 +192,7 @@ def main() -> None:
     epsilons = [i * 0.001 for i in range(11)]  # the paper's defence sweep, 0 to 0.010
     print(
         f"{net_name}, input {tuple(images.shape)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}, freed memory kept: {kept}"
     )
 
     ifgsm = IterativeFGSM(epsilon, steps=steps)

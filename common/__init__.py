@@ -18,6 +18,7 @@ errors.install_excepthook()
 __version__ = "0.1.0"
 _SUBPACKAGES = (
     "attacks", "bundles", "corruptions", "data", "defenses", "engines", "losses", "metrics", "networks", "report",
+    "utils",
 )  # fmt: skip
 __all__ = ["errors", "__version__", *_SUBPACKAGES]
 
