@@ -6,7 +6,13 @@ same clean image (paper Table 1 and Fig. 4: PSNR, SSIM, RMSE of the perturbed in
 about 1,300 multiply-adds per voxel and map, most of the evaluation's time on a CPU once the attack is done. The
 Gaussian window is separable (MONAI builds it as the outer product of three 1-D Gaussians), so three 1-D passes
 give the same local means; and the clean image's mean and second moment do not change between calls.
-:class:`InputQuality` does both, in float64, and is tested equal to :func:`common.metrics.input_quality`.
+:class:`InputQuality` does both, and is tested equal to :func:`common.metrics.input_quality`.
+
+The local means are taken in float32, of the images minus the clean image's mean intensity (SSIM's variances and
+covariance do not change under a common shift, and the local means get the shift back in float64): centred, the
+second moments keep float32's relative precision with respect to the data range, as they would not for intensities
+far from zero (raw MR or CT). On 48^3 volumes that is twice as fast as float64, and the SSIM differs from float64's
+by less than 1e-7.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ class InputQuality:
     The definitions are those of :mod:`common.metrics.image_quality`: the data range is the clean sample's
     ``max - min`` over all channels and voxels; SSIM uses a Gaussian window (``win_size``, ``kernel_sigma``),
     ``k1 = 0.01``, ``k2 = 0.03``, channels scored separately and the map averaged over valid (unpadded) window
-    positions and channels. SSIM is computed with the separable window and the clean image's local statistics
-    cached; PSNR, RMSE and the norms call :mod:`common.metrics` directly.
+    positions and channels. SSIM is computed with the separable window, in float32 on intensities centred at the
+    clean image's mean (see the module docstring), with the clean image's local statistics cached; PSNR, RMSE and
+    the norms call :mod:`common.metrics` directly.
 
     Args:
         clean: the clean input, one sample ``(1, C, *spatial)`` with 2 or 3 spatial dimensions.
@@ -75,15 +82,21 @@ class InputQuality:
             band = torch.zeros(size - win_size + 1, size, dtype=torch.float64, device=clean.device)
             for start in range(size - win_size + 1):
                 band[start, start : start + win_size] = gauss
-            self._bands.append(band)
-        clean64 = self.clean.double()
-        self._mu_y = self._local_mean(clean64)
-        self._mu_yy = self._local_mean(clean64 * clean64)
+            self._bands.append(band.float())
+        self._shift = float(self.clean.double().mean())
+        y = self._centred(self.clean)
+        self._y = y
+        self._mu_y = self._local_mean(y)
+        self._sigma_y = self._local_mean(y * y).double() - self._mu_y.double() ** 2
         self._c1 = (0.01 * self.data_range) ** 2
         self._c2 = (0.03 * self.data_range) ** 2
 
+    def _centred(self, volume: Tensor) -> Tensor:
+        """``volume`` minus the clean image's mean intensity, in float32 (float64 arithmetic for the shift)."""
+        return (volume.detach().double() - self._shift).float()
+
     def _local_mean(self, volume: Tensor) -> Tensor:
-        """Gaussian-weighted local means over valid window positions, each channel on its own."""
+        """Gaussian-weighted local means over valid window positions, each channel on its own (float32)."""
         out = volume
         for axis, band in enumerate(self._bands, start=2):
             out = torch.movedim(torch.tensordot(out, band, dims=([axis], [1])), -1, axis)
@@ -92,14 +105,14 @@ class InputQuality:
     def ssim(self, adversarial: Tensor) -> Tensor:
         """SSIM of each sample of ``adversarial`` (B, C, *spatial) against the clean input, shape (B,), float64."""
         self._check(adversarial)
-        x = adversarial.detach().double()
-        y = self.clean.double()
+        x = self._centred(adversarial)
         mu_x = self._local_mean(x)
-        sigma_x = self._local_mean(x * x) - mu_x * mu_x
-        sigma_y = self._mu_yy - self._mu_y * self._mu_y
-        sigma_xy = self._local_mean(x * y) - mu_x * self._mu_y
-        luminance = (2 * mu_x * self._mu_y + self._c1) / (mu_x**2 + self._mu_y**2 + self._c1)
-        contrast_structure = (2 * sigma_xy + self._c2) / (sigma_x + sigma_y + self._c2)
+        # second moments of centred intensities in float32; the formula in float64
+        sigma_x = self._local_mean(x * x).double() - mu_x.double() ** 2
+        sigma_xy = self._local_mean(x * self._y).double() - mu_x.double() * self._mu_y.double()
+        mean_x, mean_y = mu_x.double() + self._shift, self._mu_y.double() + self._shift
+        luminance = (2 * mean_x * mean_y + self._c1) / (mean_x**2 + mean_y**2 + self._c1)
+        contrast_structure = (2 * sigma_xy + self._c2) / (sigma_x + self._sigma_y + self._c2)
         return (luminance * contrast_structure).flatten(start_dim=1).mean(dim=1)
 
     def _check(self, adversarial: Tensor) -> None:
