@@ -111,7 +111,9 @@ def main() -> None:
     args = parser.parse_args()
     workloads = [w for w in args.workloads if w != "apgd-bf16" or _cpu_has_bf16()]
     print(f"quick 3D UNet, batch {args.batch}, {args.size}^3, {args.steps} steps, median of {args.repeats} processes")
-    print(f"{'workload':<10} {'default (s)':>11} {'kept (s)':>9} {'ratio':>6} {'faults default':>15} {'faults kept':>12}")
+    print(
+        f"{'workload':<10} {'default (s)':>11} {'kept (s)':>9} {'ratio':>6} {'faults default':>15} {'faults kept':>12}"
+    )
     for workload in workloads:
         results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for repeat in range(args.repeats):

@@ -70,10 +70,10 @@ DEMO_WORST_CASE: dict[str, Any] = {"ensemble_steps": 5, "apgd_dice_steps": 70, "
 (and SEA's radius schedule) 70 steps, the other members 5 steps each (PGD: 2 restarts of 5). The budget goes where
 the worst case is found: on the demo's four models APGD with soft Dice gave the lowest Dice of every member by far
 (mean Dice 0.20-0.36 at 60 steps against 0.47-0.61 for the cross-entropy family at 10, and 0.54-0.57 on the baseline
-at 20), and it set the worst case of all 32 (model, subject) pairs (31 white-box, 1 transferred from the baseline). At 40 steps it had not levelled off; at 60 the adversarially
-trained model's last 20 % of passes still lowered it by 0.011 (flagged), at 70 by 0.008. The report's convergence
-figure and sanity check say whether 70 were enough. The preset's own settings
-(100 steps for every member at 0.01, 0.03 and 0.05) take about 15x longer."""
+at 20), and it set the worst case of all 32 (model, subject) pairs (31 white-box, 1 transferred from the baseline).
+At 40 steps it had not levelled off; at 60 the adversarially trained model's last 20 % of passes still lowered it by
+0.011 (flagged), at 70 by 0.008. The report's convergence figure and sanity check say whether 70 were enough. The
+preset's own settings (100 steps for every member at 0.01, 0.03 and 0.05) take about 15x longer."""
 
 
 @dataclass
