@@ -74,7 +74,7 @@ at 20), and it set the worst case of all 32 (model, subject) pairs (31 white-box
 The adversarially trained model needs the most steps: under bf16 its last 20 % of passes still lowered the worst
 case by 0.011 at 60 steps and by 0.016 at 70 (flagged), by 0.007 at 80 (and at 40 steps the baseline's had not
 levelled off either). The report's convergence figure and sanity check say whether 80 were enough. The preset's own
-settings (100 steps for every member at 0.01, 0.03 and 0.05) take about 12x longer."""
+settings (100 steps for every member at 0.01, 0.03 and 0.05) make 17 times as many attack passes."""
 
 
 @dataclass
