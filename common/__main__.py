@@ -375,7 +375,7 @@ class CLI:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``robustseg`` console script."""
-    keep_freed_memory()  # before any tensor: a fifth of each CPU network pass went to page faults otherwise
+    keep_freed_memory()  # before any tensor: glibc would hand freed tensor memory back and fault it in again
     try:
         result = fire.Fire(CLI, command=argv, name="robustseg")
     except SystemExit:

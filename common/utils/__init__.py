@@ -5,8 +5,8 @@ Mirrors ``monai.utils``: :mod:`~common.utils.validation` is our ``look_up_option
 the argument, the bad value and what was expected, with a "did you mean" suggestion), :mod:`~common.utils.files`
 writes files atomically, :mod:`~common.utils.lock` gives a run its output folder alone, and
 :mod:`~common.utils.enums` holds the project's vocabularies (``Defense``, ``Net``, ``Threat``) as string enumerations,
-and :mod:`~common.utils.allocator` makes glibc keep freed tensor memory for reuse (page faults cost a fifth of a 3D
-network's CPU pass otherwise).
+and :mod:`~common.utils.allocator` makes glibc keep freed tensor memory for reuse (without it, page faults took up to
+a third of a short run of 3D network passes on a CPU).
 """
 
 from __future__ import annotations

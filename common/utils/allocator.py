@@ -4,18 +4,20 @@ On Linux, PyTorch's CPU tensors come from glibc's ``malloc``. glibc serves a blo
 with a fresh ``mmap`` and gives it back to the kernel on ``free``; it also trims free memory above its *trim
 threshold* off the top of the heap. The threshold adapts to the blocks freed, but only up to 32 MiB. A 3D network's
 activations and convolution buffers are freed and allocated again at every forward and backward pass, so each pass
-touches fresh pages, and the kernel zeroes every page on first touch: measured on a 2-core AMD EPYC, an APGD run of
-the quick 3D UNet at batch 4 (48^3) took 1.65 million minor page faults per 20 steps, and the same run with the
-thresholds raised took 3 faults and 20-22 % less time, in bf16 and in fp32 (``/tmp`` probe; the ratio of
-``benchmarks/bench_attacks.py`` with and without is in the session notes). PyTorch's own CPU tuning guide makes the
-same point by recommending jemalloc or tcmalloc (``LD_PRELOAD``); :func:`keep_freed_memory` gets the same effect from
-glibc itself, at run time, with ``mallopt``:
+touches fresh pages, and the kernel zeroes every page on first touch. ``benchmarks/bench_allocator.py`` on a 2-core
+AMD EPYC (20 passes of the quick 3D UNet at batch 4, 48^3, in fresh processes): APGD took 0.76 of its time in fp32 and
+0.79 in bf16, training 0.82, no-grad forward passes 0.67, and the page faults fell from 0.9-1.8 million to at most
+3,462. In a long process glibc adapts its threshold and the gain is smaller: the whole worst-case demo
+(``robustseg demo --preset worst-case``) spent 15 s of system time instead of 50 s and its wall time moved within
+noise. PyTorch's CPU tuning guide makes the same point by recommending jemalloc or tcmalloc (``LD_PRELOAD``);
+:func:`keep_freed_memory` gets the effect from glibc itself, at run time, with ``mallopt``:
 
 * ``M_MMAP_THRESHOLD`` = 1 GiB: blocks up to 1 GiB come from the heap, where freed blocks are reused;
 * ``M_TRIM_THRESHOLD`` = 2 GiB - 1: free memory at the top of the heap is kept up to that size.
 
 The cost: the process keeps the memory of its largest pass until it ends (its resident size stays near its peak,
-instead of falling back between passes); the peak itself does not grow. The robustseg command line calls it at start,
+instead of falling back between passes); the peak itself barely grows (the worst-case demo: 3.64 GB without, 3.68 GB
+with it, on the same settings). The robustseg command line calls it at start,
 and every bundle's ``initialize`` list calls it, so ``python -m monai.bundle run`` gets it too. Setting the
 environment variable ``ROBUSTSEG_KEEP_FREED_MEMORY=0`` leaves glibc's defaults alone. Elsewhere (macOS, Windows, musl)
 it does nothing.
