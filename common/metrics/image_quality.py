@@ -111,6 +111,12 @@ def ssim(
         win_size: edge of the Gaussian window in voxels; every spatial edge must be at least this long.
         kernel_sigma: standard deviation of the Gaussian window in voxels.
 
+    Float32 limits it: MONAI computes it in float32 whatever the input dtype, as ``E[x^2] - E[x]^2``, so intensities
+    far from zero compared with their range lose the variances to rounding (a 32^3 volume in [1000, 1001] scored 1.03
+    against itself plus noise, the float64 value being 0.78). Normalised images, as in robustseg's bundles, are fine
+    (within 1e-7 of float64). The evaluation's columns come from :class:`common.engines.quality.InputQuality`, which
+    centres the intensities first and matches float64 at any offset.
+
     Returns:
         SSIM, shape ``(B,)``, float64 (MONAI computes it in float32).
 
