@@ -31,7 +31,7 @@ QUICK_RECORD = {"spatial_size": [48, 48, 48], "base_filters": 8, "n4": False, "p
 """What a quick training of the 3D baseline records beside its weights (grid, width, no N4; fp32 here)."""
 
 SEGMENT_BOUND_MIB = 5000
-"""``robustseg segment``: measured 3 831 MiB (README), + 30 %."""
+"""``robustseg segment``: measured 3 831 MiB (README), + 30 %; 4 004 MiB since the command line keeps freed memory."""
 ATTACK_BOUND_MIB = 3700
 """One i-FGSM attack (2 steps, 4 windows per pass): measured 2 848 MiB (README), + 30 %."""
 
