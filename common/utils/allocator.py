@@ -17,7 +17,7 @@ noise. PyTorch's CPU tuning guide makes the same point by recommending jemalloc 
 
 The cost: the process keeps the memory of its largest pass until it ends (its resident size stays near its peak,
 instead of falling back between passes), and the peak grows a little where blocks of different sizes come and go
-(the worst-case demo: 3.64 GB without, 3.68 GB with it on the same settings; ``robustseg segment`` of a BraTS-sized
+(the worst-case demo: 3.47 GiB without, 3.51 GiB with it on the same settings; ``robustseg segment`` of a BraTS-sized
 volume: 3,824 MiB without, 4,004 MiB with it, ``tests/reliability/test_memory_bound.py``, whose bound is 5,000). The
 robustseg command line calls it at start, and every bundle's ``initialize`` list calls it, so
 ``python -m monai.bundle run`` gets it too. Setting the environment variable ``ROBUSTSEG_KEEP_FREED_MEMORY=0`` leaves
