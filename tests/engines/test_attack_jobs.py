@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -150,3 +152,38 @@ def test_trace_is_the_running_best_of_the_scored_iterates(name, restarts):
     assert bool((final <= best[-1] + 1e-6).all())
     make_attack({"name": "i-FGSM", "epsilon": 0.2, "steps": 2})(net, image, label, callback=records.append)
     assert records[-1].best_dices is None  # only the best-iterate attacks trace
+
+
+@pytest.mark.parametrize(
+    ("name", "final_only", "kept"),
+    [("APGD", False, 0), ("PGD", False, 0), ("i-FGSM", True, 0), ("i-FGSM", False, 4)],
+)
+def test_a_job_keeps_the_iterates_only_of_the_rows_it_writes(name, final_only, kept):
+    """While it runs, a job holds the iterates of the steps only where each is a row (i-FGSM, not for transfer): a
+    best-iterate attack's records are read for their zero-gradient fractions and best Dice, and holding every step's
+    iterate would hold steps x the batch's images at the attack's end (14 GB for 100 steps of one BraTS volume)."""
+    (job,) = build_jobs([{"name": name, "steps": 4}], None, [], 0.05, "soft_dice")
+    attack = job.attacks[0]
+    refs: list[weakref.ref] = []
+    held: list[int] = []
+    real_run = type(attack).run
+
+    def run(model, clean, labels, threat, step_size, callback):
+        def watched(step):
+            refs.append(weakref.ref(step.adversarial))
+            callback(step)
+
+        result = real_run(attack, model, clean, labels, threat, step_size, watched)
+        # the attack is done, the job has not returned: what is still alive is held by the job (or is the result)
+        held.append(sum(1 for r in refs if r() is not None and r() is not result))
+        return result
+
+    attack.run = run  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(4, 4, 1)
+    image = torch.rand(2, 4, 6, 6, 6)
+    label = torch.zeros(2, 1, 6, 6, 6, dtype=torch.long)
+    label[:, :, 2:4, 2:4, 2:4] = 2
+    adversarials = job.run(net, image, label, final_only=final_only)
+    assert len(refs) == 4 and len(adversarials) == max(kept, 1)
+    assert held == [kept - (1 if kept else 0)]  # a kept job's last iterate is also the attack's result
