@@ -191,7 +191,7 @@ class CLI:
             output_activation: "sigmoid" or "softmax", if the bundle's postprocessing does not say.
             device: "cpu", "cuda", ... (default: CUDA if available).
             batch_size: test subjects attacked together.
-            ensemble_steps: steps per worst-case ensemble member (default 100; the demo uses 10, and 60 for APGD with
+            ensemble_steps: steps per worst-case ensemble member (default 100; the demo uses 5, and 80 for APGD with
                 the soft Dice).
             task: "brats" or "classes" (a generic task scored per class by its channel_def names), if the bundle's
                 metadata does not tell (four input channels or BraTS output names: brats).

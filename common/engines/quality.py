@@ -11,8 +11,9 @@ give the same local means; and the clean image's mean and second moment do not c
 The local means are taken in float32, of the images minus the clean image's mean intensity (SSIM's variances and
 covariance do not change under a common shift, and the local means get the shift back in float64): centred, the
 second moments keep float32's relative precision with respect to the data range, as they would not for intensities
-far from zero (raw MR or CT). On 48^3 volumes that is twice as fast as float64, and the SSIM differs from float64's
-by less than 1e-7.
+far from zero (raw MR or CT). On 48^3 volumes that is about a quarter faster than float64 throughout, and the SSIM
+differs from the float64 computation's by at most 1.4e-6 over the demo's 3,224 rows (6e-9 on synthetic volumes
+offset by up to 5,000).
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ class InputQuality:
                 band[start, start : start + win_size] = gauss
             self._bands.append(band.float())
         self._shift = float(self.clean.double().mean())
-        y = self._centred(self.clean)
-        self._y = y
-        self._mu_y = self._local_mean(y)
-        self._sigma_y = self._local_mean(y * y).double() - self._mu_y.double() ** 2
+        self._y = self._centred(self.clean)
+        self._mu_y64 = self._local_mean(self._y).double()
+        self._mean_y = self._mu_y64 + self._shift  # the clean local means, back on the intensity scale
+        self._sigma_y = self._local_mean(self._y * self._y).double() - self._mu_y64**2
         self._c1 = (0.01 * self.data_range) ** 2
         self._c2 = (0.03 * self.data_range) ** 2
 
@@ -106,11 +107,11 @@ class InputQuality:
         """SSIM of each sample of ``adversarial`` (B, C, *spatial) against the clean input, shape (B,), float64."""
         self._check(adversarial)
         x = self._centred(adversarial)
-        mu_x = self._local_mean(x)
-        # second moments of centred intensities in float32; the formula in float64
-        sigma_x = self._local_mean(x * x).double() - mu_x.double() ** 2
-        sigma_xy = self._local_mean(x * self._y).double() - mu_x.double() * self._mu_y.double()
-        mean_x, mean_y = mu_x.double() + self._shift, self._mu_y.double() + self._shift
+        # local moments of centred intensities in float32; the formula in float64
+        mu_x64 = self._local_mean(x).double()
+        sigma_x = self._local_mean(x * x).double() - mu_x64**2
+        sigma_xy = self._local_mean(x * self._y).double() - mu_x64 * self._mu_y64
+        mean_x, mean_y = mu_x64 + self._shift, self._mean_y
         luminance = (2 * mean_x * mean_y + self._c1) / (mean_x**2 + mean_y**2 + self._c1)
         contrast_structure = (2 * sigma_xy + self._c2) / (sigma_x + self._sigma_y + self._c2)
         return (luminance * contrast_structure).flatten(start_dim=1).mean(dim=1)

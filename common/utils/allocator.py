@@ -62,24 +62,25 @@ def keep_freed_memory() -> bool:
         glibc, opted out through :data:`ENV_VAR`, or a ``mallopt`` that refused a value.
     """
     global _applied
-    if _applied is not None:
-        return _applied
+    if _applied is None:
+        _applied = _apply()
+    return _applied
+
+
+def _apply() -> bool:
+    """Set both thresholds where glibc is there and the user did not opt out; whether glibc took them."""
     if os.environ.get(ENV_VAR, "").strip().lower() in _OFF:
-        _applied = False
         return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        _applied = False
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
-        _applied = False
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # the trim threshold second: setting the mmap threshold alone would stop glibc's own adaptation of both
-    _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    if _applied:
+    # both: setting either one stops glibc's own adaptation of the two
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if applied:
         logger.debug("glibc keeps freed memory: mmap threshold %d, trim threshold %d bytes", MMAP_THRESHOLD,
                      TRIM_THRESHOLD)  # fmt: skip
-    return _applied
+    return applied
